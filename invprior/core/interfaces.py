@@ -1,0 +1,97 @@
+"""The generator, regularizer, stopping-rule and posterior interfaces.
+
+(:class:`~invprior.core.operator.ForwardOperator` lives in its own module.)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from invprior.core.problem import InverseProblem
+    from invprior.core.reconstruction import Reconstruction
+
+
+class Generator(nn.Module, ABC):
+    """A network ``x = G_theta(z)`` producing images of shape ``(B, *output_shape)``."""
+
+    output_shape: tuple[int, ...]
+
+    @abstractmethod
+    def forward(self, z: Tensor) -> Tensor:
+        """Map the input ``z`` to an image batch."""
+
+    @abstractmethod
+    def make_input(self, problem: InverseProblem, seed: int = 0) -> Tensor:
+        """The fixed network input for ``problem``: seeded noise or an operator-based image."""
+
+
+class Regularizer(ABC):
+    """A penalty ``R(x)`` returning one differentiable value per image, shape ``(B,)``."""
+
+    @abstractmethod
+    def __call__(self, x: Tensor) -> Tensor:
+        """Evaluate ``R`` on ``x`` of shape ``(B, C, H, W)``."""
+
+
+@dataclass
+class IterationState:
+    """What an iterative method tells its stopping rule after iteration ``iteration``."""
+
+    iteration: int
+    image: Tensor
+    loss: float
+    residual_norm: Tensor
+    noise_norm: Tensor | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class StoppingRule(ABC):
+    """Decides when an iterative fit stops and which iterate is kept.
+
+    ``update`` returns True when the fit should stop; ``best`` is the iterate the rule judges
+    best so far and ``reason`` says in words why the rule stopped.
+    """
+
+    best: Tensor | None = None
+    best_iteration: int = -1
+    reason: str = ""
+
+    @abstractmethod
+    def update(self, state: IterationState) -> bool:
+        """Record one iterate; True means stop now."""
+
+    def reset(self) -> None:
+        """Forget everything seen so far, so one rule object can serve several runs."""
+        self.best, self.best_iteration, self.reason = None, -1, ""
+
+
+class PosteriorApproximation(ABC):
+    """An approximate posterior over images around a fitted reconstruction."""
+
+    @abstractmethod
+    def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> PosteriorApproximation:
+        """Fit the approximation (e.g. its hyperparameters) and return ``self``."""
+
+    @property
+    @abstractmethod
+    def mean(self) -> Tensor:
+        """Predictive mean image, ``(B, *image_shape)``."""
+
+    @property
+    @abstractmethod
+    def std(self) -> Tensor:
+        """Pixel-wise predictive standard deviation, ``(B, *image_shape)``."""
+
+    @abstractmethod
+    def sample(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` posterior samples, ``(n, B, *image_shape)``."""
+
+    @abstractmethod
+    def log_likelihood(self, x_true: Tensor) -> Tensor:
+        """Predictive log-density of ``x_true`` per pixel, one value per image."""
+

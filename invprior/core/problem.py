@@ -1,0 +1,86 @@
+"""The :class:`InverseProblem` container: operator, measurement, noise level, optional truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from invprior.core.noise import GaussianNoise
+from invprior.core.operator import ForwardOperator, check_batch
+from invprior.errors import ShapeError
+
+
+def _per_image(value: float | Tensor | None, batch: int, like: Tensor, what: str) -> Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch).clone()
+    if t.numel() != batch:
+        raise ShapeError(f"{what} must be a scalar or have one entry per image ({batch}), got {t.numel()}")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{what} must be finite and >= 0, got {t.tolist()}")
+    return t
+
+
+@dataclass
+class InverseProblem:
+    """``y = A(x) + eta``: what a reconstruction method is given.
+
+    ``noise_std`` is the per-entry std ``s`` of ``eta``; ``noise_norm`` is ``delta = ||eta||``
+    per image, which the discrepancy principle needs. When only ``noise_std`` is known,
+    ``delta`` defaults to its expectation ``s * sqrt(m)`` with ``m`` entries per measurement.
+    """
+
+    operator: ForwardOperator
+    y: Tensor
+    noise_std: Tensor | float | None = None
+    noise_norm: Tensor | float | None = None
+    x_true: Tensor | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        op = self.operator
+        if not isinstance(op, ForwardOperator):
+            raise TypeError(f"operator must be a ForwardOperator, got {type(op).__name__}")
+        check_batch(self.y, op.range_shape, "measurement y", f"InverseProblem({op.name})")
+        if not torch.isfinite(self.y).all():
+            raise ValueError("measurement y contains NaN or infinite values")
+        batch = self.y.shape[0]
+        self.noise_std = _per_image(self.noise_std, batch, self.y, "noise_std")
+        self.noise_norm = _per_image(self.noise_norm, batch, self.y, "noise_norm")
+        if self.noise_norm is None and self.noise_std is not None:
+            self.noise_norm = self.noise_std * float(self.y[0].numel()) ** 0.5
+        if self.x_true is not None:
+            check_batch(self.x_true, op.domain_shape, "ground truth x_true", f"InverseProblem({op.name})")
+            if self.x_true.shape[0] != batch:
+                raise ShapeError(f"x_true has {self.x_true.shape[0]} images but y has {batch}")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.y.shape[0])
+
+    def residual_norm(self, x: Tensor) -> Tensor:
+        """``||A(x) - y||`` per image, shape ``(B,)``."""
+        return (self.operator(x) - self.y).flatten(1).norm(dim=1)
+
+    @classmethod
+    def simulate(cls, operator: ForwardOperator, x_true: Tensor, noise: GaussianNoise, seed: int = 0,
+                 clean: Tensor | None = None, metadata: dict[str, Any] | None = None) -> InverseProblem:
+        """Simulate ``y = A x_true + eta`` with seeded Gaussian noise.
+
+        ``clean`` overrides ``A x_true`` (e.g. data projected from a finer grid to avoid the
+        inverse crime); ``noise_norm`` records the realised ``||eta||`` per image.
+        """
+        check_batch(x_true, operator.domain_shape, "ground truth x_true", f"simulate({operator.name})")
+        if not torch.isfinite(x_true).all():
+            raise ValueError("ground truth x_true contains NaN or infinite values")
+        with torch.no_grad():
+            clean = operator(x_true) if clean is None else clean
+        eta, std = noise.sample(clean, seed)
+        meta = {"seed": seed, "noise": {"std": noise.std, "relative": noise.relative}, **(metadata or {})}
+        return cls(operator, clean + eta, noise_std=std, noise_norm=eta.flatten(1).norm(dim=1),
+                   x_true=x_true, metadata=meta)

@@ -1,0 +1,1 @@
+"""Phantoms and bundled real images; no network access."""

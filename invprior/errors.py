@@ -1,0 +1,33 @@
+"""Exceptions raised by invprior. Each one names the offending input."""
+
+from __future__ import annotations
+
+
+class InvpriorError(Exception):
+    """Base class of every error raised on purpose by invprior."""
+
+
+class MissingExtraError(InvpriorError, ImportError):
+    """An optional dependency is missing; the message names the extra that provides it."""
+
+    def __init__(self, module: str, extra: str, feature: str) -> None:
+        self.module, self.extra, self.feature = module, extra, feature
+        super().__init__(
+            f"{feature} needs the optional package '{module}', which is not installed. "
+            f"Install it with: pip install 'invprior[{extra}]'"
+        )
+
+
+class ShapeError(InvpriorError, ValueError):
+    """A tensor has the wrong shape, dtype or device for the component it is given to."""
+
+
+class ConfigError(InvpriorError, ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class UnknownComponentError(InvpriorError, KeyError):
+    """A registry name that no built-in component or plugin provides."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])

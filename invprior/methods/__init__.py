@@ -1,0 +1,1 @@
+"""Reconstruction methods: classical baselines now, DIP-type methods later."""

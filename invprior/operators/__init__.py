@@ -1,0 +1,1 @@
+"""Forward operators: denoising, inpainting, compressed sensing, CT, and adapters to other libraries."""

@@ -1,0 +1,1 @@
+"""Adapters: deepinv, pylops and ODL operators as ForwardOperators, and back."""

@@ -1,0 +1,1 @@
+"""Regularizers R(x)."""
