@@ -59,6 +59,12 @@ class InverseProblem:
             if self.x_true.shape[0] != batch:
                 raise ShapeError(f"x_true has {self.x_true.shape[0]} images but y has {batch}")
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InverseProblem:
+        """A copy with its tensors on ``device`` and in ``dtype`` (the operator follows its inputs)."""
+        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)
+        return InverseProblem(self.operator, move(self.y), move(self.noise_std), move(self.noise_norm),
+                              move(self.x_true), dict(self.metadata))
+
     @property
     def batch_size(self) -> int:
         return int(self.y.shape[0])

@@ -1,0 +1,29 @@
+"""The method interface: ``reconstruct(problem) -> Reconstruction``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor
+
+from invprior.core.problem import InverseProblem
+from invprior.core.reconstruction import Reconstruction
+from invprior.metrics import psnr
+
+
+class Method(ABC):
+    """A reconstruction method; registered under ``invprior.methods`` so configs can name it."""
+
+    name: str = "method"
+
+    @abstractmethod
+    def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
+        """Reconstruct ``problem.x`` from ``problem.y``; ``progress`` shows a progress bar on long loops."""
+
+
+def quality(x: Tensor, problem: InverseProblem) -> dict[str, float]:
+    """Mean residual norm, and mean PSNR when the ground truth is known, for trace logging."""
+    values = {"residual": float(problem.residual_norm(x).mean())}
+    if problem.x_true is not None:
+        values["psnr"] = float(psnr(x, problem.x_true).mean())
+    return values

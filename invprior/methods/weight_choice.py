@@ -1,0 +1,61 @@
+"""Choosing a regularisation weight per image: discrepancy principle or oracle PSNR over a grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from invprior.core.problem import InverseProblem
+from invprior.errors import ConfigError
+from invprior.metrics import psnr
+
+RULES = ("discrepancy", "oracle")
+
+
+def check_weight(weight: float | str, owner: str) -> float | str:
+    """A positive number, or the name of a selection rule."""
+    if isinstance(weight, str):
+        if weight not in RULES:
+            raise ConfigError(f"{owner}: weight must be a positive number or one of {RULES}, got {weight!r}")
+        return weight
+    if not (isinstance(weight, (int, float)) and weight > 0):
+        raise ConfigError(f"{owner}: weight must be a positive number or one of {RULES}, got {weight!r}")
+    return float(weight)
+
+
+def choose_weight(solve: Callable[[float, Tensor | None], Tensor], problem: InverseProblem,
+                  grid: Sequence[float], rule: str, tau: float = 1.1) -> tuple[Tensor, Tensor, list[dict]]:
+    """Solve for every weight of the ascending ``grid`` (warm-started) and pick one per image.
+
+    ``discrepancy``: the largest weight with ``||A x - y|| <= tau * delta`` (the smallest if none
+    qualifies). ``oracle``: the highest PSNR against ``x_true`` (for benchmarks only).
+    Returns ``(images, chosen weights (B,), table of weight / residual / psnr per grid point)``.
+    """
+    if rule == "discrepancy" and problem.noise_norm is None:
+        raise ConfigError("weight='discrepancy' needs the noise level: give noise_std or noise_norm on the problem")
+    if rule == "oracle" and problem.x_true is None:
+        raise ConfigError("weight='oracle' needs the ground truth x_true on the problem")
+    chosen_x: Tensor | None = None
+    chosen_w = torch.zeros(problem.batch_size, dtype=torch.float64)
+    best_psnr = torch.full((problem.batch_size,), -float("inf"), dtype=torch.float64)
+    table: list[dict] = []
+    x = None
+    for weight in sorted(grid):
+        x = solve(weight, x)
+        residual = problem.residual_norm(x).detach().cpu().double()
+        quality = psnr(x, problem.x_true).detach().cpu().double() if problem.x_true is not None else None
+        table.append({"weight": weight, "residual": residual.tolist(),
+                      "psnr": quality.tolist() if quality is not None else None})
+        if rule == "discrepancy":
+            take = residual <= tau * problem.noise_norm.detach().cpu().double()
+            if chosen_x is None:
+                take = torch.ones_like(take)
+        else:
+            take = quality > best_psnr
+            best_psnr = torch.where(take, quality, best_psnr)
+        mask = take.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+        chosen_x = x.detach().clone() if chosen_x is None else torch.where(mask, x.detach(), chosen_x)
+        chosen_w = torch.where(take, torch.full_like(chosen_w, weight), chosen_w)
+    return chosen_x, chosen_w, table

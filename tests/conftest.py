@@ -1,0 +1,21 @@
+"""Shared fixtures: the registered operators, built with their defaults at small sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from invprior import registry
+
+# Smallest sizes at which every built-in operator is meaningful; keeps gradcheck fast.
+SMALL = {"denoising": {"size": 8}, "inpainting": {"size": 8}, "cs_gaussian": {"size": 6},
+         "cs_dct": {"size": 8}, "ct_parallel": {"size": 8, "num_angles": 5}, "ct_fan": {"size": 8, "num_angles": 5}}
+
+
+@pytest.fixture(params=registry.names("operators"))
+def operator_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def small_operator(operator_name):
+    return registry.get("operators", operator_name, **SMALL.get(operator_name, {}))
