@@ -1,0 +1,73 @@
+"""The command line: a full run writes its files; bad configurations name the key at fault."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from invprior.cli import main
+from invprior.config import parse_config
+from invprior.errors import ConfigError
+
+CONFIG = """
+seed = 2
+[problem]
+operator = "inpainting"
+operator_params = {{ missing_fraction = 0.5 }}
+image = "ellipses"
+size = 24
+noise = {{ std = 0.05 }}
+[method]
+name = "{method}"
+params = {{ {params} }}
+"""
+
+
+def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.format(method="tv", params="iterations = 100, grid_size = 5"))
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["method"]["method"] == "tv" and metrics["baseline"]["method"] == "pseudo_inverse"
+    assert metrics["method"]["psnr_mean"] > metrics["baseline"]["psnr_mean"] + 3
+    arrays = np.load(tmp_path / "out" / "reconstruction.npz")
+    assert set(arrays.files) == {"x_hat", "x_true", "y", "baseline"}
+    assert arrays["x_hat"].shape == arrays["x_true"].shape == (1, 1, 24, 24)
+    assert (tmp_path / "out" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert "PSNR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\nsize=8\n', "method: missing"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\ncolour=1\n[method]\nname="tv"', "problem.colour: unknown key"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=-1}\n[method]\nname="tv"', "problem.noise.std must be"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\nsize="big"\n[method]\nname="tv"', "problem.size: expected a positive int"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\n[method]\nname="tv"\nparams=3', "method.params: expected a table"),
+])
+def test_bad_configs_name_the_key(text, message):
+    import tomllib
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tomllib.loads(text))
+
+
+def test_cli_reports_unknown_component_and_bad_parameters(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text(CONFIG.format(method="tvv", params=""))
+    assert main(["run", str(config), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "method: no methods component named 'tvv'" in err and "Did you mean 'tv'" in err
+    config.write_text(CONFIG.format(method="tv", params="colour = 3"))
+    assert main(["run", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "method: cannot build methods 'tv'" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_list_shows_components_with_their_distribution(capsys):
+    assert main(["list", "operators"]) == 0
+    out = capsys.readouterr().out
+    assert "ct_parallel" in out and "invprior.operators.ct:ParallelBeamCT" in out and " invprior " in out
