@@ -37,14 +37,14 @@ class _LinearApply(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, apply: Callable, transpose: Callable) -> Tensor:  # type: ignore[override]
-        ctx.apply, ctx.transpose = apply, transpose
+        ctx.forward_map, ctx.transpose_map = apply, transpose  # ctx.apply is reserved by autograd
         with torch.no_grad():
             return apply(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         # The transpose is applied through the same function, so higher derivatives stay exact.
-        return linear_apply(grad, ctx.transpose, ctx.apply), None, None
+        return linear_apply(grad, ctx.transpose_map, ctx.forward_map), None, None
 
 
 def linear_apply(x: Tensor, apply: Callable[[Tensor], Tensor], transpose: Callable[[Tensor], Tensor]) -> Tensor:
