@@ -49,6 +49,8 @@ class _LinearApply(torch.autograd.Function):
 
 def linear_apply(x: Tensor, apply: Callable[[Tensor], Tensor], transpose: Callable[[Tensor], Tensor]) -> Tensor:
     """Apply a linear map whose implementation autograd cannot see, with gradient ``transpose``."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return apply(x)  # nothing to differentiate: skip the autograd bookkeeping
     return _LinearApply.apply(x, apply, transpose)
 
 

@@ -1,0 +1,342 @@
+"""2D computed tomography on the image domain ``[-1, 1]^2`` (ODL ray transform, ASTRA projectors).
+
+The ray transform maps an image ``x`` to its line integrals ``(A x)(theta, s)``: for parallel
+beams ``int x(s e_theta + t e_theta^perp) dt`` over the line at detector offset ``s``; for fan
+beams the rays join a point source to the cells of a flat detector. Lengths are physical (the
+image domain has side 2), so a sinogram does not depend on the pixel grid.
+
+Images have shape ``(B, 1, N, N)`` with ``x[b, 0, i, j]`` the value at ``(x_i, y_j)`` (ODL's
+convention: the first image axis is the x axis); sinograms have shape ``(B, 1, angles,
+detectors)``. Two backends give the same matrix up to float32 rounding: ``"odl"`` runs ODL's
+``RayTransform`` (ASTRA on the CPU, one image at a time) and ``"sparse"`` multiplies by ASTRA's
+system matrix, batched, on the input's device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from invprior._optional import require
+from invprior.core.operator import ForwardOperator, check_batch, linear_apply
+from invprior.errors import ConfigError
+from invprior.operators.adapters.odl import OdlOperator
+
+__all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBeamCT", "FanBeamCT"]
+
+CT_BACKENDS = ("sparse", "odl")
+FBP_FILTERS = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
+
+#: Radius of the disc circumscribing the image domain [-1, 1]^2.
+IMAGE_RADIUS = math.sqrt(2.0)
+_FEATURE = "CT operators"
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite_float(value: Any, key: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a real number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{key} must be finite, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class CTGeometry:
+    """A 2D acquisition geometry, in the physical units of the image domain ``[-1, 1]^2``.
+
+    Angles are the midpoints of ``num_angles`` equal cells of ``angle_range`` (radians; default
+    ``(0, pi)`` for parallel and ``(0, 2 pi)`` for fan beams); a shorter range is a limited-angle
+    scan. The flat detector has ``num_detectors`` equal cells on ``[-h, h]``, ``h =
+    detector_half_width`` (default: just covering the image, ``sqrt(2)`` for parallel beams and
+    ``sqrt(2) (r_s + r_d) / r_s`` for fan beams). Fan beams have the source at distance
+    ``src_radius`` (default 4) from the rotation centre and the detector at ``det_radius``
+    (default 4) on the other side. ``num_detectors=None`` is resolved per grid by
+    :meth:`resolve` (Nyquist sampling, as ODL's default geometries); everything else is
+    independent of the pixel grid, so one geometry serves several grids.
+    """
+
+    beam: str = "parallel"
+    num_angles: int = 30
+    angle_range: tuple[float, float] | None = None
+    num_detectors: int | None = None
+    detector_half_width: float | None = None
+    src_radius: float | None = None
+    det_radius: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.beam not in ("parallel", "fan"):
+            raise ConfigError(f"beam must be 'parallel' or 'fan', got {self.beam!r}")
+        fan = self.beam == "fan"
+        set_(self, "num_angles", _positive_int(self.num_angles, "num_angles"))
+        if self.num_detectors is not None:
+            set_(self, "num_detectors", _positive_int(self.num_detectors, "num_detectors"))
+
+        angle_range = self.angle_range if self.angle_range is not None else (0.0, 2 * math.pi if fan else math.pi)
+        try:
+            start, stop = (_finite_float(a, "angle_range") for a in angle_range)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"angle_range must be a pair (start, stop) in radians, got {angle_range!r}") from None
+        if not stop > start:
+            raise ConfigError(f"angle_range must have stop > start, got ({start}, {stop}): the range is empty")
+        if stop - start > 2 * math.pi * (1 + 1e-12):
+            raise ConfigError(f"angle_range may span at most 2 pi, got ({start}, {stop})")
+        set_(self, "angle_range", (start, stop))
+
+        if fan:
+            src = _finite_float(4.0 if self.src_radius is None else self.src_radius, "src_radius")
+            det = _finite_float(4.0 if self.det_radius is None else self.det_radius, "det_radius")
+            if src <= IMAGE_RADIUS:
+                raise ConfigError(
+                    f"src_radius must exceed sqrt(2) = {IMAGE_RADIUS:.4f} so that the source lies outside "
+                    f"the image domain [-1, 1]^2, got {src}"
+                )
+            if det <= 0:
+                raise ConfigError(f"det_radius must be positive, got {det}")
+            set_(self, "src_radius", src)
+            set_(self, "det_radius", det)
+            default_half_width = IMAGE_RADIUS * (src + det) / src
+        else:
+            for key in ("src_radius", "det_radius"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        f"{key} applies to beam='fan' only, got {getattr(self, key)!r} for a parallel beam")
+            default_half_width = IMAGE_RADIUS
+        half_width = _finite_float(
+            default_half_width if self.detector_half_width is None else self.detector_half_width,
+            "detector_half_width")
+        if half_width <= 0:
+            raise ConfigError(f"detector_half_width must be positive, got {half_width}")
+        set_(self, "detector_half_width", half_width)
+
+    def default_num_detectors(self, size: int) -> int:
+        """Detector cells for Nyquist sampling of a ``size x size`` grid (the choice of ODL's defaults).
+
+        Parallel: ``2 ceil(h N / 2) + 1``. Fan: ``2 ceil(h N r / (2 hypot(r, h))) + 1`` with
+        ``r = r_s + r_d``.
+        """
+        size = _positive_int(size, "size")
+        h = float(self.detector_half_width)
+        if self.beam == "parallel":
+            return 2 * math.ceil(h * size / 2) + 1
+        r = float(self.src_radius) + float(self.det_radius)
+        return 2 * math.ceil(h * size * r / (2 * math.hypot(r, h))) + 1
+
+    def resolve(self, size: int) -> CTGeometry:
+        """This geometry with ``num_detectors`` fixed, for a ``size x size`` grid if it was unset."""
+        if self.num_detectors is not None:
+            return self
+        return replace(self, num_detectors=self.default_num_detectors(size))
+
+    def angles(self) -> np.ndarray:
+        """The projection angles in radians."""
+        start, stop = self.angle_range
+        return start + (np.arange(self.num_angles) + 0.5) * (stop - start) / self.num_angles
+
+
+def _odl_geometry(geometry: CTGeometry) -> Any:
+    odl = require("odl", "ct", _FEATURE)
+    tomo = require("odl.applications.tomo", "ct", _FEATURE)
+    angles = odl.uniform_partition(*geometry.angle_range, geometry.num_angles)
+    h = geometry.detector_half_width
+    detector = odl.uniform_partition(-h, h, geometry.num_detectors)
+    if geometry.beam == "parallel":
+        return tomo.Parallel2dGeometry(angles, detector)
+    return tomo.FanBeamGeometry(angles, detector, src_radius=geometry.src_radius, det_radius=geometry.det_radius)
+
+
+def _astra_system_matrix(space: Any, odl_geometry: Any) -> Any:
+    """ASTRA's CPU projection matrix (scipy CSR) for ``space`` and ``odl_geometry``, as ODL sets it up."""
+    astra = require("astra", "ct", _FEATURE)
+    setup = require("odl.applications.tomo.backends.astra_setup", "ct", _FEATURE)
+    astra_cpu = require("odl.applications.tomo.backends.astra_cpu", "ct", _FEATURE)
+    volume = setup.astra_volume_geometry(space, "cpu")
+    projection = setup.astra_projection_geometry(odl_geometry, "cpu")
+    projector = setup.astra_projector(astra_cpu.default_astra_proj_type(odl_geometry), volume, projection, 2)
+    try:
+        matrix_id = astra.projector.matrix(projector)
+        try:
+            matrix = astra.matrix.get(matrix_id)
+        finally:
+            astra.matrix.delete(matrix_id)
+    finally:
+        astra.projector.delete(projector)
+    return matrix
+
+
+def _torch_csr(matrix: Any) -> Tensor:
+    """A scipy sparse matrix as a float64 torch CSR tensor (int32 indices when they fit)."""
+    matrix = matrix.tocsr()
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    index = torch.int32 if max(matrix.nnz, *matrix.shape) < 2**31 else torch.int64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr).to(index), torch.from_numpy(matrix.indices).to(index),
+            torch.from_numpy(np.asarray(matrix.data, dtype=np.float64)), size=matrix.shape,
+            check_invariants=False)
+
+
+def _sparse_apply(matrix: Tensor, x: Tensor, out_shape: tuple[int, ...]) -> Tensor:
+    """``matrix @ vec(x[b])`` for every image ``b`` of the batch, reshaped to ``out_shape``."""
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[0] == 1:
+        out = torch.mv(matrix, flat[0]).unsqueeze(0)
+    else:
+        out = (matrix @ flat.T).T
+    return out.reshape(x.shape[0], *out_shape)
+
+
+class CTOperator(ForwardOperator):
+    """The 2D ray transform ``A`` of a :class:`CTGeometry` on a ``size x size`` grid of ``[-1, 1]^2``.
+
+    ``A`` is ASTRA's discretisation (``'linear'`` projector for parallel, ``'line_fanflat'`` for
+    fan beams): ``(A x)_k = sum_p W_kp x_p`` with ``W_kp`` the length of ray ``k`` weighted by
+    pixel ``p``'s interpolation kernel. ``A^T`` is the exact transpose ``W^T``.
+    :meth:`pseudo_inverse` is filtered back-projection ``A^* F`` (ODL's ``fbp_op``; ``F`` the
+    ramp filter times ``filter_type``, cut off at ``frequency_scaling`` of the Nyquist frequency).
+    """
+
+    is_linear = True
+    _beam: str | None = None
+
+    def __init__(self, geometry: CTGeometry, size: int = 64, backend: str = "sparse",
+                 filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
+                 frequency_scaling: float = 0.9) -> None:
+        if not isinstance(geometry, CTGeometry):
+            raise ConfigError(f"geometry must be a CTGeometry, got {type(geometry).__name__}")
+        if self._beam is not None and geometry.beam != self._beam:
+            raise ConfigError(f"{type(self).__name__} needs a {self._beam}-beam geometry, got beam={geometry.beam!r}")
+        size = _positive_int(size, "size")
+        if backend not in CT_BACKENDS:
+            raise ConfigError(f"unknown CT backend {backend!r}; choose one of {', '.join(CT_BACKENDS)}")
+        if not (callable(filter_type) or filter_type in FBP_FILTERS):
+            raise ConfigError(
+                f"unknown filter_type {filter_type!r}; choose one of {', '.join(FBP_FILTERS)} or a callable")
+        frequency_scaling = _finite_float(frequency_scaling, "frequency_scaling")
+        if not 0 < frequency_scaling <= 1:
+            raise ConfigError(f"frequency_scaling must lie in (0, 1], got {frequency_scaling}")
+        odl = require("odl", "ct", _FEATURE)
+        require("astra", "ct", _FEATURE)
+        tomo = require("odl.applications.tomo", "ct", _FEATURE)
+
+        self.geometry = geometry.resolve(size)
+        self.size = size
+        self.backend = backend
+        self.filter_type = filter_type
+        self.frequency_scaling = frequency_scaling
+        super().__init__((1, size, size), (1, self.geometry.num_angles, self.geometry.num_detectors))
+        self.space = odl.uniform_discr([-1.0, -1.0], [1.0, 1.0], (size, size), dtype="float32")
+        self.odl_geometry = _odl_geometry(self.geometry)
+        self.ray_transform = tomo.RayTransform(self.space, self.odl_geometry, impl="astra_cpu")
+        self._fbp_operator: ForwardOperator | None = None
+        if backend == "odl":
+            self._odl_operator = OdlOperator(self.ray_transform)
+        else:
+            matrix = _astra_system_matrix(self.space, self.odl_geometry)
+            self._matrix = _torch_csr(matrix)
+            self._matrix_t = _torch_csr(matrix.T)
+
+    @classmethod
+    def from_geometry(cls, geometry: CTGeometry, size: int = 64, backend: str = "sparse",
+                      filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
+                      frequency_scaling: float = 0.9) -> CTOperator:
+        """An operator of this class for ``geometry`` (whose beam must match the class)."""
+        op = cls.__new__(cls)
+        CTOperator.__init__(op, geometry, size, backend, filter_type, frequency_scaling)
+        return op
+
+    def on_grid(self, size: int) -> CTOperator:
+        """The same scan (angles, detector, physical extent, backend) on a ``size x size`` grid.
+
+        Sinograms of one continuous object agree across grids, e.g. to simulate data on a finer
+        grid than the reconstruction grid.
+        """
+        return type(self).from_geometry(self.geometry, size, self.backend, self.filter_type,
+                                        self.frequency_scaling)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(size={self.size}, backend={self.backend!r}, geometry={self.geometry})"
+
+    # -- evaluation ---------------------------------------------------------------------
+    def _matrix_forward(self, x: Tensor) -> Tensor:
+        return _sparse_apply(self._cast("matrix", self._matrix, x), x, self.range_shape)
+
+    def _matrix_transpose(self, y: Tensor) -> Tensor:
+        return _sparse_apply(self._cast("matrix_t", self._matrix_t, y), y, self.domain_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sinograms ``A x`` of images ``x`` of shape ``(B, 1, N, N)``."""
+        if self.backend == "odl":
+            return self._odl_operator.forward(x)
+        return linear_apply(x, self._matrix_forward, self._matrix_transpose)
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        if self.backend == "odl":
+            return self._odl_operator._adjoint(y)
+        return linear_apply(y, self._matrix_transpose, self._matrix_forward)
+
+    def pseudo_inverse(self, y: Tensor) -> Tensor:
+        """Filtered back-projection of sinograms ``y`` (image by image, through numpy in float32)."""
+        check_batch(y, self.range_shape, "measurement y", self.name)
+        if self._fbp_operator is None:
+            tomo = require("odl.applications.tomo", "ct", _FEATURE)
+            fbp = tomo.fbp_op(self.ray_transform, padding=True, filter_type=self.filter_type,
+                              frequency_scaling=self.frequency_scaling)
+            self._fbp_operator = OdlOperator(fbp)
+        return self._fbp_operator.forward(y)
+
+    fbp = pseudo_inverse
+
+
+class ParallelBeamCT(CTOperator):
+    """Parallel-beam CT: ``num_angles`` directions over ``angle_range`` (default ``(0, pi)``).
+
+    See :class:`CTGeometry` for the geometry parameters and :class:`CTOperator` for the rest.
+    """
+
+    _beam = "parallel"
+
+    def __init__(self, size: int = 64, num_angles: int = 30, angle_range: tuple[float, float] | None = None,
+                 num_detectors: int | None = None, detector_half_width: float | None = None,
+                 backend: str = "sparse", filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
+                 frequency_scaling: float = 0.9) -> None:
+        geometry = CTGeometry("parallel", num_angles, angle_range, num_detectors, detector_half_width)
+        super().__init__(geometry, size, backend, filter_type, frequency_scaling)
+
+
+class FanBeamCT(CTOperator):
+    """Fan-beam CT with a flat detector: ``num_angles`` source positions over ``angle_range``
+    (default ``(0, 2 pi)``), source at ``src_radius`` and detector at ``det_radius`` from the centre.
+
+    See :class:`CTGeometry` for the geometry parameters and :class:`CTOperator` for the rest.
+    """
+
+    _beam = "fan"
+
+    def __init__(self, size: int = 64, num_angles: int = 60, angle_range: tuple[float, float] | None = None,
+                 num_detectors: int | None = None, detector_half_width: float | None = None,
+                 src_radius: float = 4.0, det_radius: float = 4.0, backend: str = "sparse",
+                 filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
+                 frequency_scaling: float = 0.9) -> None:
+        geometry = CTGeometry("fan", num_angles, angle_range, num_detectors, detector_half_width,
+                              src_radius, det_radius)
+        super().__init__(geometry, size, backend, filter_type, frequency_scaling)
