@@ -18,14 +18,17 @@ from invprior.methods.base import Method
 from invprior.metrics import psnr, relative_error, ssim
 
 
-def build(kind: str, spec: ComponentSpec, where: str, **defaults: Any) -> Any:
-    """Construct a registered component; bad names or parameters become a ConfigError naming ``where``.
+def build(kind: str, spec: ComponentSpec, where: str, params_where: str | None = None, **defaults: Any) -> Any:
+    """Construct a registered component; failures become a ConfigError naming the config key.
 
-    ``defaults`` are passed only when the constructor accepts them and the spec does not set them.
+    ``where`` names the key holding the component's name, ``params_where`` the one holding its
+    parameters (default ``where.params``). ``defaults`` are passed only when the constructor
+    accepts them and the spec does not set them.
     """
+    params_where = params_where or f"{where}.params"
     try:
         factory = registry.load(kind, spec.name)
-    except KeyError as exc:
+    except (KeyError, ImportError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     try:
         accepted = inspect.signature(factory).parameters
@@ -36,19 +39,23 @@ def build(kind: str, spec: ComponentSpec, where: str, **defaults: Any) -> Any:
     params.update(spec.params)
     try:
         return factory(**params)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: cannot build {kind} '{spec.name}' with {params}: {exc}") from None
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{params_where}: cannot build {kind} '{spec.name}' with {spec.params}: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_problem(spec: ProblemSpec, seed: int = 0) -> InverseProblem:
+def build_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> InverseProblem:
     """Simulate ``y = A x + eta`` for the configured operator, image and noise.
 
     With ``fine_factor = f > 1`` the image is rendered on an ``f``-times finer grid, projected by the
     same physics on that grid (the operator's ``on_grid``) and the truth is the ``f x f`` average of
     the fine image: the data are not produced by the reconstruction operator (no inverse crime).
     """
-    operator: ForwardOperator = build("operators", spec.operator, "problem.operator", size=spec.size)
-    images = lambda size: build("datasets", spec.image, "problem.image", size=size, n=spec.num_images, seed=seed)
+    operator: ForwardOperator = build("operators", spec.operator, "problem.operator", "problem.operator_params",
+                                      size=spec.size)
+    images = lambda size: build("datasets", spec.image, "problem.image", "problem.image_params", size=size,
+                                n=spec.num_images, seed=seed, dtype=dtype)
     meta = {"operator": spec.operator.name, "image": spec.image.name, "size": spec.size, "fine_factor": spec.fine_factor}
     if spec.fine_factor == 1:
         x_true = images(spec.size)
@@ -94,7 +101,7 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
 def run(config: RunConfig, progress: bool = True, device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32) -> tuple[InverseProblem, Reconstruction, Reconstruction]:
     """Simulate the problem, run the baseline and the method: ``(problem, baseline, reconstruction)``."""
-    problem = build_problem(config.problem, config.seed).to(device, dtype)
+    problem = build_problem(config.problem, config.seed, dtype).to(device)
     baseline_spec = config.baseline or default_baseline(problem)
     baseline = build_method(baseline_spec, "baseline").reconstruct(problem, progress)
     reconstruction = build_method(config.method, "method").reconstruct(problem, progress)

@@ -18,16 +18,12 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
     ``panels`` are ``(caption, image)`` pairs of ``(B, C, H, W)`` tensors; ``error_panel`` is drawn with
     its own colour bar.
     """
-    require("matplotlib", "plot", "Writing figures")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    fig = new_figure()
     images = [(caption, img[0, 0].detach().cpu().float().numpy()) for caption, img in panels]
     low, high = float(images[0][1].min()), float(images[0][1].max())
     count = len(images) + (error_panel is not None)
-    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.6), squeeze=False)
+    fig.set_size_inches(3.2 * count, 3.6)
+    axes = fig.subplots(1, count, squeeze=False)
     for ax, (caption, array) in zip(axes[0], images):
         ax.imshow(array.T, cmap="gray", vmin=low, vmax=high, origin="lower")
         ax.set_title(caption, fontsize=9)
@@ -40,8 +36,23 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def new_figure():
+    """A matplotlib Figure drawn off-screen (the user's pyplot backend is left alone)."""
+    require("matplotlib", "plot", "Writing figures")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG, atomically."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))

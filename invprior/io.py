@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,9 +31,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    """Atomically write ``data`` as indented JSON."""
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    """Atomically write ``data`` as indented, strict JSON (non-finite numbers become null)."""
+    text = json.dumps(_strict(data), indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
 
 

@@ -83,7 +83,9 @@ def ssim(x: Tensor, x_true: Tensor, data_range: float | Tensor | None = None) ->
     window = 2 * _SSIM_RADIUS + 1
     if min(x.shape[-2:]) < window:
         raise ShapeError(f"ssim: images must be at least {window} x {window} pixels, got {tuple(x.shape[-2:])}")
-    rng = _data_range(x_true, data_range, "ssim").view(-1, 1, 1, 1)
+    rng = _data_range(x_true, data_range, "ssim").view(-1, 1, 1, 1).double()
+    out_dtype = x.dtype
+    x, x_true = x.double(), x_true.double()  # E[x^2] - mu^2 cancels badly in float32
     batch, channels = x.shape[:2]
     g = _gaussian_window(x.dtype, x.device)
 
@@ -99,7 +101,7 @@ def ssim(x: Tensor, x_true: Tensor, data_range: float | Tensor | None = None) ->
     cov = local_mean(x * x_true) - mu_x * mu_y
     c1, c2 = (_SSIM_K1 * rng) ** 2, (_SSIM_K2 * rng) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.flatten(1).mean(dim=1)
+    return ssim_map.flatten(1).mean(dim=1).to(out_dtype)
 
 
 def relative_error(x: Tensor, x_true: Tensor) -> Tensor:

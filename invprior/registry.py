@@ -36,13 +36,16 @@ def entries(kind: str) -> dict[str, Entry]:
     """Every entry registered for ``kind``, by name (nothing is imported)."""
     _check_kind(kind)
     found: dict[str, Entry] = {}
-    for ep in sorted(metadata.entry_points(group=f"invprior.{kind}"), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        entry = Entry(ep.name, kind, dist, ep.value)
-        if ep.name in found and found[ep.name].distribution == "invprior":
-            warnings.warn(f"{dist} registers {kind} '{ep.name}', which is a built-in name; ignored", stacklevel=2)
+    candidates = [Entry(ep.name, kind, ep.dist.name if ep.dist is not None else "unknown", ep.value)
+                  for ep in metadata.entry_points(group=f"invprior.{kind}")]
+    # built-ins first, then plugins by distribution name: the first registration of a name wins
+    for entry in sorted(candidates, key=lambda e: (e.name, e.distribution != "invprior", e.distribution)):
+        if entry.name in found:
+            if found[entry.name] != entry:
+                warnings.warn(f"{entry.distribution} registers {kind} '{entry.name}', already provided by "
+                              f"{found[entry.name].distribution}; ignored", stacklevel=2)
             continue
-        found[ep.name] = entry
+        found[entry.name] = entry
     return found
 
 

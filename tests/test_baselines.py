@@ -50,7 +50,7 @@ def test_discrepancy_choice_is_the_largest_admissible_weight():
     bound = (1.1 * problem.noise_norm).tolist()
     for b in range(2):
         chosen = result.params["weight"][b]
-        admissible = [row["weight"] for row in table if row["residual"][b] <= bound[b]]
+        admissible = [row["weight"][b] for row in table if row["residual"][b] <= bound[b]]
         assert chosen == max(admissible)
     assert (problem.residual_norm(result.image) <= 1.1 * problem.noise_norm + 1e-9).all()
 
@@ -70,6 +70,23 @@ def test_tikhonov_and_tv_beat_the_pseudo_inverse(make_op):
     assert (tv - base).min() > 3.0, (base, tv)
 
 
+def test_tv_weight_choice_per_image_does_not_depend_on_the_batch():
+    op = Denoising(size=24)
+    x = random_ellipses(size=24, n=2, seed=4, dtype=torch.float64)
+    noisy = InverseProblem.simulate(op, x, GaussianNoise(std=0.01), seed=0)
+    noisier = InverseProblem.simulate(op, x, GaussianNoise(std=0.2), seed=1)
+    batch = InverseProblem(op, torch.cat([noisy.y[:1], noisier.y[1:]]),
+                           noise_norm=torch.cat([noisy.noise_norm[:1], noisier.noise_norm[1:]]), x_true=x)
+    method = TVLeastSquares(iterations=200, grid_size=6)
+    together = method.reconstruct(batch, progress=False)
+    for b in range(2):
+        alone = method.reconstruct(batch.select(b), progress=False)
+        assert alone.params["weight"] == [together.params["weight"][b]]
+        assert torch.allclose(alone.image, together.image[b: b + 1], atol=1e-10)
+        assert batch.select(b).residual_norm(alone.image) <= 1.1 * batch.noise_norm[b]
+    assert together.params["weight"][1] > 5 * together.params["weight"][0]
+
+
 def test_weight_rules_need_what_they_use():
     op = Denoising(size=8)
     bare = InverseProblem(op, torch.rand(1, 1, 8, 8))
@@ -81,6 +98,12 @@ def test_weight_rules_need_what_they_use():
         TVLeastSquares(weight=-1.0)
     with pytest.raises(ConfigError, match="penalty"):
         Tikhonov(penalty="laplace")
+    noiseless = InverseProblem(op, torch.rand(1, 1, 8, 8), noise_norm=0.0)
+    with pytest.raises(ConfigError, match="positive noise level"):
+        TVLeastSquares().reconstruct(noiseless)
+    for bad in ({"weight": float("inf")}, {"tau": -3.0}, {"rtol": 2.0}, {"grid_size": True}):
+        with pytest.raises(ConfigError):
+            Tikhonov(**bad)
 
 
 def test_tv_beats_fbp_on_30_angle_ct_of_ellipses():

@@ -26,10 +26,15 @@ params = {{ {params} }}
 
 
 def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.format(method="tv", params="iterations = 100, grid_size = 5"))
     assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert matplotlib.get_backend() == backend  # the user's plotting set-up is left alone
+    strict = lambda token: (_ for _ in ()).throw(ValueError(f"non-standard JSON {token}"))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=strict)
     assert metrics["method"]["method"] == "tv" and metrics["baseline"]["method"] == "pseudo_inverse"
     assert metrics["method"]["psnr_mean"] > metrics["baseline"]["psnr_mean"] + 3
     arrays = np.load(tmp_path / "out" / "reconstruction.npz")
@@ -62,7 +67,7 @@ def test_cli_reports_unknown_component_and_bad_parameters(tmp_path, capsys):
     assert "method: no methods component named 'tvv'" in err and "Did you mean 'tv'" in err
     config.write_text(CONFIG.format(method="tv", params="colour = 3"))
     assert main(["run", str(config), "--out", str(tmp_path / "o")]) == 2
-    assert "method: cannot build methods 'tv'" in capsys.readouterr().err
+    assert "method.params: cannot build methods 'tv'" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -27,6 +27,14 @@ def test_finer_grid_data_differ_from_the_reconstruction_operator_but_only_slight
     assert torch.allclose(fine.x_true.mean(), coarse.x_true.mean(), atol=0.02)
 
 
+def test_float64_problems_are_simulated_in_float64():
+    problem = build_problem(_spec(operator="denoising", std=0.1), seed=0, dtype=torch.float64)
+    assert problem.y.dtype == problem.x_true.dtype == torch.float64
+    single = build_problem(_spec(operator="denoising", std=0.1), seed=0)
+    assert torch.allclose(problem.y.float(), single.y, atol=1e-6)
+    assert not torch.equal(problem.y, single.y.double())  # drawn in float64, not cast from float32
+
+
 def test_finer_grid_needs_an_operator_that_supports_it():
     with pytest.raises(ConfigError, match="fine_factor"):
         build_problem(_spec(operator="denoising", fine_factor=2))
@@ -35,8 +43,10 @@ def test_finer_grid_needs_an_operator_that_supports_it():
 def test_component_errors_name_the_key():
     with pytest.raises(ConfigError, match="problem.operator: no operators component named 'ct'"):
         build_problem(_spec(operator="ct"))
-    with pytest.raises(ConfigError, match="problem.operator: cannot build"):
+    with pytest.raises(ConfigError, match="problem.operator_params: cannot build"):
         build_problem(_spec(operator="denoising", wrong=1))
+    with pytest.raises(ConfigError, match=r"problem.operator_params: .*missing_fraction must lie in \[0, 1\]"):
+        build_problem(_spec(operator="inpainting", missing_fraction=1.5))
     with pytest.raises(ConfigError, match="gives images of shape"):
         build_problem(ProblemSpec(ComponentSpec("cs_gaussian", {"size": 16}), ComponentSpec("ellipses"), size=32,
                                   noise=GaussianNoise(std=0.1)))

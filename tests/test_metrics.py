@@ -150,3 +150,12 @@ def test_ssim_rejects_wrong_layout_and_tiny_images():
 def test_relative_error_of_zero_truth_raises():
     with pytest.raises(ValueError, match="zero"):
         relative_error(torch.rand(2, 3), torch.cat([torch.rand(1, 3), torch.zeros(1, 3)]))
+
+
+def test_ssim_is_accurate_in_float32_for_offset_images():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64)
+    x, x_true = 100 + 0.01 * (base + 0.1 * torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64)), 100 + 0.01 * base
+    reference = ssim(x, x_true)
+    assert ssim(x.float(), x_true.float()).dtype == torch.float32
+    assert abs(ssim(x.float(), x_true.float()).item() - reference.item()) < 1e-3

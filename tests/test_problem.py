@@ -61,8 +61,17 @@ def test_bad_inputs_are_refused():
         InverseProblem(op, torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="noise_std must be finite and >= 0"):
         InverseProblem(op, torch.zeros(1, 1, 4, 4), noise_std=-0.1)
-    with pytest.raises(ConfigError, match="noise.std must be a finite number >= 0"):
+    with pytest.raises(ConfigError, match="noise.std must be >= 0"):
         GaussianNoise(std=-1.0)
+    for bad in (True, "0.1", [0.1], float("nan")):
+        with pytest.raises(ConfigError, match="noise.std must be a finite number"):
+            GaussianNoise(std=bad)
+    with pytest.raises(ValueError, match="x_true contains NaN"):
+        InverseProblem(op, torch.zeros(1, 1, 4, 4), x_true=torch.full((1, 1, 4, 4), float("nan")))
+    with pytest.raises(ShapeError, match="measurement y of shape"):
+        op.pseudo_inverse(torch.zeros(3, 5))
+    with pytest.raises(ShapeError, match="real floating-point"):
+        op.pseudo_inverse(torch.zeros(1, 1, 4, 4, dtype=torch.int64))
     with pytest.raises(ConfigError, match="exactly one"):
         GaussianNoise(std=0.1, relative=0.1)
     with pytest.raises(ShapeError, match="x_true"):

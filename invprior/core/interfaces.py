@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -53,13 +54,17 @@ class IterationState:
 class StoppingRule(ABC):
     """Decides when an iterative fit stops and which iterate is kept.
 
-    ``update`` returns True when the fit should stop; ``best`` is the iterate the rule judges
-    best so far and ``reason`` says in words why the rule stopped.
+    ``update`` is called once per iteration and returns True when the fit should stop; ``best``
+    is the iterate the rule judges best so far (``best_iteration`` its index), ``reason`` says
+    in words why the rule stopped and ``statistic`` is the quantity it watches (for traces).
+    Rules that need the noise level set ``requires_noise_level``.
     """
 
+    requires_noise_level: bool = False
     best: Tensor | None = None
     best_iteration: int = -1
     reason: str = ""
+    statistic: float | None = None
 
     @abstractmethod
     def update(self, state: IterationState) -> bool:
@@ -67,7 +72,18 @@ class StoppingRule(ABC):
 
     def reset(self) -> None:
         """Forget everything seen so far, so one rule object can serve several runs."""
-        self.best, self.best_iteration, self.reason = None, -1, ""
+        self.best, self.best_iteration, self.reason, self.statistic = None, -1, "", None
+
+    def _keep(self, state: IterationState) -> None:
+        self.best, self.best_iteration = state.image.detach().clone(), state.iteration
+
+    def state_dict(self) -> dict:
+        """Everything the rule has recorded, for checkpoints."""
+        return copy.deepcopy(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        vars(self).update(copy.deepcopy(state))
 
 
 class PosteriorApproximation(ABC):

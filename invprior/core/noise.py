@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from invprior.errors import ConfigError
+from invprior.validation import real
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,7 @@ class GaussianNoise:
         if len(given) != 1:
             raise ConfigError("noise: give exactly one of 'std' (absolute) and 'relative' (fraction of mean |Ax|)")
         key, value = ("std", self.std) if self.std is not None else ("relative", self.relative)
-        if not (float(value) >= 0.0) or value == float("inf"):
-            raise ConfigError(f"noise.{key} must be a finite number >= 0, got {value!r}")
+        object.__setattr__(self, key, real(value, f"noise.{key}", minimum=0.0))
 
     def std_for(self, clean: Tensor) -> Tensor:
         """Per-image noise std, shape ``(B,)``."""
@@ -38,5 +38,6 @@ class GaussianNoise:
         """Return ``(eta, std)``: a seeded noise draw shaped like ``clean`` and the per-image std."""
         std = self.std_for(clean)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        white = torch.randn(clean.shape, generator=gen, dtype=clean.dtype).to(clean.device)
+        # drawn in float64 on the CPU: the same realisation for every dtype and device
+        white = torch.randn(clean.shape, generator=gen, dtype=torch.float64).to(device=clean.device, dtype=clean.dtype)
         return white * std.view(-1, *([1] * (clean.ndim - 1))), std

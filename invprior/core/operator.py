@@ -97,13 +97,17 @@ class ForwardOperator(ABC):
 
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """An approximate inverse ``A^dagger y`` (FBP for CT); not every operator has one."""
-        raise NotImplementedError(
-            f"{self.name} has no closed-form pseudo-inverse; use invprior.methods.Tikhonov instead"
-        )
+        if not self.has_pseudo_inverse:
+            raise NotImplementedError(
+                f"{self.name} has no closed-form pseudo-inverse; use invprior.methods.classical.Tikhonov instead")
+        return self._pseudo_inverse(check_batch(y, self.range_shape, "measurement y", self.name))
+
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
 
     @property
     def has_pseudo_inverse(self) -> bool:
-        return type(self).pseudo_inverse is not ForwardOperator.pseudo_inverse
+        return type(self)._pseudo_inverse is not ForwardOperator._pseudo_inverse
 
     def norm(self, iterations: int = 200, rtol: float = 1e-7, seed: int = 0,
              dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> float:
@@ -208,10 +212,8 @@ class ScaledOperator(ForwardOperator):
     def has_pseudo_inverse(self) -> bool:
         return self.operator.has_pseudo_inverse and self.scalar != 0.0
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
-        if self.scalar == 0.0:
-            return super().pseudo_inverse(y)
-        return self.operator.pseudo_inverse(y) / self.scalar
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
+        return self.operator._pseudo_inverse(y) / self.scalar
 
 
 class SumOperator(ForwardOperator):

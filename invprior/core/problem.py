@@ -56,14 +56,24 @@ class InverseProblem:
             self.noise_norm = self.noise_std * float(self.y[0].numel()) ** 0.5
         if self.x_true is not None:
             check_batch(self.x_true, op.domain_shape, "ground truth x_true", f"InverseProblem({op.name})")
+            if not torch.isfinite(self.x_true).all():
+                raise ValueError("ground truth x_true contains NaN or infinite values")
+            self.x_true = self.x_true.to(device=self.y.device, dtype=self.y.dtype)
             if self.x_true.shape[0] != batch:
                 raise ShapeError(f"x_true has {self.x_true.shape[0]} images but y has {batch}")
 
+    def _map(self, transform) -> InverseProblem:
+        apply = lambda t: None if t is None else transform(t)
+        return InverseProblem(self.operator, apply(self.y), apply(self.noise_std), apply(self.noise_norm),
+                              apply(self.x_true), dict(self.metadata))
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InverseProblem:
         """A copy with its tensors on ``device`` and in ``dtype`` (the operator follows its inputs)."""
-        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)
-        return InverseProblem(self.operator, move(self.y), move(self.noise_std), move(self.noise_norm),
-                              move(self.x_true), dict(self.metadata))
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def select(self, index: int) -> InverseProblem:
+        """The problem of image ``index`` alone (a batch of one)."""
+        return self._map(lambda t: t[index: index + 1])
 
     @property
     def batch_size(self) -> int:

@@ -15,8 +15,9 @@ from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.linalg import conjugate_gradient
 from invprior.methods.base import Method, quality
-from invprior.methods.weight_choice import check_weight, choose_weight
+from invprior.methods.weight_choice import check_rule_inputs, check_weight, choose_weight
 from invprior.regularizers.tv import divergence, gradient
+from invprior.validation import positive_int, real
 
 
 def _require_linear(operator: ForwardOperator, method: str) -> None:
@@ -24,10 +25,8 @@ def _require_linear(operator: ForwardOperator, method: str) -> None:
         raise ConfigError(f"{method} needs a linear operator; {operator.name} is nonlinear")
 
 
-def _positive_int(value: int, name: str) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return value
+def _per_image(weight: Tensor, like: Tensor) -> Tensor:
+    return weight.view(-1, *([1] * (like.ndim - 1)))
 
 
 class PseudoInverse(Method):
@@ -55,13 +54,29 @@ class FBP(PseudoInverse):
         return super().reconstruct(problem, progress)
 
 
-class Tikhonov(Method):
+class _Regularised(Method):
+    """Shared settings of the weighted baselines: the weight or its rule, tau, the grid size."""
+
+    def __init__(self, weight: float | str, tau: float, grid_size: int) -> None:
+        self.weight = check_weight(weight, self.name)
+        self.tau = real(tau, f"{self.name}: tau", minimum=1.0)
+        self.grid_size = positive_int(grid_size, f"{self.name}: grid_size")
+
+    @property
+    def rule(self) -> str:
+        return "fixed" if isinstance(self.weight, float) else self.weight
+
+    def _fixed_weight(self, problem: InverseProblem) -> Tensor:
+        return torch.full((problem.batch_size,), float(self.weight), dtype=torch.float64)
+
+
+class Tikhonov(_Regularised):
     """``x = argmin ||A x - y||^2 + alpha ||L x||^2``, i.e. ``(A^T A + alpha L^T L) x = A^T y``, by batched CG.
 
     ``penalty`` chooses ``L``: ``"gradient"`` (finite differences, a smoothness prior; the default,
     it fills in unobserved pixels) or ``"identity"`` (classic ridge). ``weight`` is ``alpha``: a
-    number, ``"discrepancy"`` (largest alpha on a log grid of ``grid_size`` values in
-    ``||A||^2 [1e-6, 10]`` with residual <= tau * delta) or ``"oracle"`` (best PSNR; benchmarks only).
+    number, ``"discrepancy"`` (per image, the largest alpha on a log grid of ``grid_size`` values
+    in ``||A||^2 [1e-6, 10]`` with residual <= tau * delta) or ``"oracle"`` (best PSNR; benchmarks only).
     """
 
     name = "tikhonov"
@@ -71,48 +86,54 @@ class Tikhonov(Method):
                  grid_size: int = 15, max_iterations: int = 300, rtol: float = 1e-6) -> None:
         if penalty not in self.PENALTIES:
             raise ConfigError(f"tikhonov: penalty must be one of {self.PENALTIES}, got {penalty!r}")
+        super().__init__(weight, tau, grid_size)
         self.penalty = penalty
-        self.weight = check_weight(weight, self.name)
-        self.tau, self.rtol = float(tau), float(rtol)
-        self.grid_size = _positive_int(grid_size, "grid_size")
-        self.max_iterations = _positive_int(max_iterations, "max_iterations")
+        self.max_iterations = positive_int(max_iterations, "tikhonov: max_iterations")
+        self.rtol = real(rtol, "tikhonov: rtol", minimum=0.0, strict=True)
+        if self.rtol >= 1:
+            raise ConfigError(f"tikhonov: rtol must be < 1, got {rtol!r}")
 
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         op = problem.operator
         _require_linear(op, self.name)
-        start = time.perf_counter()
         if self.penalty == "gradient" and len(op.domain_shape) != 3:
             raise ConfigError(f"tikhonov: penalty 'gradient' needs images (C, H, W), got {op.domain_shape}")
+        start = time.perf_counter()
         rhs = op.adjoint(problem.y)
-        not_converged: list[float] = []
+        not_converged: list[list[float]] = []
         gram_penalty = (lambda v: -divergence(gradient(v))) if self.penalty == "gradient" else (lambda v: v)
 
-        def solve(alpha: float, warm: Tensor | None) -> Tensor:
-            x, info = conjugate_gradient(lambda v: op.adjoint(op(v)) + alpha * gram_penalty(v), rhs, warm,
+        def solve(alpha: Tensor, warm: Tensor | None) -> Tensor:
+            a = _per_image(alpha, rhs)
+            x, info = conjugate_gradient(lambda v: op.adjoint(op(v)) + a * gram_penalty(v), rhs, warm,
                                          self.max_iterations, self.rtol)
             if not bool(info.converged.all()):
-                not_converged.append(alpha)
+                not_converged.append(alpha.tolist())
             return x
 
         with torch.no_grad():
-            if isinstance(self.weight, float):
-                x, weights, table = solve(self.weight, None), torch.full((problem.batch_size,), self.weight), []
+            if self.rule == "fixed":
+                weights, table = self._fixed_weight(problem), []
+                x = solve(weights.to(rhs), None)
             else:
-                grid = (op.norm(device=problem.y.device) ** 2 * np.logspace(-6, 1, self.grid_size)).tolist()
-                x, weights, table = choose_weight(solve, problem, grid, self.weight, self.tau)
+                check_rule_inputs(problem, self.rule)
+                scale = torch.full((problem.batch_size,), op.norm(dtype=rhs.dtype, device=rhs.device) ** 2)
+                x, weights, table = choose_weight(solve, problem, scale, np.logspace(-6, 1, self.grid_size),
+                                                  self.rule, self.tau)
         reason = "solved to rtol" if not not_converged else f"CG did not reach rtol for alpha in {not_converged}"
-        return Reconstruction(x, self.name, params={"weight": weights.tolist(), "rule": self.weight if not isinstance(self.weight, float) else "fixed",
-                                      "penalty": self.penalty},
+        return Reconstruction(x, self.name, params={"weight": weights.tolist(), "rule": self.rule,
+                                                    "penalty": self.penalty},
                               stop_reason=reason, wall_time=time.perf_counter() - start,
                               extras={"weight_search": table})
 
 
-class TVLeastSquares(Method):
+class TVLeastSquares(_Regularised):
     """``x = argmin 1/2 ||A x - y||^2 + lambda TV(x)`` (optionally ``x >= 0``) by PDHG (Chambolle-Pock).
 
     The operator is split as ``K = (A, c grad)`` with ``c = ||A|| / sqrt(8)`` so both blocks have
     the same scale; step sizes ``tau = sigma = 0.99 / (sqrt(2) ||A||)``. ``weight`` is ``lambda``:
-    a number, ``"discrepancy"`` (grid ``||A|| s [1e-2, 30]``, ``s`` the noise std) or ``"oracle"``.
+    a number, ``"discrepancy"`` or ``"oracle"`` over the per-image grid ``||A|| s [1e-2, 30]``,
+    ``s`` the image's noise std (``1e-3`` rms(y) when the data are noise-free).
     """
 
     name = "tv"
@@ -120,29 +141,28 @@ class TVLeastSquares(Method):
     def __init__(self, weight: float | str = "discrepancy", tau: float = 1.1, grid_size: int = 9,
                  iterations: int = 500, isotropic: bool = False, nonnegative: bool = True,
                  log_every: int = 10) -> None:
-        self.weight = check_weight(weight, self.name)
-        self.tau = float(tau)
-        self.grid_size = _positive_int(grid_size, "grid_size")
-        self.iterations = _positive_int(iterations, "iterations")
-        self.log_every = _positive_int(log_every, "log_every")
+        super().__init__(weight, tau, grid_size)
+        self.iterations = positive_int(iterations, "tv: iterations")
+        self.log_every = positive_int(log_every, "tv: log_every")
         self.isotropic, self.nonnegative = bool(isotropic), bool(nonnegative)
 
-    def _project_dual(self, p: Tensor, bound: float) -> Tensor:
+    def _project_dual(self, p: Tensor, bound: Tensor) -> Tensor:
         if not self.isotropic:
-            return p.clamp(-bound, bound)
+            return torch.maximum(torch.minimum(p, bound), -bound)
         magnitude = p.pow(2).sum(dim=1, keepdim=True).sqrt()
         return p / (magnitude / bound).clamp_min(1.0)
 
-    def _pdhg(self, problem: InverseProblem, weight: float, norm_a: float, x0: Tensor | None,
+    def _pdhg(self, problem: InverseProblem, weight: Tensor, norm_a: float, x0: Tensor | None,
               record: Reconstruction | None, bar: tqdm) -> Tensor:
         op, y = problem.operator, problem.y
         c = norm_a / 8 ** 0.5
         step = 0.99 / (2 ** 0.5 * norm_a)
         x = torch.zeros((problem.batch_size, *op.domain_shape), dtype=y.dtype, device=y.device) if x0 is None else x0
         x_bar, q, p = x.clone(), torch.zeros_like(y), torch.zeros_like(gradient(x))
+        bound = _per_image(weight.to(y) / c, p)
         for k in range(1, self.iterations + 1):
             q = (q + step * (op(x_bar) - y)) / (1 + step)
-            p = self._project_dual(p + step * c * gradient(x_bar), weight / c)
+            p = self._project_dual(p + step * c * gradient(x_bar), bound)
             x_new = x - step * (op.adjoint(q) - c * divergence(p))
             if self.nonnegative:
                 x_new = x_new.clamp_min(0.0)
@@ -152,32 +172,37 @@ class TVLeastSquares(Method):
             bar.update(1)
         return x
 
+    def _grid_scale(self, problem: InverseProblem, norm_a: float) -> Tensor:
+        m = problem.y[0].numel()
+        floor = 1e-3 * problem.y.flatten(1).norm(dim=1) / m ** 0.5
+        std = problem.noise_norm / m ** 0.5 if problem.noise_norm is not None else torch.zeros_like(floor)
+        return norm_a * torch.maximum(std, floor).clamp_min(torch.finfo(problem.y.dtype).tiny)
+
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         op = problem.operator
         _require_linear(op, self.name)
         if len(op.domain_shape) != 3:
             raise ConfigError(f"tv needs images (C, H, W) as the operator domain, got {op.domain_shape}")
         start = time.perf_counter()
-        norm_a = op.norm(device=problem.y.device)
-        fixed = isinstance(self.weight, float)
+        norm_a = op.norm(dtype=problem.y.dtype, device=problem.y.device)
         record = Reconstruction(problem.y.new_zeros(0), self.name)
-        total = self.iterations * (1 if fixed else self.grid_size)
-        with torch.no_grad(), tqdm(total=total, desc="TV (PDHG)", disable=not progress, leave=False) as bar:
-            if fixed:
-                x = self._pdhg(problem, self.weight, norm_a, None, record, bar)
-                weights, table = torch.full((problem.batch_size,), self.weight), []
+        runs = 1 if self.rule == "fixed" else self.grid_size
+        with torch.no_grad(), tqdm(total=self.iterations * runs, desc="TV (PDHG)", disable=not progress,
+                                   leave=False) as bar:
+            if self.rule == "fixed":
+                weights, table = self._fixed_weight(problem), []
+                x = self._pdhg(problem, weights, norm_a, None, record, bar)
             else:
-                if problem.noise_norm is None:
-                    raise ConfigError("tv: choosing the weight needs the noise level (noise_std or noise_norm)")
-                noise_std = float(problem.noise_norm.mean()) / problem.y[0].numel() ** 0.5
-                scale = norm_a * noise_std
-                grid = (scale * np.logspace(-2, np.log10(30.0), self.grid_size)).tolist()
+                check_rule_inputs(problem, self.rule)
                 x, weights, table = choose_weight(
-                    lambda w, warm: self._pdhg(problem, w, norm_a, warm, None, bar), problem, grid, self.weight, self.tau)
+                    lambda w, warm: self._pdhg(problem, w, norm_a, warm, None, bar), problem,
+                    self._grid_scale(problem, norm_a), np.logspace(-2, np.log10(30.0), self.grid_size),
+                    self.rule, self.tau)
         record.image = x
-        record.params = {"weight": weights.tolist(), "rule": self.weight if not fixed else "fixed"}
-        record.iterations = self.iterations
-        record.stop_reason = f"fixed budget of {self.iterations} PDHG iterations per weight"
+        record.params = {"weight": weights.tolist(), "rule": self.rule}
+        record.iterations = self.iterations * runs
+        record.stop_reason = (f"fixed budget of {self.iterations} PDHG iterations" +
+                              ("" if runs == 1 else f" for each of {runs} weights (warm-started)"))
         record.wall_time = time.perf_counter() - start
         record.extras["weight_search"] = table
         return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from numbers import Real
 
 import torch
 from torch import Tensor
@@ -10,43 +11,55 @@ from torch import Tensor
 from invprior.core.problem import InverseProblem
 from invprior.errors import ConfigError
 from invprior.metrics import psnr
+from invprior.validation import real
 
 RULES = ("discrepancy", "oracle")
 
 
 def check_weight(weight: float | str, owner: str) -> float | str:
-    """A positive number, or the name of a selection rule."""
+    """A finite positive number, or the name of a selection rule."""
     if isinstance(weight, str):
         if weight not in RULES:
             raise ConfigError(f"{owner}: weight must be a positive number or one of {RULES}, got {weight!r}")
         return weight
-    if not (isinstance(weight, (int, float)) and weight > 0):
+    if not isinstance(weight, Real):
         raise ConfigError(f"{owner}: weight must be a positive number or one of {RULES}, got {weight!r}")
-    return float(weight)
+    return real(weight, f"{owner}: weight", minimum=0.0, strict=True)
 
 
-def choose_weight(solve: Callable[[float, Tensor | None], Tensor], problem: InverseProblem,
-                  grid: Sequence[float], rule: str, tau: float = 1.1) -> tuple[Tensor, Tensor, list[dict]]:
-    """Solve for every weight of the ascending ``grid`` (warm-started) and pick one per image.
+def check_rule_inputs(problem: InverseProblem, rule: str) -> None:
+    """Refuse a rule whose ingredient (noise level or ground truth) is missing."""
+    if rule == "discrepancy":
+        if problem.noise_norm is None:
+            raise ConfigError("weight='discrepancy' needs the noise level: give noise_std or noise_norm on the problem")
+        if bool((problem.noise_norm <= 0).any()):
+            raise ConfigError("weight='discrepancy' needs a positive noise level; the problem has noise_norm = 0")
+    if rule == "oracle" and problem.x_true is None:
+        raise ConfigError("weight='oracle' needs the ground truth x_true on the problem")
+
+
+def choose_weight(solve: Callable[[Tensor, Tensor | None], Tensor], problem: InverseProblem, scale: Tensor,
+                  factors: Sequence[float], rule: str, tau: float = 1.1) -> tuple[Tensor, Tensor, list[dict]]:
+    """Solve with weights ``scale * f`` (one weight per image) for every ascending factor ``f``, warm-started,
+    and pick one per image.
 
     ``discrepancy``: the largest weight with ``||A x - y|| <= tau * delta`` (the smallest if none
     qualifies). ``oracle``: the highest PSNR against ``x_true`` (for benchmarks only).
-    Returns ``(images, chosen weights (B,), table of weight / residual / psnr per grid point)``.
+    Returns ``(images, chosen weights (B,), table of weights / residuals / PSNRs per grid point)``.
     """
-    if rule == "discrepancy" and problem.noise_norm is None:
-        raise ConfigError("weight='discrepancy' needs the noise level: give noise_std or noise_norm on the problem")
-    if rule == "oracle" and problem.x_true is None:
-        raise ConfigError("weight='oracle' needs the ground truth x_true on the problem")
+    check_rule_inputs(problem, rule)
+    scale = scale.detach().to(dtype=torch.float64, device="cpu")
     chosen_x: Tensor | None = None
     chosen_w = torch.zeros(problem.batch_size, dtype=torch.float64)
     best_psnr = torch.full((problem.batch_size,), -float("inf"), dtype=torch.float64)
     table: list[dict] = []
     x = None
-    for weight in sorted(grid):
-        x = solve(weight, x)
+    for factor in sorted(factors):
+        weight = scale * factor
+        x = solve(weight.to(device=problem.y.device, dtype=problem.y.dtype), x)
         residual = problem.residual_norm(x).detach().cpu().double()
         quality = psnr(x, problem.x_true).detach().cpu().double() if problem.x_true is not None else None
-        table.append({"weight": weight, "residual": residual.tolist(),
+        table.append({"weight": weight.tolist(), "residual": residual.tolist(),
                       "psnr": quality.tolist() if quality is not None else None})
         if rule == "discrepancy":
             take = residual <= tau * problem.noise_norm.detach().cpu().double()
@@ -57,5 +70,5 @@ def choose_weight(solve: Callable[[float, Tensor | None], Tensor], problem: Inve
             best_psnr = torch.where(take, quality, best_psnr)
         mask = take.to(x.device).view(-1, *([1] * (x.ndim - 1)))
         chosen_x = x.detach().clone() if chosen_x is None else torch.where(mask, x.detach(), chosen_x)
-        chosen_w = torch.where(take, torch.full_like(chosen_w, weight), chosen_w)
+        chosen_w = torch.where(take, weight, chosen_w)
     return chosen_x, chosen_w, table

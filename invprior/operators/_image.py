@@ -13,12 +13,3 @@ def image_shape(size: int | tuple[int, int], channels: int) -> tuple[int, int, i
     if not isinstance(channels, int) or channels < 1:
         raise ConfigError(f"channels must be a positive int, got {channels!r}")
     return (channels, hw[0], hw[1])
-
-
-def check_fraction(value: float, name: str, low_open: bool = True) -> float:
-    """A number in (0, 1] (or [0, 1] when ``low_open`` is False)."""
-    ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ConfigError(f"{name} must lie in {interval}, got {value!r}")
-    return float(value)

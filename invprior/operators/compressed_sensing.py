@@ -9,7 +9,8 @@ from torch import Tensor
 
 from invprior.core.operator import ForwardOperator
 from invprior.errors import ConfigError
-from invprior.operators._image import check_fraction, image_shape
+from invprior.operators._image import image_shape
+from invprior.validation import fraction
 from invprior.operators.dct import dct2, idct2
 
 
@@ -17,7 +18,7 @@ def _num_measurements(n: int, m: int | None, ratio: float | None) -> int:
     if m is not None and ratio is not None:
         raise ConfigError("give either m (number of measurements) or ratio (m / n), not both")
     if m is None:
-        m = round(check_fraction(0.25 if ratio is None else ratio, "ratio") * n)
+        m = round(fraction(0.25 if ratio is None else ratio, "ratio") * n)
     if not isinstance(m, int) or not 1 <= m <= n:
         raise ConfigError(f"m must be an int in [1, {n}] (the number of unknowns), got {m!r}")
     return m
@@ -47,7 +48,7 @@ class GaussianCS(ForwardOperator):
     def _adjoint(self, y: Tensor) -> Tensor:
         return (y @ self._cast("matrix", self.matrix, y)).view(y.shape[0], *self.domain_shape)
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
         """Minimum-norm least-squares solution ``M^+ y`` (pseudo-inverse computed once, float64)."""
         if self._pinv is None:
             self._pinv = torch.linalg.pinv(self.matrix)
@@ -82,5 +83,5 @@ class SubsampledDCT(ForwardOperator):
         full[:, self._cast("index", self.index, y)] = y
         return idct2(full.view(y.shape[0], *self.domain_shape)) * self._cast("signs", self.signs, y)
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
-        return self.adjoint(y)
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
+        return self._adjoint(y)

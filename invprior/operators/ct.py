@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from invprior._optional import require
-from invprior.core.operator import ForwardOperator, check_batch, linear_apply
+from invprior.core.operator import ForwardOperator, linear_apply
 from invprior.errors import ConfigError
+from invprior.validation import positive_int, real
 from invprior.operators.adapters.odl import OdlOperator
 
 __all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBeamCT", "FanBeamCT"]
@@ -37,22 +38,6 @@ FBP_FILTERS = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
 #: Radius of the disc circumscribing the image domain [-1, 1]^2.
 IMAGE_RADIUS = math.sqrt(2.0)
 _FEATURE = "CT operators"
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _finite_float(value: Any, key: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a real number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ConfigError(f"{key} must be finite, got {value!r}")
-    return out
 
 
 @dataclass(frozen=True)
@@ -83,13 +68,13 @@ class CTGeometry:
         if self.beam not in ("parallel", "fan"):
             raise ConfigError(f"beam must be 'parallel' or 'fan', got {self.beam!r}")
         fan = self.beam == "fan"
-        set_(self, "num_angles", _positive_int(self.num_angles, "num_angles"))
+        set_(self, "num_angles", positive_int(self.num_angles, "num_angles"))
         if self.num_detectors is not None:
-            set_(self, "num_detectors", _positive_int(self.num_detectors, "num_detectors"))
+            set_(self, "num_detectors", positive_int(self.num_detectors, "num_detectors"))
 
         angle_range = self.angle_range if self.angle_range is not None else (0.0, 2 * math.pi if fan else math.pi)
         try:
-            start, stop = (_finite_float(a, "angle_range") for a in angle_range)
+            start, stop = (real(a, "angle_range") for a in angle_range)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -101,8 +86,8 @@ class CTGeometry:
         set_(self, "angle_range", (start, stop))
 
         if fan:
-            src = _finite_float(4.0 if self.src_radius is None else self.src_radius, "src_radius")
-            det = _finite_float(4.0 if self.det_radius is None else self.det_radius, "det_radius")
+            src = real(4.0 if self.src_radius is None else self.src_radius, "src_radius")
+            det = real(4.0 if self.det_radius is None else self.det_radius, "det_radius")
             if src <= IMAGE_RADIUS:
                 raise ConfigError(
                     f"src_radius must exceed sqrt(2) = {IMAGE_RADIUS:.4f} so that the source lies outside "
@@ -119,7 +104,7 @@ class CTGeometry:
                     raise ConfigError(
                         f"{key} applies to beam='fan' only, got {getattr(self, key)!r} for a parallel beam")
             default_half_width = IMAGE_RADIUS
-        half_width = _finite_float(
+        half_width = real(
             default_half_width if self.detector_half_width is None else self.detector_half_width,
             "detector_half_width")
         if half_width <= 0:
@@ -132,7 +117,7 @@ class CTGeometry:
         Parallel: ``2 ceil(h N / 2) + 1``. Fan: ``2 ceil(h N r / (2 hypot(r, h))) + 1`` with
         ``r = r_s + r_d``.
         """
-        size = _positive_int(size, "size")
+        size = positive_int(size, "size")
         h = float(self.detector_half_width)
         if self.beam == "parallel":
             return 2 * math.ceil(h * size / 2) + 1
@@ -225,13 +210,13 @@ class CTOperator(ForwardOperator):
             raise ConfigError(f"geometry must be a CTGeometry, got {type(geometry).__name__}")
         if self._beam is not None and geometry.beam != self._beam:
             raise ConfigError(f"{type(self).__name__} needs a {self._beam}-beam geometry, got beam={geometry.beam!r}")
-        size = _positive_int(size, "size")
+        size = positive_int(size, "size")
         if backend not in CT_BACKENDS:
             raise ConfigError(f"unknown CT backend {backend!r}; choose one of {', '.join(CT_BACKENDS)}")
         if not (callable(filter_type) or filter_type in FBP_FILTERS):
             raise ConfigError(
                 f"unknown filter_type {filter_type!r}; choose one of {', '.join(FBP_FILTERS)} or a callable")
-        frequency_scaling = _finite_float(frequency_scaling, "frequency_scaling")
+        frequency_scaling = real(frequency_scaling, "frequency_scaling")
         if not 0 < frequency_scaling <= 1:
             raise ConfigError(f"frequency_scaling must lie in (0, 1], got {frequency_scaling}")
         odl = require("odl", "ct", _FEATURE)
@@ -294,9 +279,7 @@ class CTOperator(ForwardOperator):
             return self._odl_operator._adjoint(y)
         return linear_apply(y, self._matrix_transpose, self._matrix_forward)
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
-        """Filtered back-projection of sinograms ``y`` (image by image, through numpy in float32)."""
-        check_batch(y, self.range_shape, "measurement y", self.name)
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
         if self._fbp_operator is None:
             tomo = require("odl.applications.tomo", "ct", _FEATURE)
             fbp = tomo.fbp_op(self.ray_transform, padding=True, filter_type=self.filter_type,
@@ -304,7 +287,9 @@ class CTOperator(ForwardOperator):
             self._fbp_operator = OdlOperator(fbp)
         return self._fbp_operator.forward(y)
 
-    fbp = pseudo_inverse
+    def fbp(self, y: Tensor) -> Tensor:
+        """Filtered back-projection of sinograms ``y`` (image by image, through numpy in float32)."""
+        return self.pseudo_inverse(y)
 
 
 class ParallelBeamCT(CTOperator):

@@ -23,5 +23,5 @@ class Denoising(ForwardOperator):
     def _adjoint(self, y: Tensor) -> Tensor:
         return y
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
         return y

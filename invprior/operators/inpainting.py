@@ -9,7 +9,8 @@ from torch import Tensor
 
 from invprior.core.operator import ForwardOperator
 from invprior.errors import ConfigError
-from invprior.operators._image import check_fraction, image_shape
+from invprior.operators._image import image_shape
+from invprior.validation import fraction
 
 
 def random_mask(shape: tuple[int, int], missing_fraction: float, seed: int) -> Tensor:
@@ -63,8 +64,8 @@ class Inpainting(ForwardOperator):
         elif box is not None:
             mask = box_mask(hw, box)
         else:
-            fraction = 0.5 if missing_fraction is None else missing_fraction
-            mask = random_mask(hw, check_fraction(fraction, "missing_fraction", low_open=False), seed)
+            missing = 0.5 if missing_fraction is None else missing_fraction
+            mask = random_mask(hw, fraction(missing, "missing_fraction", allow_zero=True), seed)
         if not mask.any():
             raise ConfigError("Inpainting: the mask observes no pixel")
         self.mask = mask
@@ -80,5 +81,5 @@ class Inpainting(ForwardOperator):
         out[:, :, self._cast("index", self.index, y)] = y
         return out.view(y.shape[0], c, h, w)
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
-        return self.adjoint(y)
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
+        return self._adjoint(y)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from invprior._optional import require
-from invprior.core.operator import ForwardOperator, Shape, check_batch
+from invprior.core.operator import ForwardOperator, Shape
 from invprior.errors import ShapeError
 
 if TYPE_CHECKING:
@@ -131,11 +131,8 @@ class DeepinvOperator(ForwardOperator):
     def has_pseudo_inverse(self) -> bool:
         return self.is_linear
 
-    def pseudo_inverse(self, y: Tensor) -> Tensor:
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
         """``physics.A_dagger(y)``: closed form where deepinv has one, least squares otherwise."""
-        if not self.is_linear:
-            return super().pseudo_inverse(y)
-        y = check_batch(y, self.range_shape, "measurement y", self.name)
         return self._physics_like(y).A_dagger(y)
 
 

@@ -1,0 +1,34 @@
+"""Checks for user-supplied parameters; each failure is a ConfigError that names the parameter."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+from invprior.errors import ConfigError
+
+
+def positive_int(value: Any, name: str) -> int:
+    """An integer >= 1 (booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def real(value: Any, name: str, minimum: float = -math.inf, strict: bool = False) -> float:
+    """A finite real number >= ``minimum`` (> when ``strict``); booleans and strings refused."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if value < minimum or (strict and value == minimum):
+        raise ConfigError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return value
+
+
+def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
+    """A number in (0, 1], or [0, 1] when ``allow_zero``."""
+    value = real(value, name)
+    if not ((0.0 <= value if allow_zero else 0.0 < value) and value <= 1.0):
+        raise ConfigError(f"{name} must lie in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value!r}")
+    return value
