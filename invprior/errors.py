@@ -31,3 +31,11 @@ class UnknownComponentError(InvpriorError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
+
+
+class FitDivergedError(InvpriorError, FloatingPointError):
+    """An iterative fit produced a non-finite loss; ``reconstruction`` holds the last good iterate."""
+
+    def __init__(self, message: str, reconstruction: object) -> None:
+        super().__init__(message)
+        self.reconstruction = reconstruction

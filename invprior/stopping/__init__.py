@@ -1,0 +1,1 @@
+"""Stopping rules for iterative fits: fixed budget, discrepancy principle, ES-WMV, patience."""

@@ -1,0 +1,139 @@
+"""The built-in stopping rules. Each keeps the iterate it judges best and says why it stopped."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from invprior.core.interfaces import IterationState, StoppingRule
+from invprior.errors import ConfigError
+from invprior.validation import positive_int, real
+
+
+class FixedBudget(StoppingRule):
+    """Stop after ``iterations`` iterations and keep the last iterate."""
+
+    def __init__(self, iterations: int = 1000) -> None:
+        self.iterations = positive_int(iterations, "FixedBudget: iterations")
+        self.reset()
+
+    def update(self, state: IterationState) -> bool:
+        self._keep(state)
+        if state.iteration >= self.iterations:
+            self.reason = f"fixed budget of {self.iterations} iterations reached"
+            return True
+        return False
+
+
+class DiscrepancyPrinciple(StoppingRule):
+    """Stop at the first ``k`` with ``||A x_k - y|| <= tau * delta`` (Morozov; ``tau > 1``).
+
+    ``delta`` is the noise norm recorded on the problem. Until the bound is met the latest
+    iterate is kept, so a run that never meets it returns its last iterate.
+    """
+
+    requires_noise_level = True
+
+    def __init__(self, tau: float = 1.1) -> None:
+        self.tau = real(tau, "DiscrepancyPrinciple: tau", minimum=1.0, strict=True)
+        self.reset()
+
+    def update(self, state: IterationState) -> bool:
+        if state.noise_norm is None:
+            raise ConfigError("the discrepancy principle needs the noise level delta on the problem")
+        self._keep(state)
+        residual, bound = float(state.residual_norm.max()), self.tau * float(state.noise_norm.max())
+        self.statistic = residual / float(state.noise_norm.max())
+        if residual <= bound:
+            self.reason = (f"discrepancy principle: ||Ax - y|| = {residual:.4g} <= tau * delta = "
+                           f"{self.tau:g} * {bound / self.tau:.4g} at iteration {state.iteration}")
+            return True
+        return False
+
+
+class ESWMV(StoppingRule):
+    """Early stopping by windowed moving variance (Wang, Li, Zhuang, Chen, Liang, Sun 2021).
+
+    ``VAR_t = 1/W sum_{i=t-W+1}^{t} ||x_i - mean||^2`` over the last ``W = window`` iterates;
+    the kept iterate is ``x_t`` at the smallest ``VAR_t`` seen so far (so the kept image and the
+    network weights that produced it belong together); the fit stops when that minimum has not
+    improved for ``patience`` iterations. Needs no noise level.
+    """
+
+    def __init__(self, window: int = 100, patience: int = 1000) -> None:
+        self.window = positive_int(window, "ESWMV: window")
+        self.patience = positive_int(patience, "ESWMV: patience")
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self._buffer: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.window)
+        self.best_variance = math.inf
+        self._since_best = 0
+
+    def update(self, state: IterationState) -> bool:
+        self._buffer.append((state.iteration, state.image.detach().clone()))
+        if len(self._buffer) < self.window:
+            return False
+        stack = torch.stack([x for _, x in self._buffer]).double()
+        variance = float((stack - stack.mean(dim=0)).pow(2).flatten(1).sum(dim=1).mean())
+        self.statistic = variance
+        if variance < self.best_variance:
+            self.best_variance, self._since_best = variance, 0
+            self._keep(state)
+        else:
+            self._since_best += 1
+        if self._since_best >= self.patience:
+            self.reason = (f"ES-WMV: the moving variance (window {self.window}) has not decreased for "
+                           f"{self.patience} iterations; kept iteration {self.best_iteration}")
+            return True
+        return False
+
+
+class Patience(StoppingRule):
+    """Keep the iterate with the best monitored value; stop after ``patience`` iterations without
+    an improvement larger than ``min_delta``.
+
+    ``monitor`` is ``"loss"``, ``"residual"`` or any key of the state's ``extras`` (e.g. a
+    validation error, or ``"psnr"`` when the ground truth is known); ``mode`` is ``"min"`` or ``"max"``.
+    """
+
+    def __init__(self, monitor: str = "loss", mode: str = "min", patience: int = 500, min_delta: float = 0.0) -> None:
+        if mode not in ("min", "max"):
+            raise ConfigError(f"Patience: mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.patience = positive_int(patience, "Patience: patience")
+        self.min_delta = real(min_delta, "Patience: min_delta", minimum=0.0)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.best_value = math.inf if self.mode == "min" else -math.inf
+        self._since_best = 0
+
+    def _value(self, state: IterationState) -> float:
+        if self.monitor == "loss":
+            return state.loss
+        if self.monitor == "residual":
+            return float(state.residual_norm.max())
+        if self.monitor not in state.extras:
+            raise ConfigError(f"Patience: monitored quantity {self.monitor!r} is not available; "
+                              f"available: loss, residual, {', '.join(state.extras) or '(no extras)'}")
+        return float(state.extras[self.monitor])
+
+    def update(self, state: IterationState) -> bool:
+        value = self._value(state)
+        self.statistic = value
+        better = (value < self.best_value - self.min_delta) if self.mode == "min" else (value > self.best_value + self.min_delta)
+        if better:
+            self.best_value, self._since_best = value, 0
+            self._keep(state)
+        else:
+            self._since_best += 1
+        if self._since_best >= self.patience:
+            self.reason = (f"patience: {self.monitor} has not improved for {self.patience} iterations; "
+                           f"kept iteration {self.best_iteration} ({self.monitor} = {self.best_value:.4g})")
+            return True
+        return False

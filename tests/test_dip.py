@@ -1,0 +1,130 @@
+"""DIP: every generator x stopping rule, checkpoint/resume, divergence, shape refusal."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from invprior import GaussianNoise, InverseProblem, Regularizer, registry
+from invprior.errors import ConfigError, FitDivergedError, ShapeError
+from invprior.generators.linear import LinearGenerator
+from invprior.generators.unet import UNet
+from invprior.methods.dip import DIP
+
+SIZE = 16
+GENERATORS = {"unet": {"preset": "small", "channels": 8}, "deep_decoder": {"channels": 8, "layers": 2},
+              "two_layer": {"width": 16}, "linear": {}}
+RULES = {"fixed": {"iterations": 4}, "discrepancy": {"tau": 1.5}, "eswmv": {"window": 2, "patience": 2},
+         "patience": {"monitor": "loss", "patience": 2}}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    op = registry.get("operators", "inpainting", size=SIZE, missing_fraction=0.3)
+    x = registry.get("datasets", "ellipses", size=SIZE, seed=0)
+    return InverseProblem.simulate(op, x, GaussianNoise(std=0.05), seed=0)
+
+
+def test_generators_are_registered():
+    assert set(registry.names("generators")) >= set(GENERATORS)
+
+
+@pytest.mark.parametrize("generator, rule", list(itertools.product(GENERATORS, RULES)))
+def test_every_generator_with_every_rule(problem, generator, rule):
+    dip = DIP(generator=generator, generator_params=GENERATORS[generator], stopping=rule,
+              stopping_params=RULES[rule], weight=1e-4, lr=1e-2, max_iterations=6, log_every=2)
+    result = dip.reconstruct(problem, progress=False)
+    assert result.image.shape == problem.x_true.shape and torch.isfinite(result.image).all()
+    assert 1 <= result.iterations <= 6 and result.stop_reason
+    assert result.trace["iteration"][-1] == result.iterations
+    assert result.generator_state is not None
+    # the kept image is the generator's output at the kept iteration
+    best = result.extras["best_iteration"][0]
+    assert 1 <= best <= result.iterations
+
+
+def test_fit_reduces_the_data_residual(problem):
+    result = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed",
+                 stopping_params={"iterations": 60}, lr=1e-2, max_iterations=60, log_every=1).reconstruct(problem, progress=False)
+    residuals = result.trace["residual"]
+    assert residuals[-1] < 0.5 * residuals[0]
+
+
+def test_linear_generator_converges_to_the_minimum_norm_solution():
+    """Gradient descent on ||A J c - y||^2 from c = 0 converges to x = J (A J)^+ y."""
+    op = registry.get("operators", "cs_gaussian", size=4, m=6, seed=0)
+    y = torch.randn(1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    problem = InverseProblem(op, y)
+    generator = LinearGenerator(size=4, num_params=24, seed=2)
+    j = generator.matrix.double()
+    lipschitz = 2 / 6 * torch.linalg.matrix_norm(op.matrix @ j, ord=2).item() ** 2  # of the mean-squared loss
+    result = DIP(generator=generator, regularizer="none", optimizer="gd", stopping="fixed",
+                 stopping_params={"iterations": 4000}, lr=1 / lipschitz, max_iterations=4000).reconstruct(problem, progress=False)
+    expected = j @ torch.linalg.pinv(op.matrix @ j) @ y[0]
+    assert torch.allclose(result.image.flatten(), expected, atol=1e-4)
+
+
+def test_checkpoint_resume_is_bit_identical(problem, tmp_path):
+    settings = dict(generator_params={"preset": "small", "channels": 8}, stopping="eswmv",
+                    stopping_params={"window": 3, "patience": 1000}, weight=1e-4, lr=1e-2, input_noise=0.05,
+                    log_every=1, checkpoint_every=5)
+    full = DIP(max_iterations=30, **settings).reconstruct(problem, progress=False)
+    path = tmp_path / "run.pt"
+    DIP(max_iterations=20, checkpoint=path, **settings).reconstruct(problem, progress=False)  # "killed" at 20
+    resumed = DIP(max_iterations=30, checkpoint=path, resume=True, **settings).reconstruct(problem, progress=False)
+    assert torch.equal(resumed.image, full.image)
+    assert resumed.trace.keys() == full.trace.keys()
+    for key in full.trace:  # NaN-aware comparison (the rule's statistic is NaN until its window fills)
+        assert torch.equal(torch.tensor(resumed.trace[key]).nan_to_num(-1.0), torch.tensor(full.trace[key]).nan_to_num(-1.0))
+    assert resumed.extras["best_iteration"] == full.extras["best_iteration"]
+    other = InverseProblem(problem.operator, problem.y + 1, noise_std=0.05, x_true=problem.x_true)
+    with pytest.raises(ConfigError, match="belongs to another"):
+        DIP(max_iterations=30, checkpoint=path, resume=True, **settings).reconstruct(other, progress=False)
+
+
+class _NaNAfter(Regularizer):
+    """A regularizer that turns NaN on its n-th call (to simulate a diverging fit)."""
+
+    def __init__(self, n: int) -> None:
+        self.calls, self.n = 0, n
+
+    def __call__(self, x):
+        self.calls += 1
+        value = x.abs().flatten(1).sum(dim=1)
+        return value * float("nan") if self.calls >= self.n else value
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_iterate(problem):
+    dip = DIP(generator_params={"preset": "small", "channels": 8}, regularizer=_NaNAfter(5), weight=1e-3,
+              stopping="fixed", stopping_params={"iterations": 50}, max_iterations=50)
+    with pytest.raises(FitDivergedError, match="iteration 5") as caught:
+        dip.reconstruct(problem, progress=False)
+    kept = caught.value.reconstruction
+    assert kept.iterations == 4 and kept.image.shape == problem.x_true.shape and torch.isfinite(kept.image).all()
+
+
+def test_generator_shape_mismatch_is_refused_before_fitting(problem):
+    with pytest.raises(ShapeError, match=r"outputs images of shape \(1, 1, 8, 8\)"):
+        DIP(generator=LinearGenerator(size=8), max_iterations=5).reconstruct(problem, progress=False)
+    with pytest.raises(ShapeError, match=r"\(1, 2, 16, 16\)"):
+        DIP(generator=UNet(preset="small", channels=4, out_channels=2), max_iterations=5).reconstruct(problem, progress=False)
+
+
+def test_bad_settings_are_refused(problem):
+    for bad in ({"lr": 0.0}, {"weight": -1.0}, {"max_iterations": 0}, {"generator": "unett"},
+                {"stopping": "discrepancy", "stopping_params": {"tau": 0.9}}):
+        with pytest.raises(ConfigError):
+            DIP(**bad)
+    bare = InverseProblem(problem.operator, problem.y)
+    with pytest.raises(ConfigError, match="noise level"):
+        DIP(stopping="discrepancy").reconstruct(bare, progress=False)
+
+
+def test_seeded_runs_repeat_and_leave_the_global_rng_alone(problem):
+    state = torch.get_rng_state()
+    runs = [DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed",
+                stopping_params={"iterations": 5}, seed=3).reconstruct(problem, progress=False) for _ in range(2)]
+    assert torch.equal(runs[0].image, runs[1].image)
+    assert torch.equal(torch.get_rng_state(), state)
