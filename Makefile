@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/invprior run examples/ct_tv.toml --out $(OUT)
+	$(BIN)/invprior demo --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

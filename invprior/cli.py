@@ -17,34 +17,23 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _run(args: argparse.Namespace) -> int:
-    from invprior.experiment import run, scores
-    from invprior.figures import comparison_figure
-    from invprior.io import write_json, write_npz
+    from invprior.experiment import run
+    from invprior.report import summary_lines, write_report
 
     config = load_config(args.config)
     out = Path(args.out)
-    problem, baseline, result = run(config, not args.quiet, args.device, DTYPES[args.dtype])
-    metrics = {"config": config.raw, "problem": problem.metadata,
-               "noise_norm": problem.noise_norm.tolist() if problem.noise_norm is not None else None,
-               "baseline": scores(baseline, problem), "method": scores(result, problem)}
-    write_json(out / "metrics.json", metrics)
-    arrays = {"x_hat": result.image, "baseline": baseline.image, "y": problem.y}
-    if problem.x_true is not None:
-        arrays["x_true"] = problem.x_true
-    write_npz(out / "reconstruction.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
-    panels = []
-    caption = lambda name, m: f"{name}\nPSNR {m['psnr'][0]:.2f} dB, SSIM {m['ssim'][0]:.3f}" if "psnr" in m else name
-    if problem.x_true is not None:
-        panels.append(("ground truth", problem.x_true))
-    panels += [(caption(baseline.method, metrics["baseline"]), baseline.image),
-               (caption(result.method, metrics["method"]), result.image)]
-    error = ("|error| of " + result.method, (result.image - problem.x_true).abs()) if problem.x_true is not None else None
-    comparison_figure(out / "figure.png", panels, error, title=f"{config.problem.operator.name} / {config.problem.image.name}")
-    for name in ("baseline", "method"):
-        m = metrics[name]
-        quality = f"PSNR {m['psnr_mean']:.2f} dB  SSIM {m['ssim_mean']:.3f}  " if "psnr_mean" in m else ""
-        print(f"{name:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
+    problem, baseline, result = run(config, not args.quiet, args.device, DTYPES[args.dtype], workdir=out)
+    metrics = write_report(out, problem, {"baseline": baseline, "method": result}, config.raw,
+                           title=f"{config.problem.operator.name} / {config.problem.image.name}")
+    print("\n".join(summary_lines(metrics, ["baseline", "method"])))
     print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from invprior.demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.quiet, device=args.device, quick=args.quick)
     return 0
 
 
@@ -74,6 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_run)
+    demo = sub.add_parser("demo", help="the built-in demo: real CT slice, FBP vs TV vs DIP+TV")
+    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_demo)
     lst = sub.add_parser("list", help="list registered components and the distribution providing each")
     lst.add_argument("kind", nargs="?", choices=registry.KINDS, help="only this kind")
     lst.set_defaults(handler=_list)

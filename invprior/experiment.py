@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,9 +74,9 @@ def build_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torch.f
     return InverseProblem.simulate(operator, x_true, spec.noise, seed=seed, clean=clean, metadata=meta)
 
 
-def build_method(spec: ComponentSpec, where: str) -> Method:
-    """A registered reconstruction method."""
-    method = build("methods", spec, where)
+def build_method(spec: ComponentSpec, where: str, **defaults: Any) -> Method:
+    """A registered reconstruction method (``defaults`` as in :func:`build`)."""
+    method = build("methods", spec, where, **defaults)
     if not hasattr(method, "reconstruct"):
         raise ConfigError(f"{where}: '{spec.name}' is not a reconstruction method")
     return method
@@ -99,10 +100,14 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
 
 
 def run(config: RunConfig, progress: bool = True, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32) -> tuple[InverseProblem, Reconstruction, Reconstruction]:
-    """Simulate the problem, run the baseline and the method: ``(problem, baseline, reconstruction)``."""
+        dtype: torch.dtype = torch.float32, workdir: Path | None = None) -> tuple[InverseProblem, Reconstruction, Reconstruction]:
+    """Simulate the problem, run the baseline and the method: ``(problem, baseline, reconstruction)``.
+
+    With ``workdir``, methods that checkpoint (DIP) do so in it and resume a run that was stopped.
+    """
     problem = build_problem(config.problem, config.seed, dtype).to(device)
     baseline_spec = config.baseline or default_baseline(problem)
     baseline = build_method(baseline_spec, "baseline").reconstruct(problem, progress)
-    reconstruction = build_method(config.method, "method").reconstruct(problem, progress)
+    resumable = {"checkpoint": workdir / f"checkpoint-{config.method.name}.pt", "resume": True} if workdir else {}
+    reconstruction = build_method(config.method, "method", **resumable).reconstruct(problem, progress)
     return problem, baseline, reconstruction

@@ -69,7 +69,8 @@ class DIP(Method):
                  stopping: str | StoppingRule = "eswmv", stopping_params: dict | None = None,
                  lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 5000, input_noise: float = 0.0,
                  grad_clip: float | None = None, log_every: int = 10, seed: int = 0,
-                 checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False) -> None:
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
+                 auto_weight_fraction: float = 0.3) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
@@ -78,6 +79,7 @@ class DIP(Method):
         self.grad_clip = None if grad_clip is None else real(grad_clip, "dip: grad_clip", minimum=0.0, strict=True)
         if weight != "auto":
             weight = real(weight, "dip: weight (a number >= 0 or 'auto')", minimum=0.0)
+        self.auto_weight_fraction = real(auto_weight_fraction, "dip: auto_weight_fraction", minimum=0.0, strict=True)
         self.max_iterations = positive_int(max_iterations, "dip: max_iterations")
         self.log_every = positive_int(log_every, "dip: log_every")
         self.checkpoint_every = positive_int(checkpoint_every, "dip: checkpoint_every")
@@ -100,7 +102,8 @@ class DIP(Method):
                        "weight": self.weight, "stopping": type(self.stopping).__name__,
                        "stopping_params": dict(stopping_params or {}), "lr": self.lr, "optimizer": optimizer,
                        "max_iterations": max_iterations, "input_noise": self.input_noise,
-                       "grad_clip": self.grad_clip, "seed": self.seed}
+                       "grad_clip": self.grad_clip, "seed": self.seed,
+                       "auto_weight_fraction": self.auto_weight_fraction}
 
     # -- set-up -----------------------------------------------------------------------
     def _build_generator(self, problem: InverseProblem) -> Generator:
@@ -147,14 +150,16 @@ class DIP(Method):
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
 
     def _weights(self, problem: InverseProblem) -> list[float]:
-        """The TV weight per image; ``"auto"`` takes the weight the discrepancy principle picks for TV
-        least squares, ``lambda``, rescaled to this loss: ``2 lambda / m`` (``m`` entries in ``y``)."""
+        """The TV weight per image. ``"auto"``: ``auto_weight_fraction * 2 lambda / m``, where ``lambda`` is
+        the weight the discrepancy principle picks for TV least squares ``1/2 ||Ax - y||^2 + lambda TV``,
+        ``2 / m`` rescales it to this mean-squared loss (``m`` entries in ``y``) and the fraction (0.3)
+        leaves room for the network's own regularisation, which TV alone does not have."""
         if self.weight != "auto":
             return [float(self.weight)] * problem.batch_size
         if not problem.operator.is_linear:
             raise ConfigError("dip: weight='auto' needs a linear operator (it solves TV least squares); give a number")
         tv = TVLeastSquares(weight="discrepancy").reconstruct(problem, progress=False)
-        return [2.0 * w / problem.y[0].numel() for w in tv.params["weight"]]
+        return [self.auto_weight_fraction * 2.0 * w / problem.y[0].numel() for w in tv.params["weight"]]
 
     def _fit(self, problem: InverseProblem, weight: float, checkpoint: Path | None, progress: bool) -> Reconstruction:
         op, y = problem.operator, problem.y
@@ -171,18 +176,21 @@ class DIP(Method):
         noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
         record = Reconstruction(y.new_zeros(0), self.name, params=self.params, generator_input=z)
         best_state: dict[str, Tensor] | None = None
-        first = 1
+        first, torch_rng = 1, None
         fingerprint = self._fingerprint(problem)
         if checkpoint is not None and self.resume and checkpoint.exists():
-            first, best_state = self._load(checkpoint, fingerprint, generator, optimizer, rule, noise_rng, record)
+            first, best_state, torch_rng = self._load(checkpoint, fingerprint, generator, optimizer, rule,
+                                                      noise_rng, record)
         watch = getattr(rule, "monitor", None)
         last_good: Tensor | None = None
         iteration = first - 1
+        # the global RNG (dropout, if any) is forked, seeded and restored: the caller's state is untouched
         with torch.random.fork_rng(devices=[]), tqdm(total=self.max_iterations, initial=first - 1, desc="DIP",
                                                       disable=not progress, leave=False) as bar:
-            torch.manual_seed(self.seed + 2)
-            if checkpoint is not None and self.resume and checkpoint.exists():
-                torch.set_rng_state(record.extras.pop("torch_rng"))
+            if torch_rng is None:
+                torch.manual_seed(self.seed + 2)
+            else:
+                torch.set_rng_state(torch_rng)
             for iteration in range(first, self.max_iterations + 1):
                 z_in = z
                 if self.input_noise > 0:
@@ -258,7 +266,8 @@ class DIP(Method):
         atomic_write(path, lambda f: torch.save(payload, f))
 
     def _load(self, path: Path, fingerprint: str, generator: Generator, optimizer, rule: StoppingRule,
-              noise_rng: torch.Generator, record: Reconstruction) -> tuple[int, dict | None]:
+              noise_rng: torch.Generator, record: Reconstruction) -> tuple[int, dict | None, Tensor]:
+        """Restore a checkpoint; returns the next iteration, the kept network state and the torch RNG state."""
         payload = torch.load(path, map_location=next(iter(generator.state_dict().values())).device, weights_only=False)
         if payload.get("fingerprint") != fingerprint:
             raise ConfigError(f"dip: checkpoint {path} belongs to another problem or other settings; "
@@ -268,5 +277,4 @@ class DIP(Method):
         rule.load_state_dict(payload["rule"])
         noise_rng.set_state(payload["noise_rng"])
         record.trace = payload["trace"]
-        record.extras["torch_rng"] = payload["torch_rng"]
-        return payload["iteration"] + 1, payload["best_state"]
+        return payload["iteration"] + 1, payload["best_state"], payload["torch_rng"]

@@ -1,0 +1,56 @@
+"""``invprior demo``: the real CT slice, 30-angle parallel beam, 2.5 % noise; FBP vs TV vs DIP+TV.
+
+Data are simulated on a 3x finer grid (no inverse crime). TV picks its weight by the discrepancy
+principle; DIP+TV takes a fraction of that weight (:class:`~invprior.methods.dip.DIP` ``weight="auto"``)
+and stops by ES-WMV, so nothing is tuned with the ground truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invprior.config import parse_config
+from invprior.experiment import build_method, build_problem
+from invprior.report import summary_lines, write_report
+
+DEMO = {
+    "seed": 0,
+    "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": 30}, "image": "ct_slice",
+                "size": 128, "fine_factor": 3, "noise": {"relative": 0.025}},
+    "baseline": {"name": "fbp"},
+    "method": {"name": "dip", "params": {
+        "generator": "unet", "generator_params": {"preset": "small", "input_channels": 32},
+        "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
+        "stopping_params": {"window": 100, "patience": 500}, "lr": 1e-3, "max_iterations": 4000, "log_every": 10}},
+}
+QUICK = {"size": 64, "max_iterations": 1500, "patience": 300}
+
+def demo_config(quick: bool = False) -> dict:
+    """The demo's configuration (``quick``: 64x64 and a shorter DIP budget)."""
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO.items()}
+    if quick:
+        config["problem"] = {**DEMO["problem"], "size": QUICK["size"]}
+        params = dict(DEMO["method"]["params"])
+        params["max_iterations"] = QUICK["max_iterations"]
+        params["stopping_params"] = {**params["stopping_params"], "patience": QUICK["patience"]}
+        config["method"] = {"name": "dip", "params": params}
+    return config
+
+def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool = False) -> dict:
+    """Run FBP, TV (discrepancy principle) and DIP+TV (ES-WMV) and write metrics and a figure to ``out``."""
+    raw = demo_config(quick)
+    config = parse_config(raw)
+    problem = build_problem(config.problem, config.seed).to(device)
+    results = {
+        "fbp": build_method(config.baseline, "baseline").reconstruct(problem, progress),
+        "tv": build_method(parse_config({**raw, "method": {"name": "tv"}}).method, "tv").reconstruct(problem, progress),
+        "dip_tv": build_method(config.method, "method", checkpoint=out / "checkpoint-dip.pt",
+                               resume=True).reconstruct(problem, progress),
+    }
+    metrics = write_report(out, problem, results, raw, title="CT slice, 30 angles, 2.5 % noise")
+    print("\n".join(summary_lines(metrics, list(results))))
+    print(f"DIP+TV: {results['dip_tv'].stop_reason}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}")
+    return metrics
+
+__all__ = ["run_demo", "demo_config"]

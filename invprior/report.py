@@ -1,0 +1,51 @@
+"""Write the results of one problem and several reconstructions: metrics, arrays, figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from invprior.core.problem import InverseProblem
+from invprior.core.reconstruction import Reconstruction
+from invprior.experiment import scores
+from invprior.figures import comparison_figure
+from invprior.io import write_json, write_npz
+
+
+def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Reconstruction],
+                 config: dict[str, Any], title: str = "") -> dict[str, Any]:
+    """Write ``metrics.json``, ``reconstruction.npz`` and ``figure.png`` to ``out`` (atomically).
+
+    ``results`` maps a role (e.g. ``"baseline"``, ``"method"``) to a reconstruction; the last one is
+    the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
+    """
+    out = Path(out)
+    main = list(results.values())[-1]
+    metrics = {"config": config, "problem": problem.metadata,
+               "noise_norm": problem.noise_norm.tolist() if problem.noise_norm is not None else None,
+               **{role: scores(r, problem) for role, r in results.items()}}
+    write_json(out / "metrics.json", metrics)
+    arrays = {"x_hat": main.image, "y": problem.y, **{role: r.image for role, r in results.items()}}
+    if problem.x_true is not None:
+        arrays["x_true"] = problem.x_true
+    write_npz(out / "reconstruction.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+
+    def caption(role: str) -> str:
+        m = metrics[role]
+        return f"{m['method']}\\nPSNR {m['psnr'][0]:.2f} dB, SSIM {m['ssim'][0]:.3f}" if "psnr" in m else m["method"]
+
+    panels = [("ground truth", problem.x_true)] if problem.x_true is not None else []
+    panels += [(caption(role), r.image) for role, r in results.items()]
+    error = (f"|error| of {main.method}", (main.image - problem.x_true).abs()) if problem.x_true is not None else None
+    comparison_figure(out / "figure.png", panels, error, title=title, curve=main if main.trace else None)
+    return metrics
+
+
+def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
+    """One line per reconstruction: method, PSNR, SSIM, iterations and wall time."""
+    lines = []
+    for role in roles:
+        m = metrics[role]
+        quality = f"PSNR {m['psnr_mean']:.2f} dB  SSIM {m['ssim_mean']:.3f}  " if "psnr_mean" in m else ""
+        lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
+    return lines

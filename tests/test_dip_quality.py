@@ -1,0 +1,48 @@
+"""DIP+TV with automatic stopping beats the best classical baseline (automatic weights) on small problems.
+
+Nothing here uses the ground truth to tune or stop: the TV weight of DIP comes from the
+discrepancy principle (weight="auto"), the iterate from ES-WMV, and every baseline picks its
+weight by the discrepancy principle. Measured margins (64x64, this CPU): denoising +1.7 dB,
+inpainting +0.5 dB, CT +0.8 dB; the asserted gaps are about half of that.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from invprior import GaussianNoise, InverseProblem, registry
+from invprior.methods.classical import PseudoInverse, Tikhonov, TVLeastSquares
+from invprior.methods.dip import DIP
+from invprior.metrics import psnr
+
+SIZE = 64
+
+
+def _problem(task: str) -> InverseProblem:
+    if task == "denoising":
+        op = registry.get("operators", "denoising", size=SIZE)
+        return InverseProblem.simulate(op, registry.get("datasets", "ellipses", size=SIZE, seed=1),
+                                       GaussianNoise(std=0.1), seed=0)
+    if task == "inpainting":
+        op = registry.get("operators", "inpainting", size=SIZE, missing_fraction=0.5, seed=1)
+        return InverseProblem.simulate(op, registry.get("datasets", "camera", size=SIZE), GaussianNoise(std=0.05), seed=0)
+    op = registry.get("operators", "ct_parallel", size=SIZE, num_angles=30)
+    return InverseProblem.simulate(op, registry.get("datasets", "ct_slice", size=SIZE), GaussianNoise(relative=0.025), seed=0)
+
+
+@pytest.mark.parametrize("task, gap", [("denoising", 0.8), ("inpainting", 0.2), ("ct", 0.4)])
+def test_dip_tv_with_automatic_stopping_beats_the_best_classical_baseline(task, gap):
+    problem = _problem(task)
+    baselines = {"tv": TVLeastSquares(), "tikhonov": Tikhonov(), "pseudo_inverse": PseudoInverse()}
+    scores = {name: psnr(m.reconstruct(problem, progress=False).image, problem.x_true).item()
+              for name, m in baselines.items()}
+    dip = DIP(generator_params={"preset": "small", "input_channels": 32}, weight="auto", stopping="eswmv",
+              stopping_params={"window": 100, "patience": 500}, lr=1e-3, max_iterations=4000, log_every=50)
+    result = dip.reconstruct(problem, progress=False)
+    ours = psnr(result.image, problem.x_true).item()
+    best = max(scores, key=scores.get)
+    print(f"{task}: DIP+TV {ours:.2f} dB (kept {result.extras['best_iteration'][0]}, stopped {result.iterations}) "
+          f"vs {best} {scores[best]:.2f} dB; all baselines {scores}")
+    assert "ES-WMV" in result.stop_reason
+    assert ours > scores[best] + gap
