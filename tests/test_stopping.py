@@ -53,7 +53,7 @@ def test_eswmv_finds_the_flat_stretch_and_waits_for_patience():
     # so the rule stops patience = 10 iterations later and keeps x_25
     assert stopped == 35
     assert rule.best_iteration == 25 and rule.best[0, 0, 0, 0].item() == 19.5
-    assert rule.best_variance == 0.0
+    assert rule.best_value == 0.0
 
 
 def test_eswmv_variance_is_the_windowed_variance_of_the_iterates():

@@ -53,7 +53,35 @@ class DiscrepancyPrinciple(StoppingRule):
         return False
 
 
-class ESWMV(StoppingRule):
+class _Improvement(StoppingRule):
+    """Bookkeeping shared by rules that keep the best value of a watched quantity and stop after
+    ``patience`` iterations without an improvement larger than ``min_delta``."""
+
+    mode: str = "min"
+    min_delta: float = 0.0
+    patience: int = 1
+
+    def reset(self) -> None:
+        super().reset()
+        self.best_value = math.inf if self.mode == "min" else -math.inf
+        self._since_best = 0
+
+    def _watch(self, state: IterationState, value: float) -> bool:
+        """Record ``value`` for ``state``; True when patience has run out."""
+        self.statistic = value
+        if self.mode == "min":
+            better = value < self.best_value - self.min_delta
+        else:
+            better = value > self.best_value + self.min_delta
+        if better:
+            self.best_value, self._since_best = value, 0
+            self._keep(state)
+        else:
+            self._since_best += 1
+        return self._since_best >= self.patience
+
+
+class ESWMV(_Improvement):
     """Early stopping by windowed moving variance (Wang, Li, Zhuang, Chen, Liang, Sun 2021).
 
     ``VAR_t = 1/W sum_{i=t-W+1}^{t} ||x_i - mean||^2`` over the last ``W = window`` iterates;
@@ -69,30 +97,22 @@ class ESWMV(StoppingRule):
 
     def reset(self) -> None:
         super().reset()
-        self._buffer: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.window)
-        self.best_variance = math.inf
-        self._since_best = 0
+        self._buffer: deque[torch.Tensor] = deque(maxlen=self.window)
 
     def update(self, state: IterationState) -> bool:
-        self._buffer.append((state.iteration, state.image.detach().clone()))
+        self._buffer.append(state.image.detach().clone())
         if len(self._buffer) < self.window:
             return False
-        stack = torch.stack([x for _, x in self._buffer]).double()
+        stack = torch.stack(list(self._buffer)).double()
         variance = float((stack - stack.mean(dim=0)).pow(2).flatten(1).sum(dim=1).mean())
-        self.statistic = variance
-        if variance < self.best_variance:
-            self.best_variance, self._since_best = variance, 0
-            self._keep(state)
-        else:
-            self._since_best += 1
-        if self._since_best >= self.patience:
+        if self._watch(state, variance):
             self.reason = (f"ES-WMV: the moving variance (window {self.window}) has not decreased for "
                            f"{self.patience} iterations; kept iteration {self.best_iteration}")
             return True
         return False
 
 
-class Patience(StoppingRule):
+class Patience(_Improvement):
     """Keep the iterate with the best monitored value; stop after ``patience`` iterations without
     an improvement larger than ``min_delta``.
 
@@ -108,11 +128,6 @@ class Patience(StoppingRule):
         self.min_delta = real(min_delta, "Patience: min_delta", minimum=0.0)
         self.reset()
 
-    def reset(self) -> None:
-        super().reset()
-        self.best_value = math.inf if self.mode == "min" else -math.inf
-        self._since_best = 0
-
     def _value(self, state: IterationState) -> float:
         if self.monitor == "loss":
             return state.loss
@@ -124,15 +139,7 @@ class Patience(StoppingRule):
         return float(state.extras[self.monitor])
 
     def update(self, state: IterationState) -> bool:
-        value = self._value(state)
-        self.statistic = value
-        better = (value < self.best_value - self.min_delta) if self.mode == "min" else (value > self.best_value + self.min_delta)
-        if better:
-            self.best_value, self._since_best = value, 0
-            self._keep(state)
-        else:
-            self._since_best += 1
-        if self._since_best >= self.patience:
+        if self._watch(state, self._value(state)):
             self.reason = (f"patience: {self.monitor} has not improved for {self.patience} iterations; "
                            f"kept iteration {self.best_iteration} ({self.monitor} = {self.best_value:.4g})")
             return True
