@@ -21,9 +21,9 @@ DEMO = {
     "method": {"name": "dip", "params": {
         "generator": "unet", "generator_params": {"preset": "small", "input_channels": 32},
         "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
-        "stopping_params": {"window": 100, "patience": 500}, "lr": 1e-3, "max_iterations": 4000, "log_every": 10}},
+        "stopping_params": {"window": 100, "patience": 1000}, "lr": 1e-3, "max_iterations": 3000, "log_every": 10}},
 }
-QUICK = {"size": 64, "max_iterations": 1500, "patience": 300}
+QUICK = {"size": 64, "max_iterations": 3000, "patience": 1000}
 
 def demo_config(quick: bool = False) -> dict:
     """The demo's configuration (``quick``: 64x64 and a shorter DIP budget)."""

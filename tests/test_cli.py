@@ -38,7 +38,8 @@ def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
     assert metrics["method"]["method"] == "tv" and metrics["baseline"]["method"] == "pseudo_inverse"
     assert metrics["method"]["psnr_mean"] > metrics["baseline"]["psnr_mean"] + 3
     arrays = np.load(tmp_path / "out" / "reconstruction.npz")
-    assert set(arrays.files) == {"x_hat", "x_true", "y", "baseline"}
+    assert set(arrays.files) == {"x_hat", "x_true", "y", "baseline", "method"}
+    assert np.array_equal(arrays["x_hat"], arrays["method"])
     assert arrays["x_hat"].shape == arrays["x_true"].shape == (1, 1, 24, 24)
     assert (tmp_path / "out" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "out").glob(".*.tmp"))

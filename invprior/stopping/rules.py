@@ -97,14 +97,29 @@ class ESWMV(_Improvement):
 
     def reset(self) -> None:
         super().reset()
-        self._buffer: deque[torch.Tensor] = deque(maxlen=self.window)
+        self._buffer: deque[torch.Tensor] = deque()
+        self._sum: torch.Tensor | None = None  # running sums over the window, float64: sum x_i, sum ||x_i||^2
+        self._sum_squares = 0.0
+        self._updates = 0
+
+    def _add(self, image: torch.Tensor, sign: float) -> None:
+        self._sum = sign * image if self._sum is None else self._sum + sign * image
+        self._sum_squares += sign * float(image.pow(2).sum())
 
     def update(self, state: IterationState) -> bool:
-        self._buffer.append(state.image.detach().clone())
+        image = state.image.detach().double()
+        self._buffer.append(image)
+        self._add(image, 1.0)
+        if len(self._buffer) > self.window:
+            self._add(self._buffer.popleft(), -1.0)
+        self._updates += 1
+        if self._updates % self.window == 0:  # recompute exactly now and then: no drift from the running sums
+            stack = torch.stack(list(self._buffer))
+            self._sum, self._sum_squares = stack.sum(dim=0), float(stack.pow(2).sum())
         if len(self._buffer) < self.window:
             return False
-        stack = torch.stack(list(self._buffer)).double()
-        variance = float((stack - stack.mean(dim=0)).pow(2).flatten(1).sum(dim=1).mean())
+        # sum_i ||x_i - mean||^2 = sum_i ||x_i||^2 - ||sum_i x_i||^2 / W
+        variance = max(self._sum_squares - float(self._sum.pow(2).sum()) / self.window, 0.0) / self.window
         if self._watch(state, variance):
             self.reason = (f"ES-WMV: the moving variance (window {self.window}) has not decreased for "
                            f"{self.patience} iterations; kept iteration {self.best_iteration}")
