@@ -7,6 +7,7 @@ and stops by ES-WMV, so nothing is tuned with the ground truth.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from invprior.config import parse_config
@@ -23,18 +24,15 @@ DEMO = {
         "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
         "stopping_params": {"window": 100, "patience": 1000}, "lr": 1e-3, "max_iterations": 3000, "log_every": 10}},
 }
-QUICK = {"size": 64, "max_iterations": 3000, "patience": 1000}
+QUICK = {"size": 64}
 
 def demo_config(quick: bool = False) -> dict:
-    """The demo's configuration (``quick``: 64x64 and a shorter DIP budget)."""
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO.items()}
+    """The demo's configuration; ``quick`` uses the image size in :data:`QUICK`."""
+    config = copy.deepcopy(DEMO)
     if quick:
-        config["problem"] = {**DEMO["problem"], "size": QUICK["size"]}
-        params = dict(DEMO["method"]["params"])
-        params["max_iterations"] = QUICK["max_iterations"]
-        params["stopping_params"] = {**params["stopping_params"], "patience": QUICK["patience"]}
-        config["method"] = {"name": "dip", "params": params}
+        config["problem"]["size"] = QUICK["size"]
     return config
+
 
 def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool = False) -> dict:
     """Run FBP, TV (discrepancy principle) and DIP+TV (ES-WMV) and write metrics and a figure to ``out``."""
@@ -44,7 +42,7 @@ def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool 
     results = {
         "fbp": build_method(config.baseline, "baseline").reconstruct(problem, progress),
         "tv": build_method(parse_config({**raw, "method": {"name": "tv"}}).method, "tv").reconstruct(problem, progress),
-        "dip_tv": build_method(config.method, "method", checkpoint=out / "checkpoint-dip.pt",
+        "dip_tv": build_method(config.method, "method", checkpoint=out / f"checkpoint-dip-{config.problem.size}px.pt",
                                resume=True).reconstruct(problem, progress),
     }
     metrics = write_report(out, problem, results, raw, title="CT slice, 30 angles, 2.5 % noise")

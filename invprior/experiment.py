@@ -93,7 +93,10 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
                            "stop_reason": reconstruction.stop_reason, "params": reconstruction.params,
                            "residual_norm": problem.residual_norm(reconstruction.image).tolist()}
     if problem.x_true is not None:
-        for name, metric in (("psnr", psnr), ("ssim", ssim), ("relative_error", relative_error)):
+        metrics = [("psnr", psnr), ("relative_error", relative_error)]
+        if min(problem.x_true.shape[-2:]) >= 11:  # SSIM's 11x11 window
+            metrics.append(("ssim", ssim))
+        for name, metric in metrics:
             values = metric(reconstruction.image, problem.x_true).tolist()
             out[name], out[f"{name}_mean"] = values, sum(values) / len(values)
     return out

@@ -32,7 +32,8 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
 
     def caption(role: str) -> str:
         m = metrics[role]
-        return f"{m['method']}\\nPSNR {m['psnr'][0]:.2f} dB, SSIM {m['ssim'][0]:.3f}" if "psnr" in m else m["method"]
+        quality = f"\nPSNR {m['psnr'][0]:.2f} dB" if "psnr" in m else ""
+        return m["method"] + quality + (f", SSIM {m['ssim'][0]:.3f}" if "ssim" in m else "")
 
     panels = [("ground truth", problem.x_true)] if problem.x_true is not None else []
     panels += [(caption(role), r.image) for role, r in results.items()]
@@ -46,6 +47,7 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
     lines = []
     for role in roles:
         m = metrics[role]
-        quality = f"PSNR {m['psnr_mean']:.2f} dB  SSIM {m['ssim_mean']:.3f}  " if "psnr_mean" in m else ""
+        quality = f"PSNR {m['psnr_mean']:.2f} dB  " if "psnr_mean" in m else ""
+        quality += f"SSIM {m['ssim_mean']:.3f}  " if "ssim_mean" in m else ""
         lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
     return lines

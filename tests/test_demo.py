@@ -12,8 +12,8 @@ from invprior.cli import main
 
 def test_demo_writes_three_methods_and_the_convergence_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(demo.QUICK, "size", 32)
-    monkeypatch.setitem(demo.QUICK, "max_iterations", 25)
-    monkeypatch.setitem(demo.QUICK, "patience", 5)
+    monkeypatch.setitem(demo.DEMO["method"]["params"], "max_iterations", 25)
+    monkeypatch.setitem(demo.DEMO["method"]["params"]["stopping_params"], "patience", 5)
     assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [metrics[k]["method"] for k in ("fbp", "tv", "dip_tv")] == ["fbp", "tv", "dip"]

@@ -66,22 +66,51 @@ def test_linear_generator_converges_to_the_minimum_norm_solution():
     assert torch.allclose(result.image.flatten(), expected, atol=1e-4)
 
 
-def test_checkpoint_resume_is_bit_identical(problem, tmp_path):
+def test_checkpoint_resume_is_bit_identical(problem, tmp_path, monkeypatch):
     settings = dict(generator_params={"preset": "small", "channels": 8}, stopping="eswmv",
                     stopping_params={"window": 3, "patience": 1000}, weight=1e-4, lr=1e-2, input_noise=0.05,
-                    log_every=1, checkpoint_every=5)
-    full = DIP(max_iterations=30, **settings).reconstruct(problem, progress=False)
+                    log_every=3, checkpoint_every=5, max_iterations=30)
+    full = DIP(**settings).reconstruct(problem, progress=False)
     path = tmp_path / "run.pt"
-    DIP(max_iterations=20, checkpoint=path, **settings).reconstruct(problem, progress=False)  # "killed" at 20
-    resumed = DIP(max_iterations=30, checkpoint=path, resume=True, **settings).reconstruct(problem, progress=False)
+    original_log = DIP._log
+
+    def killed_at_24(self, record, problem, state, rule):
+        if state.iteration == 24:
+            raise KeyboardInterrupt  # the process dies between checkpoints (last one: iteration 20)
+        original_log(self, record, problem, state, rule)
+
+    monkeypatch.setattr(DIP, "_log", killed_at_24)
+    with pytest.raises(KeyboardInterrupt):
+        DIP(checkpoint=path, **settings).reconstruct(problem, progress=False)
+    monkeypatch.setattr(DIP, "_log", original_log)
+    assert torch.load(path, weights_only=False)["iteration"] == 20
+    resumed = DIP(checkpoint=path, resume=True, **settings).reconstruct(problem, progress=False)
     assert torch.equal(resumed.image, full.image)
     assert resumed.trace.keys() == full.trace.keys()
     for key in full.trace:  # NaN-aware comparison (the rule's statistic is NaN until its window fills)
         assert torch.equal(torch.tensor(resumed.trace[key]).nan_to_num(-1.0), torch.tensor(full.trace[key]).nan_to_num(-1.0))
     assert resumed.extras["best_iteration"] == full.extras["best_iteration"]
+    for key, value in full.generator_state.items():
+        assert torch.equal(resumed.generator_state[key], value)
+    # a finished run is returned from its checkpoint without fitting again
+    again = DIP(checkpoint=path, resume=True, **settings).reconstruct(problem, progress=False)
+    assert torch.equal(again.image, full.image) and again.iterations == full.iterations
     other = InverseProblem(problem.operator, problem.y + 1, noise_std=0.05, x_true=problem.x_true)
     with pytest.raises(ConfigError, match="belongs to another"):
-        DIP(max_iterations=30, checkpoint=path, resume=True, **settings).reconstruct(other, progress=False)
+        DIP(checkpoint=path, resume=True, **settings).reconstruct(other, progress=False)
+    with pytest.raises(ConfigError, match="belongs to another"):  # other stopping settings
+        DIP(checkpoint=path, resume=True, **{**settings, "stopping_params": {"window": 3, "patience": 7}}
+            ).reconstruct(problem, progress=False)
+
+
+@pytest.mark.parametrize("rule, params", [("fixed", {"iterations": 7}), ("eswmv", {"window": 50, "patience": 5})])
+def test_kept_image_is_what_the_kept_weights_produce(problem, rule, params):
+    generator = UNet(preset="small", channels=8)
+    result = DIP(generator=generator, stopping=rule, stopping_params=params, weight=1e-4, lr=1e-2,
+                 max_iterations=7).reconstruct(problem, progress=False)
+    generator.load_state_dict(result.generator_state)
+    with torch.no_grad():
+        assert torch.allclose(generator(result.generator_input), result.image, atol=1e-6)
 
 
 class _NaNAfter(Regularizer):
@@ -110,6 +139,13 @@ def test_generator_shape_mismatch_is_refused_before_fitting(problem):
         DIP(generator=LinearGenerator(size=8), max_iterations=5).reconstruct(problem, progress=False)
     with pytest.raises(ShapeError, match=r"\(1, 2, 16, 16\)"):
         DIP(generator=UNet(preset="small", channels=4, out_channels=2), max_iterations=5).reconstruct(problem, progress=False)
+
+
+def test_small_images_and_rule_settings_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="layers <= 3"):
+        registry.get("generators", "deep_decoder", size=16)
+    with pytest.raises(ConfigError, match="window must be >= 2"):
+        registry.get("stopping", "eswmv", window=1)
 
 
 def test_bad_settings_are_refused(problem):

@@ -41,6 +41,8 @@ def test_discrepancy_principle_validates_tau_and_needs_the_noise_level():
             DiscrepancyPrinciple(tau=tau)
     with pytest.raises(ConfigError, match="noise level"):
         DiscrepancyPrinciple().update(_state(1, delta=None))
+    with pytest.raises(ConfigError, match="positive noise level"):
+        DiscrepancyPrinciple().update(_state(1, delta=0.0))
 
 
 def test_eswmv_finds_the_flat_stretch_and_waits_for_patience():

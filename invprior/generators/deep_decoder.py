@@ -32,6 +32,10 @@ class DeepDecoder(Generator):
             raise ConfigError(f"DeepDecoder: channels and layers must be positive ints, got {channels!r}, {layers!r}")
         self.output_shape = image_shape(size, int(out_channels))
         self.channels, self.layers, self.out_channels = channels, layers, int(out_channels)
+        if min(self._sizes()[0]) < 2:
+            most = max(int(math.log2(min(self.output_shape[1:]) / 2)), 0)
+            raise ConfigError(f"DeepDecoder: {layers} layers shrink a {self.output_shape[1]}x{self.output_shape[2]} "
+                              f"image to a 1-pixel input, which carries no spatial information; use layers <= {most}")
         self.input_scale, self.sigmoid = float(input_scale), bool(sigmoid)
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(layers))
         self.norms = nn.ModuleList(nn.GroupNorm(channels, channels) for _ in range(layers))

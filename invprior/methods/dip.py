@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import deque
 import math
 import time
 from pathlib import Path
@@ -26,7 +27,14 @@ from invprior.io import atomic_write
 from invprior.methods.base import Method
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
+from invprior.regularizers.zero import NoRegularizer
 from invprior.validation import positive_int, real
+
+
+def _configuration(component: object) -> list:
+    """The plain settings of a component (numbers, strings, booleans), for fingerprints."""
+    return sorted((k, v) for k, v in vars(component).items()
+                  if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None))))
 
 
 def _component(kind: str, value: Any, params: dict | None, interface: type, defaults: dict) -> Any:
@@ -109,13 +117,13 @@ class DIP(Method):
     def _build_generator(self, problem: InverseProblem) -> Generator:
         """A freshly initialised generator (weights drawn from ``seed``, global RNG untouched)."""
         c, h, w = problem.operator.domain_shape[-3:]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=_rng_devices(problem.y.device)):
             torch.manual_seed(self.seed)
             if isinstance(self.generator, Generator):
                 generator = copy.deepcopy(self.generator)  # every image starts from the same untrained network
             else:
                 generator = _component("generators", self.generator, self.generator_params, Generator,
-                                       {"size": (h, w), "out_channels": c})
+                                       {"size": (h, w), "out_channels": c, "seed": self.seed})
         return generator.to(device=problem.y.device, dtype=problem.y.dtype)
 
     def _checkpoint_path(self, index: int, batch: int) -> Path | None:
@@ -124,9 +132,15 @@ class DIP(Method):
         return self.checkpoint if batch == 1 else self.checkpoint.with_name(f"{self.checkpoint.stem}-{index}{self.checkpoint.suffix}")
 
     def _fingerprint(self, problem: InverseProblem) -> str:
-        """Identifies the run a checkpoint belongs to; raising max_iterations may continue a run."""
+        """Identifies the run a checkpoint belongs to: settings (except ``max_iterations``, which may be
+        raised to continue a run), the configuration of the components, the operator and ``y``."""
         settings = {k: v for k, v in self.params.items() if k != "max_iterations"}
-        digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+        parts = [settings, self.log_every, repr(problem.operator), _configuration(self.stopping),
+                 _configuration(self.regularizer)]
+        digest = hashlib.sha256(repr(parts).encode())
+        if isinstance(self.generator, Generator):
+            for tensor in self.generator.state_dict().values():
+                digest.update(tensor.detach().cpu().double().numpy().tobytes())
         digest.update(problem.y.detach().cpu().double().numpy().tobytes())
         return digest.hexdigest()
 
@@ -156,8 +170,13 @@ class DIP(Method):
         leaves room for the network's own regularisation, which TV alone does not have."""
         if self.weight != "auto":
             return [float(self.weight)] * problem.batch_size
+        if isinstance(self.regularizer, NoRegularizer):
+            return [0.0] * problem.batch_size
         if not problem.operator.is_linear:
             raise ConfigError("dip: weight='auto' needs a linear operator (it solves TV least squares); give a number")
+        if problem.noise_norm is None or bool((problem.noise_norm <= 0).any()):
+            raise ConfigError("dip: weight='auto' chooses the TV weight from the noise level, which the problem "
+                              "lacks (or is 0); give noise_std/noise_norm or a number as weight")
         tv = TVLeastSquares(weight="discrepancy").reconstruct(problem, progress=False)
         return [self.auto_weight_fraction * 2.0 * w / problem.y[0].numel() for w in tv.params["weight"]]
 
@@ -165,32 +184,41 @@ class DIP(Method):
         op, y = problem.operator, problem.y
         generator = self._build_generator(problem)
         z = generator.make_input(problem, self.seed)
-        with torch.no_grad():
-            shape = tuple(generator(z).shape)
-        if shape != (1, *op.domain_shape):
-            raise ShapeError(f"dip: the generator outputs images of shape {shape}, but {op.name} expects "
-                             f"(1, {', '.join(map(str, op.domain_shape))}); fix the generator's size/channels")
         rule = self.stopping
         rule.reset()
-        optimizer = self.OPTIMIZERS[self.optimizer](generator.parameters(), lr=self.lr)
-        noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
-        record = Reconstruction(y.new_zeros(0), self.name, params=self.params, generator_input=z)
-        best_state: dict[str, Tensor] | None = None
-        first, torch_rng = 1, None
-        fingerprint = self._fingerprint(problem)
-        if checkpoint is not None and self.resume and checkpoint.exists():
-            first, best_state, torch_rng = self._load(checkpoint, fingerprint, generator, optimizer, rule,
-                                                      noise_rng, record)
-        watch = getattr(rule, "monitor", None)
-        last_good: Tensor | None = None
-        iteration = first - 1
         # the global RNG (dropout, if any) is forked, seeded and restored: the caller's state is untouched
-        with torch.random.fork_rng(devices=[]), tqdm(total=self.max_iterations, initial=first - 1, desc="DIP",
-                                                      disable=not progress, leave=False) as bar:
-            if torch_rng is None:
-                torch.manual_seed(self.seed + 2)
-            else:
-                torch.set_rng_state(torch_rng)
+        with torch.random.fork_rng(devices=_rng_devices(y.device)):
+            torch.manual_seed(self.seed + 2)
+            with torch.no_grad():
+                shape = tuple(generator(z).shape)
+            if shape != (1, *op.domain_shape):
+                raise ShapeError(f"dip: the generator outputs images of shape {shape}, but {op.name} expects "
+                                 f"(1, {', '.join(map(str, op.domain_shape))}); fix the generator's size/channels")
+            optimizer = self.OPTIMIZERS[self.optimizer](generator.parameters(), lr=self.lr)
+            noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
+            record = Reconstruction(y.new_zeros(0), self.name, params=self.params, generator_input=z)
+            best_state: dict[str, Tensor] | None = None
+            first = 1
+            fingerprint = self._fingerprint(problem)
+            if checkpoint is not None and self.resume and checkpoint.exists():
+                payload = self._load(checkpoint, fingerprint, y.device)
+                result = payload.get("result")
+                if result is not None and (result["stopped"] or payload["iteration"] >= self.max_iterations):
+                    return self._finished(record, payload)
+                first, best_state = self._restore(payload, generator, optimizer, rule, noise_rng, record, y.device)
+            return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
+                                 first, checkpoint, fingerprint, progress)
+
+    def _iterate(self, problem: InverseProblem, weight: float, generator: Generator, z: Tensor, rule: StoppingRule,
+                 optimizer, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None, first: int,
+                 checkpoint: Path | None, fingerprint: str, progress: bool) -> Reconstruction:
+        op, y = problem.operator, problem.y
+        watch = getattr(rule, "monitor", None)
+        snapshot = lambda: {k: v.detach().clone() for k, v in generator.state_dict().items()}
+        last_good: Tensor | None = None
+        final_state: dict[str, Tensor] | None = None
+        iteration, stop = first - 1, False
+        with tqdm(total=self.max_iterations, initial=first - 1, desc="DIP", disable=not progress, leave=False) as bar:
             for iteration in range(first, self.max_iterations + 1):
                 z_in = z
                 if self.input_noise > 0:
@@ -215,28 +243,35 @@ class DIP(Method):
                                        problem.noise_norm, extras)
                 stop = rule.update(state)
                 if rule.best_iteration == iteration:
-                    best_state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+                    best_state = snapshot()  # the weights that produced the kept image (before this step)
                 if stop or iteration % self.log_every == 0 or iteration == self.max_iterations:
                     self._log(record, problem, state, rule)
                     bar.set_postfix({k: f"{v[-1]:.4g}" for k, v in record.trace.items() if k in ("loss", "psnr")})
                 bar.update(1)
                 if stop:
                     break
+                if iteration == self.max_iterations:
+                    final_state = snapshot()
                 optimizer.step()
                 if checkpoint is not None and iteration % self.checkpoint_every == 0:
                     self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng,
                                record, best_state)
-        if rule.best is None or not rule.reason:
-            if rule.best is None:
+        if stop:
+            record.stop_reason = rule.reason
+        else:
+            if rule.best is None:  # the rule kept nothing yet (e.g. ES-WMV before its window filled)
                 rule._keep(IterationState(iteration, last_good, math.nan, torch.zeros(1)))
-                best_state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+                best_state = final_state
             record.stop_reason = (f"max_iterations = {self.max_iterations} reached before the stopping rule fired; "
                                   f"kept iteration {rule.best_iteration}")
-        else:
-            record.stop_reason = rule.reason
         record.image, record.iterations = rule.best, iteration
         record.generator_state = best_state
         record.extras["best_iteration"] = rule.best_iteration
+        if checkpoint is not None:
+            result = {"stopped": stop, "image": record.image, "iterations": iteration,
+                      "stop_reason": record.stop_reason, "best_iteration": rule.best_iteration}
+            self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng, record,
+                       best_state, result)
         return record
 
     def _log(self, record: Reconstruction, problem: InverseProblem, state: IterationState, rule: StoppingRule) -> None:
@@ -259,22 +294,59 @@ class DIP(Method):
 
     # -- checkpoints ------------------------------------------------------------------
     def _save(self, path: Path, fingerprint: str, iteration: int, generator: Generator, optimizer, rule: StoppingRule,
-              noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None) -> None:
+              noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
+              result: dict | None = None) -> None:
+        """Everything needed to continue after ``iteration`` (and, at the end of a fit, its result)."""
+        device = next(iter(generator.state_dict().values())).device
         payload = {"fingerprint": fingerprint, "iteration": iteration, "generator": generator.state_dict(),
                    "optimizer": optimizer.state_dict(), "rule": rule.state_dict(), "noise_rng": noise_rng.get_state(),
-                   "torch_rng": torch.get_rng_state(), "trace": record.trace, "best_state": best_state}
+                   "torch_rng": torch.get_rng_state(), "trace": record.trace, "best_state": best_state,
+                   "result": result}
+        if device.type == "cuda":
+            payload["cuda_rng"] = torch.cuda.get_rng_state(device)
         atomic_write(path, lambda f: torch.save(payload, f))
 
-    def _load(self, path: Path, fingerprint: str, generator: Generator, optimizer, rule: StoppingRule,
-              noise_rng: torch.Generator, record: Reconstruction) -> tuple[int, dict | None, Tensor]:
-        """Restore a checkpoint; returns the next iteration, the kept network state and the torch RNG state."""
-        payload = torch.load(path, map_location=next(iter(generator.state_dict().values())).device, weights_only=False)
+    def _load(self, path: Path, fingerprint: str, device: torch.device) -> dict:
+        """Read a checkpoint on the CPU and refuse one that belongs to another run."""
+        payload = torch.load(path, map_location="cpu", weights_only=False)
         if payload.get("fingerprint") != fingerprint:
             raise ConfigError(f"dip: checkpoint {path} belongs to another problem or other settings; "
-                              "delete it or point 'checkpoint' elsewhere")
+                              "delete it, or choose another output folder or 'checkpoint' path")
+        return _on_device(payload, device, keep=("noise_rng", "torch_rng", "cuda_rng"))
+
+    def _restore(self, payload: dict, generator: Generator, optimizer, rule: StoppingRule, noise_rng: torch.Generator,
+                 record: Reconstruction, device: torch.device) -> tuple[int, dict | None]:
+        """Continue from ``payload``: returns the next iteration and the kept network state."""
         generator.load_state_dict(payload["generator"])
         optimizer.load_state_dict(payload["optimizer"])
         rule.load_state_dict(payload["rule"])
         noise_rng.set_state(payload["noise_rng"])
+        torch.set_rng_state(payload["torch_rng"])
+        if "cuda_rng" in payload and device.type == "cuda":
+            torch.cuda.set_rng_state(payload["cuda_rng"], device)
         record.trace = payload["trace"]
-        return payload["iteration"] + 1, payload["best_state"], payload["torch_rng"]
+        return payload["iteration"] + 1, payload["best_state"]
+
+    def _finished(self, record: Reconstruction, payload: dict) -> Reconstruction:
+        """The stored result of a fit that had already ended."""
+        result = payload["result"]
+        record.image, record.iterations, record.stop_reason = result["image"], result["iterations"], result["stop_reason"]
+        record.trace, record.generator_state = payload["trace"], payload["best_state"]
+        record.extras["best_iteration"] = result["best_iteration"]
+        return record
+
+
+def _rng_devices(device: torch.device) -> list[torch.device]:
+    """The accelerator whose RNG a fit on ``device`` uses, besides the CPU's."""
+    return [device] if device.type == "cuda" else []
+
+
+def _on_device(value: Any, device: torch.device, keep: tuple[str, ...] = ()) -> Any:
+    """``value`` with every tensor moved to ``device`` (the dictionary keys in ``keep`` stay as they are)."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: v if k in keep else _on_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple, deque)):
+        return type(value)(_on_device(v, device) for v in value)
+    return value

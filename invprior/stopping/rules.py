@@ -41,8 +41,8 @@ class DiscrepancyPrinciple(StoppingRule):
         self.reset()
 
     def update(self, state: IterationState) -> bool:
-        if state.noise_norm is None:
-            raise ConfigError("the discrepancy principle needs the noise level delta on the problem")
+        if state.noise_norm is None or bool((state.noise_norm <= 0).any()):
+            raise ConfigError("the discrepancy principle needs a positive noise level delta on the problem")
         self._keep(state)
         residual, bound = float(state.residual_norm.max()), self.tau * float(state.noise_norm.max())
         self.statistic = residual / float(state.noise_norm.max())
@@ -92,6 +92,8 @@ class ESWMV(_Improvement):
 
     def __init__(self, window: int = 100, patience: int = 1000) -> None:
         self.window = positive_int(window, "ESWMV: window")
+        if self.window < 2:
+            raise ConfigError("ESWMV: window must be >= 2 (the variance of a single iterate is always 0)")
         self.patience = positive_int(patience, "ESWMV: patience")
         self.reset()
 
