@@ -1,1 +1,7 @@
-"""Reconstruction methods: classical baselines now, DIP-type methods later."""
+"""Reconstruction methods: classical baselines and Deep Image Prior."""
+
+from invprior.methods.base import Method
+from invprior.methods.classical import FBP, PseudoInverse, Tikhonov, TVLeastSquares
+from invprior.methods.dip import DIP
+
+__all__ = ["Method", "PseudoInverse", "FBP", "Tikhonov", "TVLeastSquares", "DIP"]
