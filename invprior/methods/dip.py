@@ -159,7 +159,7 @@ class DIP(Method):
             trace=first.trace,
             iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
             generator_state=first.generator_state, generator_input=torch.cat([f.generator_input for f in fits]),
-            extras={"best_iteration": [f.extras["best_iteration"] for f in fits],
+            extras={"best_iteration": [f.extras["best_iteration"] for f in fits], "generator": first.extras["generator"],
                     "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
 
@@ -204,7 +204,7 @@ class DIP(Method):
                 payload = self._load(checkpoint, fingerprint, y.device)
                 result = payload.get("result")
                 if result is not None and (result["stopped"] or payload["iteration"] >= self.max_iterations):
-                    return self._finished(record, payload)
+                    return self._finished(record, payload, generator)
                 first, best_state = self._restore(payload, generator, optimizer, rule, noise_rng, record, y.device)
             return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
                                  first, checkpoint, fingerprint, progress)
@@ -267,6 +267,7 @@ class DIP(Method):
         record.image, record.iterations = rule.best, iteration
         record.generator_state = best_state
         record.extras["best_iteration"] = rule.best_iteration
+        record.extras["generator"] = generator  # the network (load generator_state for the kept weights)
         if checkpoint is not None:
             result = {"stopped": stop, "image": record.image, "iterations": iteration,
                       "stop_reason": record.stop_reason, "best_iteration": rule.best_iteration}
@@ -327,8 +328,10 @@ class DIP(Method):
         record.trace = payload["trace"]
         return payload["iteration"] + 1, payload["best_state"]
 
-    def _finished(self, record: Reconstruction, payload: dict) -> Reconstruction:
+    def _finished(self, record: Reconstruction, payload: dict, generator: Generator) -> Reconstruction:
         """The stored result of a fit that had already ended."""
+        generator.load_state_dict(payload["generator"])
+        record.extras["generator"] = generator
         result = payload["result"]
         record.image, record.iterations, record.stop_reason = result["image"], result["iterations"], result["stop_reason"]
         record.trace, record.generator_state = payload["trace"], payload["best_state"]

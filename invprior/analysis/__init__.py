@@ -1,0 +1,1 @@
+"""Analysis tools: calibration metrics for predictive uncertainty."""

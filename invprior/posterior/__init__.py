@@ -1,0 +1,1 @@
+"""Uncertainty around a fitted reconstruction: linearised Laplace (lin-DIP) and its building blocks."""

@@ -1,0 +1,107 @@
+"""Matrix-free Jacobian products of a generator with respect to a subset of its weights.
+
+``h(theta) = G(theta*) + J (theta - theta*)`` with ``J = dG(theta; z)/dtheta`` at ``theta*``;
+:meth:`Linearization.jvp` gives ``J v`` and :meth:`Linearization.vjp` gives ``J^T u`` without
+forming ``J`` (``torch.func``).
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp
+
+from invprior.core.interfaces import Generator
+from invprior.errors import ConfigError, ShapeError
+
+
+def conv_weights(generator: nn.Module) -> list[str]:
+    """Names of the weights of every ``Conv2d`` (biases and normalisation layers excluded)."""
+    return [f"{name}.weight" if name else "weight" for name, module in generator.named_modules()
+            if isinstance(module, nn.Conv2d)]
+
+
+class Linearization:
+    """The linearisation of ``z -> G_theta(z)`` around the current weights of ``generator``.
+
+    ``parameters`` names the weights that vary (default: all 3x3 and 1x1 convolution kernels);
+    the others stay fixed. ``pre_sigmoid`` linearises the output before the generator's sigmoid
+    (when it has one). Vectors ``v`` are flat, concatenated in the order of :attr:`names`.
+    """
+
+    def __init__(self, generator: Generator, z: Tensor, parameters: list[str] | None = None,
+                 pre_sigmoid: bool = False) -> None:
+        available = dict(generator.named_parameters())
+        names = conv_weights(generator) if parameters is None else list(parameters)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise ConfigError(f"Linearization: the generator has no parameters {unknown}")
+        if not names:
+            raise ConfigError("Linearization: no parameters to linearise over")
+        if pre_sigmoid and not hasattr(generator, "forward_pre_sigmoid"):
+            raise ConfigError(f"Linearization: {type(generator).__name__} has no pre-sigmoid output")
+        self.generator, self.z = generator, z.detach()
+        self._module: nn.Module = _PreSigmoid(generator) if pre_sigmoid else generator
+        self._prefix = "generator." if pre_sigmoid else ""
+        self.names = names
+        self.shapes = [tuple(available[n].shape) for n in names]
+        self.theta = [available[n].detach().clone() for n in names]
+        self._fixed = {self._prefix + k: v.detach() for k, v in generator.state_dict().items() if k not in names}
+        with torch.no_grad():
+            self.output = self._apply(self.theta)
+        if not torch.isfinite(self.output).all():
+            raise ShapeError("Linearization: the generator output at theta* is not finite")
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    def _apply(self, theta: list[Tensor]) -> Tensor:
+        weights = {**self._fixed, **{self._prefix + n: t for n, t in zip(self.names, theta)}}
+        return functional_call(self._module, weights, (self.z,))
+
+    def split(self, v: Tensor) -> list[Tensor]:
+        """A flat vector as one tensor per linearised parameter."""
+        if v.ndim != 1 or v.numel() != self.num_parameters:
+            raise ShapeError(f"Linearization: expected a flat vector of {self.num_parameters} entries, got {tuple(v.shape)}")
+        return [part.view(shape) for part, shape in zip(v.split([math.prod(s) for s in self.shapes]), self.shapes)]
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """``J v``: the first-order change of the output along the weight direction ``v``."""
+        _, out = jvp(self._apply, (self.theta,), (self.split(v.to(self.theta[0])),))
+        return out
+
+    def _pull(self, u: Tensor) -> Tensor:
+        _, pullback = vjp(self._apply, self.theta)
+        (grads,) = pullback(u)
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """``J^T u`` for an output-shaped ``u``, as a flat vector."""
+        if u.shape != self.output.shape:
+            raise ShapeError(f"Linearization: expected an output-shaped vector {tuple(self.output.shape)}, got {tuple(u.shape)}")
+        return _finite(self._pull(u.to(self.output)))
+
+    def jacobian(self) -> Tensor:
+        """``J`` as a dense ``(n, P)`` matrix (``n`` output entries): for small networks and images only."""
+        n = self.output.numel()
+        basis = torch.eye(n, dtype=self.output.dtype, device=self.output.device).view(n, *self.output.shape)
+        return _finite(torch.func.vmap(self._pull)(basis))
+
+
+def _finite(values: Tensor) -> Tensor:
+    if not torch.isfinite(values).all():
+        raise ShapeError("Linearization: the Jacobian (product) is not finite")
+    return values
+
+
+class _PreSigmoid(nn.Module):
+    """The generator's output before its sigmoid, as a module of its own (for ``functional_call``)."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator.forward_pre_sigmoid(z)

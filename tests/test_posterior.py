@@ -1,0 +1,139 @@
+"""lin-DIP building blocks: linearisation, Matern block prior, exact marginal likelihood and predictive."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from invprior import GaussianNoise, InverseProblem, registry
+from invprior.analysis.calibration import (calibration_curve, coverage, expected_coverage, gaussian_log_likelihood,
+                                           patch_log_likelihood)
+from invprior.core.reconstruction import Reconstruction
+from invprior.errors import ConfigError, ShapeError
+from invprior.generators.unet import UNet
+from invprior.methods import DIP
+from invprior.posterior.linearization import Linearization
+from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
+from invprior.posterior.prior import MaternBlockPrior
+
+
+def _network(sigmoid: bool = False) -> tuple[UNet, torch.Tensor]:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = UNet(preset="small", scales=2, channels=3, skip_channels=1, sigmoid=sigmoid).double()
+    return net, torch.randn(1, 1, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pre_sigmoid", [False, True])
+def test_linearization_matches_finite_differences_and_its_adjoint(pre_sigmoid):
+    net, z = _network(sigmoid=True)
+    lin = Linearization(net, z, pre_sigmoid=pre_sigmoid)
+    assert all(name.endswith("weight") for name in lin.names) and "outc.weight" in lin.names
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(lin.num_parameters, generator=gen, dtype=torch.float64)
+    u = torch.randn(lin.output.shape, generator=gen, dtype=torch.float64)
+    eps = 1e-6
+    plus = lin._apply([t + eps * d for t, d in zip(lin.theta, lin.split(v))])
+    minus = lin._apply([t - eps * d for t, d in zip(lin.theta, lin.split(v))])
+    assert torch.allclose((plus - minus) / (2 * eps), lin.jvp(v), atol=1e-7)
+    assert (lin.jvp(v) * u).sum().item() == pytest.approx((v * lin.vjp(u)).sum().item(), rel=1e-10)
+    assert torch.allclose(lin.jacobian() @ v, lin.jvp(v).flatten(), atol=1e-10)
+    with pytest.raises(ShapeError):
+        lin.vjp(torch.zeros(3))
+
+
+def test_matern_block_covariance_is_spd_and_applied_exactly():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        variance, lengthscale = math.exp(torch.randn(1, generator=gen).item() * 2), math.exp(torch.randn(1, generator=gen).item() * 2)
+        prior = MaternBlockPrior([(2, 3, 3, 3), (4, 2, 1, 1)], variance, lengthscale)
+        k = prior.covariance(0).detach()
+        assert torch.allclose(k, k.T) and torch.linalg.eigvalsh(k).min() > 0
+        assert k[0, 0].item() == pytest.approx(variance) and k[0, 1].item() == pytest.approx(variance * math.exp(-1 / lengthscale))
+    dense = prior.dense().detach()
+    v = torch.randn(3, prior.num_parameters, generator=gen, dtype=torch.float64)
+    assert torch.allclose(prior.apply(v), v @ dense)
+    samples = prior.sample(20000, torch.Generator().manual_seed(3))
+    empirical = samples.T @ samples / samples.shape[0]
+    # Monte-Carlo error of a covariance entry ~ variance * sqrt(2 / N)
+    assert (empirical - dense).abs().max() < 6 * dense.diagonal().max() * math.sqrt(2 / 20000)
+    with pytest.raises(ConfigError):
+        MaternBlockPrior([(1, 1, 3, 3)], variance=-1.0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    op = registry.get("operators", "ct_parallel", size=6, num_angles=4)
+    x = registry.get("datasets", "ellipses", size=6, seed=2, dtype=torch.float64)
+    problem = InverseProblem.simulate(op, x, GaussianNoise(relative=0.05), seed=0)
+    net, _ = _network()
+    result = DIP(generator=net, generator_params=None, stopping="fixed", stopping_params={"iterations": 50},
+                 lr=1e-2).reconstruct(problem, progress=False)
+    return problem, result, LinearizedLaplace(iterations=30).fit(result, problem)
+
+
+def test_predictive_covariance_is_the_bayesian_linear_regression_posterior(fitted):
+    problem, result, post = fitted
+    net = result.extras["generator"]
+    net.load_state_dict(result.generator_state)
+    lin = Linearization(net, result.generator_input)
+    j, a = lin.jacobian(), dense_operator(problem.to(dtype=torch.float64))
+    sigma = post.prior.dense().detach()
+    precision = torch.linalg.inv(sigma) + (a @ j).T @ (a @ j) / post.noise_variance
+    expected = j @ torch.linalg.solve(precision, j.T)
+    assert torch.allclose(post.covariance, expected, atol=1e-8 * expected.abs().max().item(), rtol=1e-5)
+    assert torch.allclose(post.mean, lin.output)
+
+
+def test_marginal_likelihood_matches_a_dense_gaussian(fitted):
+    problem, result, post = fitted
+    net = result.extras["generator"]
+    net.load_state_dict(result.generator_state)
+    lin = Linearization(net, result.generator_input)
+    aj = dense_operator(problem.to(dtype=torch.float64)) @ lin.jacobian()
+    residual = problem.y.double().flatten() - (dense_operator(problem.to(dtype=torch.float64)) @ lin.output.flatten())
+    log_noise = torch.tensor(math.log(post.noise_variance), dtype=torch.float64)
+    k = aj @ post.prior.dense().detach() @ aj.T + post.noise_variance * torch.eye(aj.shape[0], dtype=torch.float64)
+    expected = torch.distributions.MultivariateNormal(torch.zeros(aj.shape[0], dtype=torch.float64), k).log_prob(residual)
+    got = LinearizedLaplace.log_marginal_likelihood(aj, residual, post.prior, log_noise)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-8)
+    assert post.history[-1] > post.history[0]  # type-II maximum likelihood increased the evidence
+
+
+def test_samples_have_the_predictive_covariance(fitted):
+    _, _, post = fitted
+    samples = post.sample(20000, seed=1).flatten(1)
+    centred = samples - post.mean.flatten()
+    empirical = centred.T @ centred / samples.shape[0]
+    scale = post.covariance.diagonal().max().item()
+    assert (empirical - post.covariance).abs().max().item() < 6 * scale * math.sqrt(2 / 20000)
+    assert post.std.shape == post.mean.shape and (post.std > 0).all()
+
+
+def test_posterior_errors():
+    with pytest.raises(ConfigError, match="fit"):
+        _ = LinearizedLaplace().std
+    op = registry.get("operators", "denoising", size=6)
+    problem = InverseProblem(op, torch.zeros(1, 1, 6, 6), noise_std=0.1)
+    with pytest.raises(ConfigError, match="generator"):
+        LinearizedLaplace().fit(Reconstruction(torch.zeros(1, 1, 6, 6), "tv"), problem)
+    with pytest.raises(ConfigError, match="max_pixels"):
+        LinearizedLaplace(max_pixels=16).fit(Reconstruction(torch.zeros(1, 1, 6, 6), "tv"), problem)
+
+
+def test_calibration_metrics_against_closed_forms():
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.randn(1, 1, 4, 4, generator=gen, dtype=torch.float64)
+    std = torch.rand(1, 1, 4, 4, generator=gen, dtype=torch.float64) + 0.5
+    x = mean + std * torch.tensor([1.0, -3.0]).repeat(8).view(1, 1, 4, 4).double()
+    assert coverage(x, mean, std) == 0.5
+    cov = torch.diag(std.flatten() ** 2)
+    univariate = torch.distributions.Normal(mean.flatten(), std.flatten()).log_prob(x.flatten()).mean().item()
+    assert patch_log_likelihood(x, mean, cov, 1) == pytest.approx(univariate)
+    assert patch_log_likelihood(x, mean, cov, 2) == pytest.approx(univariate)  # independent pixels
+    assert gaussian_log_likelihood(x, mean, cov).item() == pytest.approx(univariate)
+    assert expected_coverage(1.96) == pytest.approx(0.95, abs=1e-3)
+    predicted, observed = calibration_curve(x, mean, std, bins=4)
+    assert predicted == sorted(predicted) and len(observed) == 4
