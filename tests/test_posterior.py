@@ -137,3 +137,23 @@ def test_calibration_metrics_against_closed_forms():
     assert expected_coverage(1.96) == pytest.approx(0.95, abs=1e-3)
     predicted, observed = calibration_curve(x, mean, std, bins=4)
     assert predicted == sorted(predicted) and len(observed) == 4
+
+
+def test_mc_dropout_moments_and_requirements():
+    from invprior.posterior.mc_dropout import MCDropout
+
+    op = registry.get("operators", "denoising", size=8)
+    problem = InverseProblem.simulate(op, registry.get("datasets", "ellipses", size=8, seed=0), GaussianNoise(std=0.1))
+    settings = dict(stopping="fixed", stopping_params={"iterations": 20}, lr=1e-2)
+    plain = DIP(generator_params={"preset": "small", "channels": 4}, **settings).reconstruct(problem, progress=False)
+    with pytest.raises(ConfigError, match="no dropout"):
+        MCDropout().fit(plain, problem)
+    with_dropout = DIP(generator_params={"preset": "small", "channels": 4, "dropout": 0.05}, **settings
+                       ).reconstruct(problem, progress=False)
+    post = MCDropout(num_samples=50, seed=1).fit(with_dropout, problem)
+    samples = post.sample(50)
+    assert torch.allclose(post.mean, samples.mean(dim=0)) and torch.allclose(post.std, samples.std(dim=0))
+    assert (post.std > 0).all() and torch.equal(MCDropout(num_samples=50, seed=1).fit(with_dropout, problem).sample(50), samples)
+    expected = torch.distributions.Normal(post.mean.double(), post.std.double()).log_prob(problem.x_true.double()).mean()
+    assert post.log_likelihood(problem.x_true).item() == pytest.approx(expected.item())
+    assert set(registry.names("posteriors")) >= {"linearized_laplace", "mc_dropout"}
