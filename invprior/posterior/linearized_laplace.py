@@ -9,7 +9,6 @@ Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - th
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -19,6 +18,7 @@ from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, ShapeError
+from invprior.posterior.fitted import kept_network
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
 from invprior.validation import positive_int, real
@@ -59,12 +59,8 @@ class LinearizedLaplace(PosteriorApproximation):
         if n > self.max_pixels:
             raise ConfigError(f"LinearizedLaplace: the exact path forms dense n x n matrices; n = {n} exceeds "
                               f"max_pixels = {self.max_pixels}")
-        generator = reconstruction.extras.get("generator")
-        if generator is None or reconstruction.generator_state is None or reconstruction.generator_input is None:
-            raise ConfigError("LinearizedLaplace: the reconstruction carries no generator; fit a DIP first")
-        network = copy.deepcopy(generator).double()
-        network.load_state_dict(reconstruction.generator_state)
-        lin = Linearization(network, reconstruction.generator_input[:1].double())
+        network, z = kept_network(reconstruction, "LinearizedLaplace")
+        lin = Linearization(network.double(), z[:1].double())
         jacobian = lin.jacobian()  # (n, P)
         a = dense_operator(problem.to(dtype=torch.float64))
         aj = a @ jacobian

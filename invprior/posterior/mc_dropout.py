@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +12,7 @@ from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
+from invprior.posterior.fitted import kept_network
 from invprior.validation import positive_int
 
 
@@ -32,16 +31,11 @@ class MCDropout(PosteriorApproximation):
         self._samples: Tensor | None = None
 
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> MCDropout:
-        generator = reconstruction.extras.get("generator")
-        if generator is None or reconstruction.generator_state is None or reconstruction.generator_input is None:
-            raise ConfigError("MCDropout: the reconstruction carries no generator; fit a DIP first")
-        network = copy.deepcopy(generator)
-        network.load_state_dict(reconstruction.generator_state)
+        network, z = kept_network(reconstruction, "MCDropout")
         if not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules()):
             raise ConfigError("MCDropout: the generator has no dropout; fit the DIP with generator_params "
                               "{'dropout': 0.05}")
         network.train()
-        z = reconstruction.generator_input
         with torch.no_grad(), torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             self._samples = torch.stack([network(z) for _ in range(self.num_samples)])
