@@ -1,8 +1,8 @@
 """Linearised Laplace around a DIP reconstruction (lin-DIP), exact path for small problems.
 
-Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - theta*)`` and
-``theta ~ N(theta*, Sigma)`` (:class:`MaternBlockPrior`). Then ``y ~ N(A x*, K)`` with
-``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of ``Sigma`` and ``s^2`` maximise
+Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - theta*)`` and the
+zero-mean prior ``theta ~ N(0, Sigma)`` (:class:`MaternBlockPrior`). Then
+``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of ``Sigma`` and ``s^2`` maximise
 ``log p(y)`` (type-II maximum likelihood), and the predictive over images is Gaussian with mean
 ``x*`` and covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``.
 """
@@ -64,7 +64,9 @@ class LinearizedLaplace(PosteriorApproximation):
         jacobian = lin.jacobian()  # (n, P)
         a = dense_operator(problem.to(dtype=torch.float64))
         aj = a @ jacobian
-        residual = (problem.y.double().flatten() - a @ lin.output.flatten())
+        theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
+        # zero-mean weight prior: y - A h(0) = y - A x* + A J theta*
+        residual = problem.y.double().flatten() - a @ lin.output.flatten() + aj @ theta_star
         prior = MaternBlockPrior(lin.shapes, self.variance, self.lengthscale)
         noise_std = float(problem.noise_std[0]) if problem.noise_std is not None else float(residual.std())
         log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, requires_grad=True)
