@@ -93,7 +93,8 @@ def test_marginal_likelihood_matches_a_dense_gaussian(fitted):
     net.load_state_dict(result.generator_state)
     lin = Linearization(net, result.generator_input)
     aj = dense_operator(problem.to(dtype=torch.float64)) @ lin.jacobian()
-    residual = problem.y.double().flatten() - (dense_operator(problem.to(dtype=torch.float64)) @ lin.output.flatten())
+    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])  # zero-mean prior: y - A x* + A J theta*
+    residual = problem.y.double().flatten() - (dense_operator(problem.to(dtype=torch.float64)) @ lin.output.flatten()) + aj @ theta_star
     log_noise = torch.tensor(math.log(post.noise_variance), dtype=torch.float64)
     k = aj @ post.prior.dense().detach() @ aj.T + post.noise_variance * torch.eye(aj.shape[0], dtype=torch.float64)
     expected = torch.distributions.MultivariateNormal(torch.zeros(aj.shape[0], dtype=torch.float64), k).log_prob(residual)
