@@ -158,3 +158,53 @@ def test_mc_dropout_moments_and_requirements():
     expected = torch.distributions.Normal(post.mean.double(), post.std.double()).log_prob(problem.x_true.double()).mean()
     assert post.log_likelihood(problem.x_true).item() == pytest.approx(expected.item())
     assert set(registry.names("posteriors")) >= {"linearized_laplace", "mc_dropout"}
+
+
+def test_scalable_path_agrees_with_the_exact_path(fitted):
+    from invprior.posterior.scalable import LinearModel
+
+    problem, result, post = fitted
+    net = result.extras["generator"]
+    net.load_state_dict(result.generator_state)
+    lin = Linearization(net, result.generator_input)
+    a = dense_operator(problem.to(dtype=torch.float64))
+    aj = a @ lin.jacobian()
+    m = aj.shape[0]
+    prior = MaternBlockPrior(lin.shapes, variance=0.5, lengthscale=0.3)
+    log_noise = torch.tensor(math.log(post.noise_variance), dtype=torch.float64, requires_grad=True)
+    model = LinearModel(lin, problem.operator, prior, log_noise, cg_iterations=500, cg_rtol=1e-10)
+    u = torch.randn(2, m, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dense_k = aj @ prior.dense().detach() @ aj.T + post.noise_variance * torch.eye(m, dtype=torch.float64)
+    assert torch.allclose(model.k_apply(u), u @ dense_k, atol=1e-9 * dense_k.abs().max().item())
+    assert all(bool(info.converged.all()) for info in model.reports)
+    residual = problem.y.double().flatten() - a @ lin.output.flatten()
+    exact = LinearizedLaplace.log_marginal_likelihood(aj, residual, prior, log_noise)
+    hyper = [*prior.parameters(), log_noise]
+    exact_grad = torch.cat([g.flatten() for g in torch.autograd.grad(exact, hyper)])
+    # Hutchinson with the scaled standard basis as probes is exact: tr(M) = mean_i (sqrt(m) e_i)^T M (sqrt(m) e_i)
+    basis = math.sqrt(m) * torch.eye(m, dtype=torch.float64)
+    grad = torch.cat([g.flatten() for g in torch.autograd.grad(model.mll_surrogate(residual, basis), hyper)])
+    assert torch.allclose(grad, exact_grad, rtol=1e-5, atol=1e-6 * exact_grad.abs().max().item())
+    # Rademacher probes: unbiased; the mean of independent estimates lies within a few standard errors
+    estimates = []
+    for seed in range(6):
+        probes = torch.randint(0, 2, (200, m), generator=torch.Generator().manual_seed(seed)).double() * 2 - 1
+        estimates.append(torch.cat([g.flatten() for g in torch.autograd.grad(model.mll_surrogate(residual, probes), hyper)]))
+    stacked = torch.stack(estimates)
+    standard_error = stacked.std(dim=0) / math.sqrt(len(estimates))
+    assert ((stacked.mean(dim=0) - exact_grad).abs() <= 4 * standard_error + 1e-9).all()
+
+
+def test_matheron_samples_have_the_closed_form_covariance(fitted):
+    from invprior.posterior.scalable import LinearModel
+
+    problem, result, post = fitted
+    net = result.extras["generator"]
+    net.load_state_dict(result.generator_state)
+    lin = Linearization(net, result.generator_input)
+    log_noise = torch.tensor(math.log(post.noise_variance), dtype=torch.float64)
+    model = LinearModel(lin, problem.operator, post.prior, log_noise, cg_iterations=500, cg_rtol=1e-10)
+    samples = model.matheron_samples(4000, torch.Generator().manual_seed(2)).flatten(1)
+    empirical = samples.T @ samples / samples.shape[0]
+    scale = post.covariance.diagonal().max().item()
+    assert (empirical - post.covariance).abs().max().item() < 6 * scale * math.sqrt(2 / 4000)
