@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from invprior.config import parse_config
+from invprior.config import ComponentSpec, parse_config
 from invprior.experiment import build_method, build_problem
 from invprior.report import summary_lines, write_report
 
@@ -41,7 +41,7 @@ def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool 
     problem = build_problem(config.problem, config.seed).to(device)
     results = {
         "fbp": build_method(config.baseline, "baseline").reconstruct(problem, progress),
-        "tv": build_method(parse_config({**raw, "method": {"name": "tv"}}).method, "tv").reconstruct(problem, progress),
+        "tv": build_method(ComponentSpec("tv"), "tv").reconstruct(problem, progress),
         "dip_tv": build_method(config.method, "method", checkpoint=out / f"checkpoint-dip-{config.problem.size}px.pt",
                                resume=True).reconstruct(problem, progress),
     }

@@ -14,6 +14,7 @@ from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, ShapeError
 from invprior.generators.unet import UNet
 from invprior.methods import DIP
+from invprior.posterior.fitted import kept_network
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
 from invprior.posterior.prior import MaternBlockPrior
@@ -63,6 +64,11 @@ def test_matern_block_covariance_is_spd_and_applied_exactly():
         MaternBlockPrior([(1, 1, 3, 3)], variance=-1.0)
 
 
+def _kept_linearization(result: Reconstruction) -> Linearization:
+    network, z = kept_network(result, "test")
+    return Linearization(network, z)
+
+
 @pytest.fixture(scope="module")
 def fitted():
     op = registry.get("operators", "ct_parallel", size=6, num_angles=4)
@@ -76,9 +82,7 @@ def fitted():
 
 def test_predictive_covariance_is_the_bayesian_linear_regression_posterior(fitted):
     problem, result, post = fitted
-    net = result.extras["generator"]
-    net.load_state_dict(result.generator_state)
-    lin = Linearization(net, result.generator_input)
+    lin = _kept_linearization(result)
     j, a = lin.jacobian(), dense_operator(problem.to(dtype=torch.float64))
     sigma = post.prior.dense().detach()
     precision = torch.linalg.inv(sigma) + (a @ j).T @ (a @ j) / post.noise_variance
@@ -89,9 +93,7 @@ def test_predictive_covariance_is_the_bayesian_linear_regression_posterior(fitte
 
 def test_marginal_likelihood_matches_a_dense_gaussian(fitted):
     problem, result, post = fitted
-    net = result.extras["generator"]
-    net.load_state_dict(result.generator_state)
-    lin = Linearization(net, result.generator_input)
+    lin = _kept_linearization(result)
     aj = dense_operator(problem.to(dtype=torch.float64)) @ lin.jacobian()
     theta_star = torch.cat([t.reshape(-1) for t in lin.theta])  # zero-mean prior: y - A x* + A J theta*
     residual = problem.y.double().flatten() - (dense_operator(problem.to(dtype=torch.float64)) @ lin.output.flatten()) + aj @ theta_star
@@ -164,9 +166,7 @@ def test_scalable_path_agrees_with_the_exact_path(fitted):
     from invprior.posterior.scalable import LinearModel
 
     problem, result, post = fitted
-    net = result.extras["generator"]
-    net.load_state_dict(result.generator_state)
-    lin = Linearization(net, result.generator_input)
+    lin = _kept_linearization(result)
     a = dense_operator(problem.to(dtype=torch.float64))
     aj = a @ lin.jacobian()
     m = aj.shape[0]
@@ -199,9 +199,7 @@ def test_matheron_samples_have_the_closed_form_covariance(fitted):
     from invprior.posterior.scalable import LinearModel
 
     problem, result, post = fitted
-    net = result.extras["generator"]
-    net.load_state_dict(result.generator_state)
-    lin = Linearization(net, result.generator_input)
+    lin = _kept_linearization(result)
     log_noise = torch.tensor(math.log(post.noise_variance), dtype=torch.float64)
     model = LinearModel(lin, problem.operator, post.prior, log_noise, cg_iterations=500, cg_rtol=1e-10)
     samples = model.matheron_samples(4000, torch.Generator().manual_seed(2)).flatten(1)
