@@ -39,3 +39,7 @@ class FitDivergedError(InvpriorError, FloatingPointError):
     def __init__(self, message: str, reconstruction: object) -> None:
         super().__init__(message)
         self.reconstruction = reconstruction
+
+
+class NonFiniteError(InvpriorError, FloatingPointError):
+    """A quantity that must be finite (a Jacobian, a hyperparameter, a likelihood) is NaN or infinite."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from invprior._optional import require
+from invprior.analysis.calibration import calibration_curve, calibration_summary
 from invprior.core.reconstruction import Reconstruction
+from invprior.errors import ShapeError
 from invprior.io import atomic_write
 
 
@@ -43,6 +47,93 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def uncertainty_figure(path: str | Path, x_true: Tensor, mean: Tensor, std: Tensor, title: str = "",
+                       curve_bins: int = 20, *, label: str = "", extra: list[tuple[str, Tensor, Tensor]] | None = None
+                       ) -> Path:
+    """One row of four panels: the reconstruction ``mean`` (grey scale of ``x_true``), the predictive
+    ``std`` map, the ``|x_true - mean|`` map, and a calibration plot.
+
+    The std and error maps share one colour scale, from 0 to the larger of the largest std and
+    the 99.5th percentile of the error, so equal colours mean equal values (errors above it are
+    clipped). The calibration plot shows the RMS error against the mean predicted std in
+    ``curve_bins`` quantile bins of the std (:func:`~invprior.analysis.calibration.calibration_curve`)
+    on log-log axes, with the diagonal ``y = x`` of perfect calibration, and notes each method's
+    coverage of the +-1.96 std interval (0.95 when calibrated) and its ``p = 1`` log-likelihood per
+    pixel. ``label`` names the method in the legend; ``extra`` lists further ``(label, mean, std)``
+    predictives (e.g. MC dropout) whose curves are overlaid on the same calibration panel.
+
+    Images are ``(1, 1, H, W)`` or ``(H, W)`` tensors indexed ``[x, y]`` and shown as
+    ``imshow(image.T, origin="lower")``.
+    """
+    truth = _plane(x_true, "x_true")
+    methods = [(label or "predictive", _plane(mean, "mean", truth.shape), _plane(std, "std", truth.shape))]
+    for item in extra or []:
+        try:
+            name, m, s = item
+        except (TypeError, ValueError):
+            raise ShapeError(f"uncertainty_figure: 'extra' entries must be (label, mean, std) triples, got {item!r}") from None
+        methods.append((str(name), _plane(m, f"extra mean {name!r}", truth.shape), _plane(s, f"extra std {name!r}", truth.shape)))
+    _, recon, sigma = methods[0]
+    error = (truth - recon).abs()
+    scale = max(float(sigma.max()), float(torch.quantile(error.flatten(), 0.995)))
+    scale = scale if scale > 0 else 1.0
+
+    fig = new_figure()
+    fig.set_size_inches(3.4 * 4, 3.6)
+    axes = fig.subplots(1, 4)
+    low, high = float(truth.min()), float(truth.max())
+    axes[0].imshow(recon.numpy().T, cmap="gray", vmin=low, vmax=high, origin="lower")
+    axes[0].set_title(f"reconstruction ({methods[0][0]})" if label else "reconstruction (mean)", fontsize=9)
+    for ax, array, caption in ((axes[1], sigma, "predictive std"), (axes[2], error, "|error|")):
+        shown = ax.imshow(array.numpy().T, cmap="magma", vmin=0.0, vmax=scale, origin="lower")
+        ax.set_title(caption, fontsize=9)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    for ax in axes[:3]:
+        ax.axis("off")
+    _calibration_panel(axes[3], truth, methods, curve_bins)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _plane(image: Tensor, name: str, shape: torch.Size | None = None) -> Tensor:
+    """A ``(1, 1, H, W)`` or ``(H, W)`` tensor as a float64 ``(H, W)`` CPU tensor."""
+    if not isinstance(image, Tensor) or image.dim() not in (2, 4) or (image.dim() == 4 and image.shape[:2] != (1, 1)):
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ShapeError(f"uncertainty_figure: {name} must be a (1, 1, H, W) or (H, W) tensor, got {got}")
+    plane = image.detach().cpu().double().reshape(image.shape[-2:])
+    if shape is not None and plane.shape != shape:
+        raise ShapeError(f"uncertainty_figure: {name} is {tuple(plane.shape)} but x_true is {tuple(shape)}")
+    return plane
+
+
+def _calibration_panel(ax, truth: Tensor, methods: list[tuple[str, Tensor, Tensor]], bins: int) -> None:
+    lines, extent = [], []
+    for (name, m, s), colour in zip(methods, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                                              "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")):
+        predicted, observed = calibration_curve(truth, m, s, bins=bins)
+        points = [(a, b) for a, b in zip(predicted, observed) if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=colour, label=name)
+            extent += [v for pair in points for v in pair]
+        numbers = calibration_summary(truth, m, s, patches=(1,))
+        lines.append(f"{name}: cov95 = {numbers['coverage_95']:.3f}, LL(p=1) = {numbers['ll_p1']:.3g}")
+    if extent:
+        lo, hi = min(extent) / 1.5, max(extent) * 1.5
+        ax.plot([lo, hi], [lo, hi], ls="--", lw=1, color="k", label="y = x")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("predicted std (bin mean)")
+    ax.set_ylabel("RMS error")
+    ax.set_title("calibration", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.text(0.98, 0.02, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize=6.5,
+            bbox=dict(boxstyle="round", facecolor="white", alpha=0.8, lw=0.5))
 
 
 def _convergence(ax, reconstruction: Reconstruction) -> None:

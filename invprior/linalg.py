@@ -27,31 +27,38 @@ def _per_image(v: Tensor, like: Tensor) -> Tensor:
 
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None,
-                       max_iterations: int = 200, rtol: float = 1e-6) -> tuple[Tensor, CGInfo]:
+                       max_iterations: int = 200, rtol: float = 1e-6,
+                       preconditioner: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, CGInfo]:
     """Solve ``M x = b`` for every image of the batch, ``M`` symmetric positive definite.
 
+    ``preconditioner`` applies ``P^{-1}`` (``P`` SPD, ``P ~ M``): CG then runs on ``P^{-1} M``.
     Stops when every image reaches ``||b - M x|| <= rtol ||b||`` or after ``max_iterations``;
     the returned :class:`CGInfo` says which images converged (non-convergence is never silent).
     """
+    precondition = preconditioner if preconditioner is not None else (lambda v: v)
+    tiny = torch.finfo(b.dtype).tiny
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - apply(x) if x0 is not None else b.clone()
-    p = r.clone()
-    rr = _dot(r, r)
-    b_norm = b.flatten(1).norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
+    z = precondition(r)
+    p = z.clone()
+    rz = _dot(r, z)
+    b_norm = b.flatten(1).norm(dim=1).clamp_min(tiny)
+    r_norm = r.flatten(1).norm(dim=1)
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        if bool((rr.sqrt() <= rtol * b_norm).all()):
+        if bool((r_norm <= rtol * b_norm).all()):
             iterations -= 1
             break
         mp = apply(p)
-        alpha = rr / _dot(p, mp).clamp_min(torch.finfo(b.dtype).tiny)
-        active = rr.sqrt() > rtol * b_norm
+        alpha = rz / _dot(p, mp).clamp_min(tiny)
+        active = r_norm > rtol * b_norm
         alpha = torch.where(active, alpha, torch.zeros_like(alpha))
         x = x + _per_image(alpha, x) * p
         r = r - _per_image(alpha, r) * mp
-        rr_new = _dot(r, r)
-        beta = rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny)
-        p = r + _per_image(beta, p) * p
-        rr = rr_new
-    relative = rr.sqrt() / b_norm
+        z = precondition(r)
+        rz_new = _dot(r, z)
+        beta = rz_new / rz.clamp_min(tiny)
+        p = z + _per_image(beta, p) * p
+        rz, r_norm = rz_new, r.flatten(1).norm(dim=1)
+    relative = r_norm / b_norm
     return x, CGInfo(iterations, relative, relative <= rtol)

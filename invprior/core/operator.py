@@ -95,6 +95,10 @@ class ForwardOperator(ABC):
         """The adjoint as an operator of its own."""
         return AdjointOperator(self)
 
+    def linearized(self, x: Tensor) -> ForwardOperator:
+        """The tangent map ``v -> A'(x) v`` at one point ``x`` (``self`` when ``A`` is linear)."""
+        return self if self.is_linear else TangentOperator(self, x)
+
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """An approximate inverse ``A^dagger y`` (FBP for CT); not every operator has one."""
         if not self.has_pseudo_inverse:
@@ -264,6 +268,34 @@ class AdjointOperator(ForwardOperator):
     @property
     def T(self) -> ForwardOperator:
         return self.operator
+
+
+class TangentOperator(ForwardOperator):
+    """``v -> A'(x) v`` of a nonlinear operator at ``x`` (``torch.func.jvp``); adjoint by ``torch.func.vjp``."""
+
+    is_linear = True
+
+    def __init__(self, operator: ForwardOperator, x: Tensor) -> None:
+        super().__init__(operator.domain_shape, operator.range_shape)
+        self.operator = operator
+        self.point = check_batch(x, operator.domain_shape, "linearisation point x", operator.name).detach()
+        if self.point.shape[0] != 1:
+            raise ShapeError(f"{operator.name}: linearise at one image, got a batch of {self.point.shape[0]}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.operator.name}'"
+
+    def _at(self, v: Tensor) -> Tensor:
+        return self.point.to(v).expand_as(v)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.func.jvp(self.operator.forward, (self._at(x),), (x,))[1]
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        point = self._at(y.new_zeros(y.shape[0], *self.domain_shape))
+        _, pullback = torch.func.vjp(self.operator.forward, point)
+        return pullback(y)[0]
 
 
 def adjoint_mismatch(operator: ForwardOperator, dtype: torch.dtype = torch.float64, batch: int = 2,

@@ -160,6 +160,7 @@ class DIP(Method):
             iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
             generator_state=first.generator_state, generator_input=torch.cat([f.generator_input for f in fits]),
             extras={"best_iteration": [f.extras["best_iteration"] for f in fits], "generator": first.extras["generator"],
+                    "method": self,
                     "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
 

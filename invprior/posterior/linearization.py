@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp
 
 from invprior.core.interfaces import Generator
-from invprior.errors import ConfigError, ShapeError
+from invprior.errors import ConfigError, NonFiniteError, ShapeError
 
 
 def conv_weights(generator: nn.Module) -> list[str]:
@@ -51,7 +51,7 @@ class Linearization:
         with torch.no_grad():
             self.output = self._apply(self.theta)
         if not torch.isfinite(self.output).all():
-            raise ShapeError("Linearization: the generator output at theta* is not finite")
+            raise NonFiniteError("Linearization: the generator output at theta* is not finite")
 
     @property
     def num_parameters(self) -> int:
@@ -92,7 +92,7 @@ class Linearization:
 
 def _finite(values: Tensor) -> Tensor:
     if not torch.isfinite(values).all():
-        raise ShapeError("Linearization: the Jacobian (product) is not finite")
+        raise NonFiniteError("Linearization: the Jacobian (product) at theta* is not finite")
     return values
 
 

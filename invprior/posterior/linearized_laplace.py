@@ -1,10 +1,12 @@
-"""Linearised Laplace around a DIP reconstruction (lin-DIP), exact path for small problems.
+"""Linearised Laplace around a DIP reconstruction (lin-DIP).
 
 Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - theta*)`` and the
 zero-mean prior ``theta ~ N(0, Sigma)`` (:class:`MaternBlockPrior`). Then
-``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of ``Sigma`` and ``s^2`` maximise
-``log p(y)`` (type-II maximum likelihood), and the predictive over images is Gaussian with mean
-``x*`` and covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``.
+``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of
+``Sigma`` and ``s^2`` maximise ``log p(y)`` (type-II maximum likelihood, "MLL"), optionally plus the
+TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with mean ``x*`` and
+covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``. A nonlinear ``A`` is replaced by
+its tangent ``A'(x*)``.
 """
 
 from __future__ import annotations
@@ -13,118 +15,245 @@ import math
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from invprior.core.interfaces import PosteriorApproximation
+from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
-from invprior.errors import ConfigError, ShapeError
+from invprior.errors import ConfigError, NonFiniteError, ShapeError
 from invprior.posterior.fitted import kept_network
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
+from invprior.posterior.scalable import LinearModel
+from invprior.posterior.tv_pred_cp import TVPredCP
+from invprior.regularizers.tv import AnisotropicTV
 from invprior.validation import positive_int, real
 
+SOLVERS = ("auto", "exact", "scalable")
+HYPERPRIORS = ("none", "tv_pred_cp")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
-def dense_operator(problem: InverseProblem) -> Tensor:
-    """The matrix of a linear operator, ``(m, n)``, from its action on the standard basis (float64)."""
-    op = problem.operator
-    n = math.prod(op.domain_shape)
-    basis = torch.eye(n, dtype=torch.float64, device=problem.y.device).view(n, *op.domain_shape)
-    return op(basis).reshape(n, -1).T
+
+def dense_operator(operator: ForwardOperator, dtype: torch.dtype = torch.float64,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """The matrix of a linear operator, ``(m, n)``, from its action on the standard basis."""
+    n = math.prod(operator.domain_shape)
+    basis = torch.eye(n, dtype=dtype, device=device).view(n, *operator.domain_shape)
+    return operator(basis).reshape(n, -1).T
 
 
 class LinearizedLaplace(PosteriorApproximation):
-    """lin-DIP with exact linear algebra (dense ``J``, Cholesky of ``K``): for images up to ~32x32.
+    """lin-DIP: a Gaussian predictive over images from the linearised network.
 
-    ``fit`` needs a DIP :class:`Reconstruction` (its ``extras["generator"]``, ``generator_state`` and
-    ``generator_input``) and the problem; Adam with ``lr`` runs ``iterations`` steps on the negative
-    log marginal likelihood.
+    ``solver="exact"`` forms ``J`` and ``K`` densely (Cholesky; images up to ``max_pixels``);
+    ``"scalable"`` is matrix-free: Hutchinson gradients with ``num_probes`` probes, CG preconditioned by a
+    rank-``preconditioner_rank`` Nystrom approximation refreshed every ``precondition_every`` steps, and
+    ``num_samples`` Matheron samples for the pixel-wise std; ``"auto"`` picks exact up to ``max_pixels``.
+    ``hyperprior="tv_pred_cp"`` adds the TV-PredCP hyperprior on the lengthscales (TV-MAP).
+    Adam with ``lr`` runs ``iterations`` steps on the hyperparameters (stored as logarithms, so always valid).
     """
 
-    def __init__(self, iterations: int = 200, lr: float = 0.01, variance: float = 1.0, lengthscale: float = 0.1,
-                 max_pixels: int = 1024) -> None:
+    def __init__(self, solver: str = "auto", hyperprior: str = "none", iterations: int = 200, lr: float = 0.01,
+                 variance: float = 1.0, lengthscale: float = 0.1, pre_sigmoid: bool = False,
+                 parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
+                 cg_iterations: int = 100, cg_rtol: float = 1e-4, preconditioner_rank: int = 200,
+                 precondition_every: int = 100, num_samples: int = 1000, sample_batch: int = 32,
+                 dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4, seed: int = 0,
+                 progress: bool = True) -> None:
+        if solver not in SOLVERS:
+            raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
+        if hyperprior not in HYPERPRIORS:
+            raise ConfigError(f"LinearizedLaplace: hyperprior must be one of {HYPERPRIORS}, got {hyperprior!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"LinearizedLaplace: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        self.solver, self.hyperprior, self.dtype = solver, hyperprior, DTYPES[dtype]
         self.iterations = positive_int(iterations, "LinearizedLaplace: iterations")
         self.lr = real(lr, "LinearizedLaplace: lr", minimum=0.0, strict=True)
-        self.variance, self.lengthscale = variance, lengthscale
+        self.variance = real(variance, "LinearizedLaplace: variance", minimum=0.0, strict=True)
+        self.lengthscale = real(lengthscale, "LinearizedLaplace: lengthscale", minimum=0.0, strict=True)
+        self.pre_sigmoid, self.parameters = bool(pre_sigmoid), parameters
         self.max_pixels = positive_int(max_pixels, "LinearizedLaplace: max_pixels")
-        self._covariance: Tensor | None = None
+        self.num_probes = positive_int(num_probes, "LinearizedLaplace: num_probes")
+        self.cg_iterations = positive_int(cg_iterations, "LinearizedLaplace: cg_iterations")
+        self.cg_rtol = real(cg_rtol, "LinearizedLaplace: cg_rtol", minimum=0.0, strict=True)
+        self.preconditioner_rank = positive_int(preconditioner_rank, "LinearizedLaplace: preconditioner_rank")
+        self.precondition_every = positive_int(precondition_every, "LinearizedLaplace: precondition_every")
+        self.num_samples = positive_int(num_samples, "LinearizedLaplace: num_samples")
+        self.sample_batch = positive_int(sample_batch, "LinearizedLaplace: sample_batch")
+        self.tv_rate = None if tv_rate is None else real(tv_rate, "LinearizedLaplace: tv_rate", minimum=0.0, strict=True)
+        self.tv_samples = positive_int(tv_samples, "LinearizedLaplace: tv_samples")
+        self.seed, self.progress = int(seed), bool(progress)
         self.history: list[float] = []
+        self._mean: Tensor | None = None
+        self._covariance: Tensor | None = None
+        self._samples: Tensor | None = None
+        self._model: LinearModel | None = None
 
     # -- fitting ------------------------------------------------------------------------
+    def _resolve_solver(self, pixels: int) -> str:
+        if self.solver == "auto":
+            return "exact" if pixels <= self.max_pixels else "scalable"
+        if self.solver == "exact" and pixels > self.max_pixels:
+            raise ConfigError(f"LinearizedLaplace: the exact path forms dense n x n matrices; n = {pixels} exceeds "
+                              f"max_pixels = {self.max_pixels} (use solver='scalable')")
+        return self.solver
+
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> LinearizedLaplace:
         if problem.batch_size != 1:
             raise ShapeError("LinearizedLaplace: fit one image at a time (problem.select(b))")
-        if not problem.operator.is_linear:
-            raise ConfigError("LinearizedLaplace (exact path): the operator must be linear")
-        n = math.prod(problem.operator.domain_shape)
-        if n > self.max_pixels:
-            raise ConfigError(f"LinearizedLaplace: the exact path forms dense n x n matrices; n = {n} exceeds "
-                              f"max_pixels = {self.max_pixels}")
+        operator = problem.operator
+        solver = self._resolve_solver(math.prod(operator.domain_shape))
+        dtype = torch.float64 if solver == "exact" else self.dtype
         network, z = kept_network(reconstruction, "LinearizedLaplace")
-        lin = Linearization(network.double(), z[:1].double())
-        jacobian = lin.jacobian()  # (n, P)
-        a = dense_operator(problem.to(dtype=torch.float64))
-        aj = a @ jacobian
-        theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
-        # zero-mean weight prior: y - A h(0) = y - A x* + A J theta*
-        residual = problem.y.double().flatten() - a @ lin.output.flatten() + aj @ theta_star
-        prior = MaternBlockPrior(lin.shapes, self.variance, self.lengthscale)
-        noise_std = float(problem.noise_std[0]) if problem.noise_std is not None else float(residual.std())
-        log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.Adam([*prior.parameters(), log_noise], lr=self.lr)
-        for _ in range(self.iterations):
-            optimizer.zero_grad()
-            loss = -self.log_marginal_likelihood(aj, residual, prior, log_noise)
-            loss.backward()
-            optimizer.step()
-            self.history.append(-float(loss.detach()))
+        network = network.to(dtype=dtype).eval()
+        z = z[:1].to(dtype)
+        lin = Linearization(network, z, self.parameters, self.pre_sigmoid)
+        if tuple(lin.output.shape[1:]) != operator.domain_shape:
+            raise ShapeError(f"LinearizedLaplace: the generator makes images of shape {tuple(lin.output.shape[1:])} but "
+                             f"the operator {operator.name} expects {operator.domain_shape}")
         with torch.no_grad():
-            sigma_jt = prior.apply(jacobian).T                       # Sigma J^T, (P, n)
-            sigma_ajt = prior.apply(aj).T                            # Sigma (A J)^T, (P, m)
-            k = aj @ sigma_ajt + log_noise.exp() * torch.eye(aj.shape[0], dtype=torch.float64)
-            cross = jacobian @ sigma_ajt                             # J Sigma (A J)^T, (n, m)
-            cov = jacobian @ sigma_jt - cross @ torch.linalg.solve(k, cross.T)
-        self._covariance = 0.5 * (cov + cov.T)
-        self._mean = lin.output.detach()
-        self.prior, self.noise_variance = prior, float(log_noise.detach().exp())
+            x_star = network(z)
+        y = problem.y.to(device=x_star.device, dtype=dtype)
+        tangent = operator.linearized(x_star)
+        theta_star = torch.cat([t.reshape(-1) for t in lin.theta]).view(1, -1)
+        prior = MaternBlockPrior(lin.shapes, self.variance, self.lengthscale).to(x_star.device)
+        generator = torch.Generator().manual_seed(self.seed)
+
+        if solver == "exact":
+            jacobian = lin.jacobian()                                             # (n, P)
+            aj = dense_operator(tangent, dtype, x_star.device) @ jacobian         # (m, P)
+            model_forward = lambda theta: theta @ aj.T                            # noqa: E731
+            images = lambda theta: (theta @ jacobian.T).view(-1, *operator.domain_shape)  # noqa: E731
+        else:
+            model = LinearModel(lin, tangent, prior, torch.zeros((), dtype=torch.float64), self.cg_iterations,
+                                self.cg_rtol, chunk=self.sample_batch)
+            model_forward, images = model.forward, model.images
+        with torch.no_grad():
+            # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
+            residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach()
+        noise_std = float(problem.noise_std[0]) if problem.noise_std is not None else float(residual.std())
+        log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, device=x_star.device,
+                                 requires_grad=True)
+        hyperprior = None
+        if self.hyperprior == "tv_pred_cp":
+            rate = self.tv_rate if self.tv_rate is not None else 1.0 / max(float(AnisotropicTV()(x_star.double())), 1e-12)
+            hyperprior = TVPredCP(prior, images, rate, self.tv_samples, self.seed)
+
+        optimizer = torch.optim.Adam([*prior.parameters(), log_noise], lr=self.lr)
+        if solver == "scalable":
+            model.log_noise = log_noise
+        steps = tqdm(range(self.iterations), desc=f"lin-DIP hyperparameters ({solver})", disable=not self.progress,
+                     leave=False)
+        for step in steps:
+            optimizer.zero_grad()
+            if solver == "exact":
+                objective = self.log_marginal_likelihood(aj, residual, prior, log_noise)
+                value = float(objective.detach())
+            else:
+                if step % self.precondition_every == 0:
+                    model.refresh_preconditioner(self.preconditioner_rank, generator)
+                probes = (torch.randint(0, 2, (self.num_probes, residual.numel()), generator=generator) * 2 - 1
+                          ).to(residual)
+                surrogate, value = model.mll_surrogate(residual, probes)
+                objective = -surrogate
+            if hyperprior is not None:
+                log_hyper = hyperprior.log_density()
+                objective = objective + log_hyper
+                value += float(log_hyper.detach())
+            (-objective).backward()
+            optimizer.step()
+            self.history.append(value)
+            hyper = torch.cat([prior.log_variance, prior.log_lengthscale, log_noise.view(1)]).detach()
+            if not torch.isfinite(hyper).all():
+                raise NonFiniteError(f"LinearizedLaplace: a hyperparameter became non-finite at step {step} "
+                                     "(lower lr)")
+            steps.set_postfix(objective=f"{value:.4g}", noise_std=f"{math.exp(0.5 * float(log_noise.detach())):.3g}")
+
+        self.prior, self.noise_variance, self.solver_used = prior, float(log_noise.detach().exp()), solver
+        self._mean = x_star.detach()
+        log_noise = log_noise.detach()
+        if solver == "exact":
+            with torch.no_grad():
+                sigma_jt = prior.apply(jacobian).T                       # Sigma J^T, (P, n)
+                sigma_ajt = prior.apply(aj).T                            # Sigma (A J)^T, (P, m)
+                k = aj @ sigma_ajt + log_noise.exp() * torch.eye(aj.shape[0], dtype=torch.float64, device=aj.device)
+                cross = jacobian @ sigma_ajt                             # J Sigma (A J)^T, (n, m)
+                cov = jacobian @ sigma_jt - cross @ torch.linalg.solve(k, cross.T)
+            self._covariance = 0.5 * (cov + cov.T)
+        else:
+            model.log_noise = log_noise
+            model.refresh_preconditioner(self.preconditioner_rank, generator)
+            self._model = model
+            self._samples = self._matheron(self.num_samples, generator)
         return self
+
+    def _matheron(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` Matheron samples ``x* + J (theta_s - theta*)``, drawn in batches of ``sample_batch``."""
+        batches = [min(self.sample_batch, n - start) for start in range(0, n, self.sample_batch)]
+        draws = [self._model.matheron_samples(size, generator)
+                 for size in tqdm(batches, desc="lin-DIP samples", disable=not self.progress, leave=False)]
+        return self._mean + torch.cat(draws).unsqueeze(1)
 
     @staticmethod
     def log_marginal_likelihood(aj: Tensor, residual: Tensor, prior: MaternBlockPrior, log_noise: Tensor) -> Tensor:
         """``log N(r; 0, (A J) Sigma (A J)^T + s^2 I)`` with ``s^2 = exp(log_noise)``."""
         m = aj.shape[0]
-        k = aj @ prior.apply(aj).T + log_noise.exp() * torch.eye(m, dtype=aj.dtype)
+        k = aj @ prior.apply(aj).T + log_noise.exp() * torch.eye(m, dtype=aj.dtype, device=aj.device)
         factor = torch.linalg.cholesky(k)
         alpha = torch.cholesky_solve(residual.view(-1, 1), factor)
         return -0.5 * (residual @ alpha.flatten()) - torch.log(torch.diagonal(factor)).sum() - 0.5 * m * math.log(2 * math.pi)
 
     # -- predictive -----------------------------------------------------------------------
     def _fitted(self) -> Tensor:
-        if self._covariance is None:
+        if self._mean is None:
             raise ConfigError("LinearizedLaplace: call fit(reconstruction, problem) first")
-        return self._covariance
-
-    @property
-    def covariance(self) -> Tensor:
-        """Predictive covariance over the pixels, ``(n, n)``."""
-        return self._fitted()
-
-    @property
-    def mean(self) -> Tensor:
-        self._fitted()
         return self._mean
 
     @property
+    def mean(self) -> Tensor:
+        """The DIP reconstruction ``x* = G(theta*)``, ``(1, *image)``."""
+        return self._fitted()
+
+    @property
+    def covariance(self) -> Tensor:
+        """Predictive covariance over the pixels, ``(n, n)`` (exact path only)."""
+        self._fitted()
+        if self._covariance is None:
+            raise ConfigError("LinearizedLaplace: the scalable path forms no dense covariance; use .samples "
+                              "(e.g. for patch log-likelihoods)")
+        return self._covariance
+
+    @property
+    def samples(self) -> Tensor:
+        """Posterior samples drawn during fit (scalable path), ``(num_samples, 1, *image)``."""
+        self._fitted()
+        if self._samples is None:
+            raise ConfigError("LinearizedLaplace: the exact path keeps no samples; use .covariance or sample(n)")
+        return self._samples
+
+    @property
     def std(self) -> Tensor:
-        return self._fitted().diagonal().clamp_min(0).sqrt().view_as(self._mean)
+        mean = self._fitted()
+        if self._covariance is not None:
+            return self._covariance.diagonal().clamp_min(0).sqrt().view_as(mean)
+        return (self._samples - mean).pow(2).mean(dim=0).sqrt()
 
     def sample(self, n: int, seed: int = 0) -> Tensor:
-        cov = self._fitted()
+        mean = self._fitted()
+        n = positive_int(n, "LinearizedLaplace.sample: n")
+        generator = torch.Generator().manual_seed(seed)
+        if self._covariance is None:
+            return self._matheron(n, generator)
+        cov = self._covariance
         jitter = 1e-10 * cov.diagonal().mean()
-        factor = torch.linalg.cholesky(cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype))
-        white = torch.randn(n, cov.shape[0], generator=torch.Generator().manual_seed(seed), dtype=cov.dtype)
-        return (self._mean.flatten() + white @ factor.T).view(n, *self._mean.shape)
+        factor = torch.linalg.cholesky(cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
+        white = torch.randn(n, cov.shape[0], generator=generator, dtype=cov.dtype).to(cov.device)
+        return (mean.flatten() + white @ factor.T).view(n, *mean.shape)
 
     def log_likelihood(self, x_true: Tensor) -> Tensor:
-        from invprior.analysis.calibration import gaussian_log_likelihood
-
-        return gaussian_log_likelihood(x_true.double(), self.mean, self._fitted())
+        """Mean over pixels of the marginal predictive log-density ``log N(x_i; x*_i, std_i^2)`` (``p = 1``)."""
+        mean = self._fitted()
+        std = self.std.double().clamp_min(1e-12)
+        x = x_true.to(device=mean.device, dtype=torch.float64)
+        return torch.distributions.Normal(mean.double(), std).log_prob(x).flatten(1).mean(dim=1)

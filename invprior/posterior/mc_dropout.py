@@ -8,15 +8,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.posterior.fitted import kept_network
+from invprior.posterior.sample_predictive import SamplePredictive
 from invprior.validation import positive_int
 
 
-class MCDropout(PosteriorApproximation):
+class MCDropout(SamplePredictive):
     """Predictive moments from ``num_samples`` forward passes with dropout active (seeded).
 
     Needs a DIP whose generator has dropout, e.g. ``generator_params={"dropout": 0.05}``.
@@ -24,6 +24,8 @@ class MCDropout(PosteriorApproximation):
     :attr:`covariance` is the sample covariance (plus ``1e-10`` times its mean variance on the
     diagonal) for patch log-likelihoods on small images.
     """
+
+    _owner, _drawn, _more = "MCDropout", "samples were drawn in fit", "num_samples"
 
     def __init__(self, num_samples: int = 100, seed: int = 0) -> None:
         self.num_samples = positive_int(num_samples, "MCDropout: num_samples")
@@ -40,34 +42,3 @@ class MCDropout(PosteriorApproximation):
             torch.manual_seed(self.seed)
             self._samples = torch.stack([network(z) for _ in range(self.num_samples)])
         return self
-
-    def _fitted(self) -> Tensor:
-        if self._samples is None:
-            raise ConfigError("MCDropout: call fit(reconstruction, problem) first")
-        return self._samples
-
-    @property
-    def mean(self) -> Tensor:
-        return self._fitted().mean(dim=0)
-
-    @property
-    def std(self) -> Tensor:
-        return self._fitted().std(dim=0)
-
-    @property
-    def covariance(self) -> Tensor:
-        samples = self._fitted().flatten(1).double()
-        centred = samples - samples.mean(dim=0)
-        cov = centred.T @ centred / (samples.shape[0] - 1)
-        return cov + 1e-10 * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-
-    def sample(self, n: int, seed: int = 0) -> Tensor:
-        samples = self._fitted()
-        if n > samples.shape[0]:
-            raise ConfigError(f"MCDropout: {samples.shape[0]} samples were drawn in fit; ask for at most that many "
-                              "or raise num_samples")
-        return samples[:n]
-
-    def log_likelihood(self, x_true: Tensor) -> Tensor:
-        std = self.std.double().clamp_min(1e-12)
-        return torch.distributions.Normal(self.mean.double(), std).log_prob(x_true.double()).flatten(1).mean(dim=1)

@@ -3,7 +3,8 @@
 ``K u = A J Sigma J^T A^T u + s^2 u`` is applied with one vjp and one jvp per vector. The
 gradient of ``log p(y) = -1/2 r^T K^{-1} r - 1/2 log det K`` is estimated with Hutchinson probes:
 ``d/dphi log det K = tr(K^{-1} dK/dphi) ~ mean_i (K^{-1} z_i)^T (dK/dphi) z_i``, with every
-``K^{-1}`` applied by conjugate gradients (non-convergence is reported, never silent).
+``K^{-1}`` applied by conjugate gradients preconditioned with a randomised Nystrom
+approximation ``A J Sigma J^T A^T ~ U diag(lambda) U^T`` (non-convergence is reported, never silent).
 Posterior samples follow Matheron's rule:
 ``x_s = x* + J theta_s - J Sigma (A J)^T K^{-1} (A J theta_s + eps_s)``.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -22,57 +24,117 @@ from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
 
 
+def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor:
+    return torch.cat([apply(part) for part in v.split(chunk)])
+
+
+def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
+            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Randomised Nystrom approximation ``M ~ U diag(lam) U^T`` of a PSD map on row vectors ``(b, size)``.
+
+    Stabilised with a small shift (Tropp et al. 2017): ``Y = M Q``, ``B = (Y + nu Q) chol(Q^T (Y + nu Q))^{-T}``,
+    ``U S V^T = B``, ``lam = max(S^2 - nu, 0)``. Returns ``U`` as ``(rank, size)`` rows and ``lam``.
+    """
+    rank = min(rank, size)
+    omega = torch.randn(size, rank, generator=generator, dtype=torch.float64).to(device)
+    q = torch.linalg.qr(omega).Q                                       # (size, rank)
+    y = apply(q.T.to(dtype)).double().T                                # (size, rank)
+    nu = math.sqrt(size) * torch.finfo(dtype).eps * float(y.norm())
+    y_nu = y + nu * q
+    factor = torch.linalg.cholesky(0.5 * (q.T @ y_nu + (q.T @ y_nu).T))
+    b = torch.linalg.solve_triangular(factor, y_nu.T, upper=False).T   # Y_nu L^{-T}
+    u, s, _ = torch.linalg.svd(b, full_matrices=False)
+    return u.T.contiguous(), (s ** 2 - nu).clamp_min(0.0)
+
+
 class LinearModel:
-    """``A J`` and ``K`` of the linearised model as matrix-free maps on batches of vectors."""
+    """``A J`` and ``K`` of the linearised model as matrix-free maps on batches of vectors.
+
+    ``operator`` must be linear (pass ``A.linearized(x*)`` for a nonlinear ``A``); ``chunk`` bounds how
+    many vectors go through the network at once (memory).
+    """
 
     def __init__(self, lin: Linearization, operator: ForwardOperator, prior: MaternBlockPrior, log_noise: Tensor,
-                 cg_iterations: int = 200, cg_rtol: float = 1e-8) -> None:
+                 cg_iterations: int = 200, cg_rtol: float = 1e-8, chunk: int = 32) -> None:
         self.lin, self.operator, self.prior, self.log_noise = lin, operator, prior, log_noise
-        self.cg_iterations, self.cg_rtol = cg_iterations, cg_rtol
+        self.cg_iterations, self.cg_rtol, self.chunk = cg_iterations, cg_rtol, chunk
         self.reports: list[CGInfo] = []
+        self._basis: Tensor | None = None
+        self._eigenvalues: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of measurements ``m``."""
+        return math.prod(self.operator.range_shape)
+
+    def images(self, theta: Tensor) -> Tensor:
+        """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)``."""
+        return _chunked(lambda part: torch.func.vmap(self.lin.jvp)(part).flatten(0, 1), theta, self.chunk)
 
     def forward(self, theta: Tensor) -> Tensor:
         """``A J theta`` for weight vectors ``(b, P)`` -> ``(b, m)``."""
-        images = torch.func.vmap(self.lin.jvp)(theta)                       # (b, 1, C, H, W)
-        return self.operator(images.flatten(0, 1)).flatten(1)
+        return self.operator(self.images(theta)).flatten(1)
 
     def transpose(self, u: Tensor) -> Tensor:
         """``J^T A^T u`` for measurement vectors ``(b, m)`` -> ``(b, P)``."""
-        images = self.operator.adjoint(u.view(-1, *self.operator.range_shape))
-        return torch.func.vmap(self.lin._pull)(images.unsqueeze(1))
+        images = self.operator.adjoint(u.view(-1, *self.operator.range_shape).to(self.lin.output))
+        return _chunked(lambda part: torch.func.vmap(self.lin._pull)(part.unsqueeze(1)), images, self.chunk)
 
     def k_apply(self, u: Tensor) -> Tensor:
         """``K u`` (differentiable in the prior hyperparameters and ``log_noise``)."""
         return self.forward(self.prior.apply(self.transpose(u))) + self.log_noise.exp() * u
 
-    def solve(self, b: Tensor) -> Tensor:
-        """``K^{-1} b`` by batched CG; a warning names any right-hand side that did not converge."""
+    # -- preconditioned solves ---------------------------------------------------------
+    def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
+        """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current hyperparameters."""
         with torch.no_grad():
-            x, info = conjugate_gradient(self.k_apply, b, max_iterations=self.cg_iterations, rtol=self.cg_rtol)
+            self._basis, self._eigenvalues = nystrom(lambda v: self.forward(self.prior.apply(self.transpose(v))),
+                                                     self.size, rank, generator, self.lin.output.dtype,
+                                                     self.lin.output.device)
+
+    def precondition(self, v: Tensor) -> Tensor:
+        """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
+        if self._basis is None:
+            return v
+        basis, lam = self._basis.to(v), self._eigenvalues.to(v)
+        noise = self.log_noise.detach().exp().to(v)
+        coefficients = v @ basis.T
+        return v + (coefficients * (noise / (lam + noise) - 1.0)) @ basis
+
+    def solve(self, b: Tensor) -> Tensor:
+        """``K^{-1} b`` by batched preconditioned CG; a warning names any right-hand side that did not converge."""
+        with torch.no_grad():
+            x, info = conjugate_gradient(self.k_apply, b, max_iterations=self.cg_iterations, rtol=self.cg_rtol,
+                                         preconditioner=self.precondition)
         self.reports.append(info)
         if not bool(info.converged.all()):
             warnings.warn(f"CG did not reach rtol {self.cg_rtol} in {info.iterations} iterations "
-                          f"(relative residuals {info.relative_residual.tolist()})", RuntimeWarning, stacklevel=2)
+                          f"(largest relative residual {float(info.relative_residual.max()):.2e})",
+                          RuntimeWarning, stacklevel=2)
         return x
 
-    def mll_surrogate(self, residual: Tensor, probes: Tensor) -> Tensor:
-        """A scalar whose gradient in the hyperparameters is the Hutchinson estimate of ``d log p(y)``.
+    # -- marginal likelihood and samples -------------------------------------------------
+    def mll_surrogate(self, residual: Tensor, probes: Tensor) -> tuple[Tensor, float]:
+        """A scalar whose gradient in the hyperparameters is the Hutchinson estimate of ``d log p(y)``,
+        and the data-fit term ``-1/2 r^T K^{-1} r``.
 
         ``0.5 alpha^T K alpha - 0.5 mean_i w_i^T K z_i`` with ``alpha = K^{-1} r`` and ``w_i = K^{-1} z_i``
         held fixed.
         """
+        residual = residual.to(probes)
         solved = self.solve(torch.cat([residual.view(1, -1), probes]))
         alpha, w = solved[:1], solved[1:]
         k_alpha = self.k_apply(alpha)
         k_probes = self.k_apply(probes)
-        return 0.5 * (alpha * k_alpha).sum() - 0.5 * (w * k_probes).sum() / probes.shape[0]
+        surrogate = 0.5 * (alpha * k_alpha).sum() - 0.5 * (w * k_probes).sum() / probes.shape[0]
+        return surrogate, -0.5 * float((residual.view(1, -1) * alpha).sum())
 
     def matheron_samples(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` posterior samples of ``J (theta - theta*)`` (add ``x*``), as ``(n, *image)``."""
         with torch.no_grad():
-            theta = self.prior.sample(n, generator)
-            m = math.prod(self.operator.range_shape)
-            noise = torch.randn(n, m, generator=generator, dtype=torch.float64) * self.log_noise.exp().sqrt()
-            correction = self.solve(self.forward(theta) + noise)
+            dtype = self.lin.output.dtype
+            theta = self.prior.sample(n, generator, dtype=dtype).to(self.lin.output.device)
+            noise = torch.randn(n, self.size, generator=generator, dtype=torch.float64).to(theta)
+            correction = self.solve(self.forward(theta) + noise * self.log_noise.exp().sqrt().to(theta))
             delta = theta - self.prior.apply(self.transpose(correction))
-            return torch.func.vmap(self.lin.jvp)(delta)
+            return self.images(delta)
