@@ -22,11 +22,13 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = Path(args.out)
-    problem, baseline, result = run(config, not args.quiet, args.device, DTYPES[args.dtype], workdir=out)
-    metrics = write_report(out, problem, {"baseline": baseline, "method": result}, config.raw,
-                           title=f"{config.problem.operator.name} / {config.problem.image.name}")
+    done = run(config, not args.quiet, args.device, DTYPES[args.dtype], workdir=out)
+    metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction}, config.raw,
+                           title=f"{config.problem.operator.name} / {config.problem.image.name}",
+                           posterior=done.posterior, posterior_name=config.posterior.name if config.posterior else "")
     print("\n".join(summary_lines(metrics, ["baseline", "method"])))
-    print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}")
+    extra = f", {out / 'uncertainty.png'}" if done.posterior is not None else ""
+    print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}{extra}")
     return 0
 
 

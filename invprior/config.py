@@ -16,6 +16,9 @@ A configuration looks like::
     params = { weight = "discrepancy" }
     [baseline]                        # optional; default: the pseudo-inverse, else Tikhonov
     name = "fbp"
+    [posterior]                       # optional: uncertainty around the method's result (DIP)
+    name = "linearized_laplace"
+    params = { iterations = 200 }
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 from invprior.core.noise import GaussianNoise
 from invprior.errors import ConfigError
 
-_TOP = {"seed": "an int", "problem": "a table", "method": "a table", "baseline": "a table"}
+_TOP = {"seed": "an int", "problem": "a table", "method": "a table", "baseline": "a table", "posterior": "a table"}
 _PROBLEM = {"operator": "a registry name", "operator_params": "a table", "image": "a registry name",
             "image_params": "a table", "size": "a positive int", "noise": "a table {relative=...} or {std=...}",
             "fine_factor": "an int >= 1", "num_images": "a positive int"}
@@ -62,6 +65,7 @@ class RunConfig:
     problem: ProblemSpec
     method: ComponentSpec
     baseline: ComponentSpec | None
+    posterior: ComponentSpec | None = None
     seed: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -121,7 +125,11 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
     )
     method = _component(_get(data, "method", dict, "", "a table [method] with a 'name'"), "method")
     baseline = _component(data["baseline"], "baseline") if "baseline" in data else None
-    return RunConfig(spec, method, baseline, _get(data, "seed", int, "", "an int", 0), data)
+    posterior = _component(data["posterior"], "posterior") if "posterior" in data else None
+    if posterior is not None and spec.num_images != 1:
+        raise ConfigError(f"posterior: uncertainty is fitted per image; set problem.num_images = 1 "
+                          f"(got {spec.num_images})")
+    return RunConfig(spec, method, baseline, posterior, _get(data, "seed", int, "", "an int", 0), data)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from invprior import registry
 from invprior.config import ComponentSpec, ProblemSpec, RunConfig
+from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
@@ -102,9 +104,17 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
     return out
 
 
+def build_posterior(spec: ComponentSpec, where: str = "posterior", **defaults: Any) -> PosteriorApproximation:
+    """A registered posterior approximation (``defaults`` as in :func:`build`)."""
+    posterior = build("posteriors", spec, where, **defaults)
+    if not isinstance(posterior, PosteriorApproximation):
+        raise ConfigError(f"{where}: '{spec.name}' is not a posterior approximation")
+    return posterior
+
+
 def run(config: RunConfig, progress: bool = True, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32, workdir: Path | None = None) -> tuple[InverseProblem, Reconstruction, Reconstruction]:
-    """Simulate the problem, run the baseline and the method: ``(problem, baseline, reconstruction)``.
+        dtype: torch.dtype = torch.float32, workdir: Path | None = None) -> RunResult:
+    """Simulate the problem, run the baseline and the method, then fit the posterior if configured.
 
     With ``workdir``, methods that checkpoint (DIP) do so in it and resume a run that was stopped.
     """
@@ -113,4 +123,21 @@ def run(config: RunConfig, progress: bool = True, device: torch.device | str = "
     baseline = build_method(baseline_spec, "baseline").reconstruct(problem, progress)
     resumable = {"checkpoint": workdir / f"checkpoint-{config.method.name}.pt", "resume": True} if workdir else {}
     reconstruction = build_method(config.method, "method", **resumable).reconstruct(problem, progress)
-    return problem, baseline, reconstruction
+    posterior = None
+    if config.posterior is not None:
+        posterior = build_posterior(config.posterior, progress=progress, seed=config.seed)
+        try:
+            posterior.fit(reconstruction, problem)
+        except ConfigError as exc:
+            raise ConfigError(f"posterior ({config.posterior.name}): {exc}") from None
+    return RunResult(problem, baseline, reconstruction, posterior)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced; ``posterior`` is ``None`` without a ``[posterior]`` section."""
+
+    problem: InverseProblem
+    baseline: Reconstruction
+    reconstruction: Reconstruction
+    posterior: PosteriorApproximation | None = None

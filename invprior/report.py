@@ -5,27 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from invprior.analysis.calibration import posterior_calibration
+from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.experiment import scores
-from invprior.figures import comparison_figure
+from invprior.figures import comparison_figure, uncertainty_figure
 from invprior.io import write_json, write_npz
 
 
 def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Reconstruction],
-                 config: dict[str, Any], title: str = "") -> dict[str, Any]:
+                 config: dict[str, Any], title: str = "", posterior: PosteriorApproximation | None = None,
+                 posterior_name: str = "") -> dict[str, Any]:
     """Write ``metrics.json``, ``reconstruction.npz`` and ``figure.png`` to ``out`` (atomically).
 
     ``results`` maps a role (e.g. ``"baseline"``, ``"method"``) to a reconstruction; the last one is
     the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
+    With a fitted ``posterior`` its std map goes into the arrays (``std``), its calibration into
+    ``metrics["posterior"]`` and the uncertainty panels into ``uncertainty.png``.
     """
     out = Path(out)
     main = list(results.values())[-1]
     metrics = {"config": config, "problem": problem.metadata,
                "noise_norm": problem.noise_norm.tolist() if problem.noise_norm is not None else None,
                **{role: scores(r, problem) for role, r in results.items()}}
+    if posterior is not None:
+        metrics["posterior"] = {"name": posterior_name or type(posterior).__name__,
+                                **(posterior_calibration(posterior, problem.x_true) if problem.x_true is not None
+                                   else {"mean_std": float(posterior.std.double().mean())})}
     write_json(out / "metrics.json", metrics)
     arrays = {"x_hat": main.image, "y": problem.y, **{role: r.image for role, r in results.items()}}
+    if posterior is not None:
+        arrays["std"] = posterior.std
     if problem.x_true is not None:
         arrays["x_true"] = problem.x_true
     write_npz(out / "reconstruction.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
@@ -39,6 +50,9 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     panels += [(caption(role), r.image) for role, r in results.items()]
     error = (f"|error| of {main.method}", (main.image - problem.x_true).abs()) if problem.x_true is not None else None
     comparison_figure(out / "figure.png", panels, error, title=title, curve=main if main.trace else None)
+    if posterior is not None and problem.x_true is not None:
+        uncertainty_figure(out / "uncertainty.png", problem.x_true, posterior.mean, posterior.std,
+                           title=title, label=metrics["posterior"]["name"])
     return metrics
 
 
@@ -50,4 +64,8 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         quality = f"PSNR {m['psnr_mean']:.2f} dB  " if "psnr_mean" in m else ""
         quality += f"SSIM {m['ssim_mean']:.3f}  " if "ssim_mean" in m else ""
         lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
+    if "posterior" in metrics:
+        p = metrics["posterior"]
+        calibration = "  ".join(f"{key} {p[key]:.3f}" for key in ("ll_p1", "ll_p2", "ll_p10", "coverage_95") if key in p)
+        lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.4f}")
     return lines

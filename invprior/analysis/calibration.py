@@ -192,3 +192,17 @@ def calibration_summary(x: Tensor, mean: Tensor, std: Tensor, samples: Tensor | 
 def expected_coverage(z: float) -> float:
     """Coverage of ``+-z`` std under a Gaussian: ``erf(z / sqrt 2)``."""
     return math.erf(z / math.sqrt(2))
+
+
+def posterior_calibration(posterior: object, x: Tensor, patches: tuple[int, ...] = (1, 2, 10)) -> dict[str, float]:
+    """:func:`calibration_summary` of a fitted posterior for one image: its stored samples when it keeps
+    them, else its dense covariance when it has one, else the independent Gaussian of its ``std``."""
+    structure: dict[str, Tensor] = {}
+    for name in ("samples", "covariance"):
+        try:
+            structure[name] = getattr(posterior, name)
+            break
+        except (AttributeError, ConfigError):
+            continue
+    mean, std = posterior.mean, posterior.std
+    return calibration_summary(x.to(mean), mean, std, patches=patches, **structure)

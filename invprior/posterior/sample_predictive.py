@@ -41,6 +41,11 @@ class SamplePredictive(PosteriorApproximation):
         return self._fitted().std(dim=0)
 
     @property
+    def samples(self) -> Tensor:
+        """All stored samples, ``(S, B, *image)``."""
+        return self._fitted()
+
+    @property
     def covariance(self) -> Tensor:
         samples = self._fitted().flatten(1).double()
         centred = samples - samples.mean(dim=0)

@@ -101,17 +101,24 @@ class LinearModel:
         coefficients = v @ basis.T
         return v + (coefficients * (noise / (lam + noise) - 1.0)) @ basis
 
-    def solve(self, b: Tensor) -> Tensor:
-        """``K^{-1} b`` by batched preconditioned CG; a warning names any right-hand side that did not converge."""
+    def solve(self, b: Tensor, rtol: float | None = None) -> Tensor:
+        """``K^{-1} b`` by batched preconditioned CG (to ``rtol``, default ``cg_rtol``); every outcome is kept
+        in :attr:`reports` and summarised by :meth:`convergence_warning`."""
         with torch.no_grad():
-            x, info = conjugate_gradient(self.k_apply, b, max_iterations=self.cg_iterations, rtol=self.cg_rtol,
-                                         preconditioner=self.precondition)
+            x, info = conjugate_gradient(self.k_apply, b, max_iterations=self.cg_iterations,
+                                         rtol=self.cg_rtol if rtol is None else rtol, preconditioner=self.precondition)
         self.reports.append(info)
-        if not bool(info.converged.all()):
-            warnings.warn(f"CG did not reach rtol {self.cg_rtol} in {info.iterations} iterations "
-                          f"(largest relative residual {float(info.relative_residual.max()):.2e})",
-                          RuntimeWarning, stacklevel=2)
         return x
+
+    def convergence_warning(self, what: str) -> None:
+        """Warn (``RuntimeWarning``) when any CG solve so far missed its tolerance, then forget the reports."""
+        failed = [info for info in self.reports if not bool(info.converged.all())]
+        if failed:
+            worst = max(float(info.relative_residual.max()) for info in failed)
+            warnings.warn(f"{what}: {len(failed)} of {len(self.reports)} CG solves stopped at {self.cg_iterations} "
+                          f"iterations before reaching their tolerance (largest relative residual {worst:.2e}); "
+                          "raise cg_iterations or preconditioner_rank", RuntimeWarning, stacklevel=3)
+        self.reports = []
 
     # -- marginal likelihood and samples -------------------------------------------------
     def mll_surrogate(self, residual: Tensor, probes: Tensor) -> tuple[Tensor, float]:
@@ -119,22 +126,28 @@ class LinearModel:
         and the data-fit term ``-1/2 r^T K^{-1} r``.
 
         ``0.5 alpha^T K alpha - 0.5 mean_i w_i^T K z_i`` with ``alpha = K^{-1} r`` and ``w_i = K^{-1} z_i``
-        held fixed.
+        held fixed; only ``Sigma`` and ``s^2`` carry gradients, so ``u^T K v = (J^T A^T u)^T Sigma (J^T A^T v) +
+        s^2 u^T v`` needs no differentiation through the network.
         """
         residual = residual.to(probes)
         solved = self.solve(torch.cat([residual.view(1, -1), probes]))
-        alpha, w = solved[:1], solved[1:]
-        k_alpha = self.k_apply(alpha)
-        k_probes = self.k_apply(probes)
-        surrogate = 0.5 * (alpha * k_alpha).sum() - 0.5 * (w * k_probes).sum() / probes.shape[0]
-        return surrogate, -0.5 * float((residual.view(1, -1) * alpha).sum())
+        with torch.no_grad():
+            pulled = self.transpose(torch.cat([solved, probes]))          # J^T A^T of alpha, w_i, z_i
+        count = probes.shape[0]
+        left = torch.cat([pulled[:1], pulled[1:1 + count]])               # alpha, w_i
+        right = torch.cat([pulled[:1], pulled[1 + count:]])               # alpha, z_i
+        noise = self.log_noise.exp()
+        quadratic = (left * self.prior.apply(right)).sum(dim=1) + noise * (
+            solved * torch.cat([solved[:1], probes])).sum(dim=1)
+        surrogate = 0.5 * quadratic[0] - 0.5 * quadratic[1:].sum() / count
+        return surrogate, -0.5 * float((residual.view(1, -1) * solved[:1]).sum())
 
-    def matheron_samples(self, n: int, generator: torch.Generator) -> Tensor:
+    def matheron_samples(self, n: int, generator: torch.Generator, rtol: float | None = None) -> Tensor:
         """``n`` posterior samples of ``J (theta - theta*)`` (add ``x*``), as ``(n, *image)``."""
         with torch.no_grad():
             dtype = self.lin.output.dtype
             theta = self.prior.sample(n, generator, dtype=dtype).to(self.lin.output.device)
             noise = torch.randn(n, self.size, generator=generator, dtype=torch.float64).to(theta)
-            correction = self.solve(self.forward(theta) + noise * self.log_noise.exp().sqrt().to(theta))
+            correction = self.solve(self.forward(theta) + noise * self.log_noise.exp().sqrt().to(theta), rtol)
             delta = theta - self.prior.apply(self.transpose(correction))
             return self.images(delta)
