@@ -207,3 +207,24 @@ def test_matheron_samples_have_the_closed_form_covariance(fitted):
     empirical = samples.T @ samples / samples.shape[0]
     scale = post.covariance.diagonal().max().item()
     assert (empirical - post.covariance).abs().max().item() < 6 * scale * math.sqrt(2 / 4000)
+
+
+@pytest.mark.parametrize("task, margin", [("ct", 1.0), ("denoising", 5.0)])
+def test_lin_dip_is_better_calibrated_than_mc_dropout(task, margin):
+    """Measured at 16x16, 8-channel 3-scale U-Net with dropout 0.05, 1500 DIP steps, seed 0: test log-likelihood
+    CT -0.37 (lin-DIP) vs -3.23 (MC dropout), coverage 0.55 vs 0.44; denoising -1.15 vs -18.1, 0.61 vs 0.26."""
+    from invprior.posterior.mc_dropout import MCDropout
+
+    if task == "ct":
+        op, noise = registry.get("operators", "ct_parallel", size=16, num_angles=10), GaussianNoise(relative=0.05)
+    else:
+        op, noise = registry.get("operators", "denoising", size=16), GaussianNoise(std=0.1)
+    x = registry.get("datasets", "ellipses", size=16, seed=0)
+    problem = InverseProblem.simulate(op, x, noise, seed=0)
+    result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed",
+                 stopping_params={"iterations": 1500}, lr=1e-2).reconstruct(problem, progress=False)
+    lin = LinearizedLaplace(iterations=300, lr=0.05, progress=False).fit(result, problem)
+    mcd = MCDropout(num_samples=200).fit(result, problem)
+    assert lin.log_likelihood(x).item() > mcd.log_likelihood(x).item() + margin
+    target = expected_coverage(1.96)
+    assert abs(coverage(x.double(), lin.mean, lin.std) - target) < abs(coverage(x.double(), mcd.mean.double(), mcd.std.double()) - target)

@@ -12,6 +12,7 @@ its tangent ``A'(x*)``.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import Tensor
@@ -32,6 +33,7 @@ from invprior.validation import positive_int, real
 
 SOLVERS = ("auto", "exact", "scalable")
 HYPERPRIORS = ("none", "tv_pred_cp")
+NOISE = ("learn", "known", "auto")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -52,10 +54,14 @@ class LinearizedLaplace(PosteriorApproximation):
     ``num_samples`` Matheron samples for the pixel-wise std (CG to ``cg_rtol`` for gradients, to
     ``sample_cg_rtol`` for samples; any miss is reported by a ``RuntimeWarning``); ``"auto"`` picks exact up to ``max_pixels``.
     ``hyperprior="tv_pred_cp"`` adds the TV-PredCP hyperprior on the lengthscales (TV-MAP).
+    ``noise="learn"`` fits the noise variance with the prior; ``"known"`` holds it at the problem's noise
+    level (``"auto"``: known when the problem has one). Holding it matters when ``A J`` has full row rank
+    (denoising): then the evidence can explain the data with a vanishing noise variance and over-confident std.
     Adam with ``lr`` runs ``iterations`` steps on the hyperparameters (stored as logarithms, so always valid).
     """
 
-    def __init__(self, solver: str = "auto", hyperprior: str = "none", iterations: int = 200, lr: float = 0.01,
+    def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
+                 lr: float = 0.01,
                  variance: float = 1.0, lengthscale: float = 0.1, pre_sigmoid: bool = False,
                  parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
@@ -66,6 +72,9 @@ class LinearizedLaplace(PosteriorApproximation):
             raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
         if hyperprior not in HYPERPRIORS:
             raise ConfigError(f"LinearizedLaplace: hyperprior must be one of {HYPERPRIORS}, got {hyperprior!r}")
+        if noise not in NOISE:
+            raise ConfigError(f"LinearizedLaplace: noise must be one of {NOISE}, got {noise!r}")
+        self.noise = noise
         if dtype not in DTYPES:
             raise ConfigError(f"LinearizedLaplace: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.solver, self.hyperprior, self.dtype = solver, hyperprior, DTYPES[dtype]
@@ -87,6 +96,7 @@ class LinearizedLaplace(PosteriorApproximation):
         self.tv_samples = positive_int(tv_samples, "LinearizedLaplace: tv_samples")
         self.seed, self.progress = int(seed), bool(progress)
         self.history: list[float] = []
+        self.wall_time = 0.0
         self._mean: Tensor | None = None
         self._covariance: Tensor | None = None
         self._samples: Tensor | None = None
@@ -102,6 +112,7 @@ class LinearizedLaplace(PosteriorApproximation):
         return self.solver
 
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> LinearizedLaplace:
+        start = time.perf_counter()
         if problem.batch_size != 1:
             raise ShapeError("LinearizedLaplace: fit one image at a time (problem.select(b))")
         operator = problem.operator
@@ -134,15 +145,19 @@ class LinearizedLaplace(PosteriorApproximation):
         with torch.no_grad():
             # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
             residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach()
-        noise_std = float(problem.noise_std[0]) if problem.noise_std is not None else float(residual.std())
+        known = problem.noise_std is not None
+        if self.noise == "known" and not known:
+            raise ConfigError("LinearizedLaplace: noise='known' needs the noise level on the problem (noise_std)")
+        learn_noise = self.noise == "learn" or (self.noise == "auto" and not known)
+        noise_std = float(problem.noise_std[0]) if known else float(residual.std())
         log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, device=x_star.device,
-                                 requires_grad=True)
+                                 requires_grad=learn_noise)
         hyperprior = None
         if self.hyperprior == "tv_pred_cp":
             rate = self.tv_rate if self.tv_rate is not None else 1.0 / max(float(AnisotropicTV()(x_star.double())), 1e-12)
             hyperprior = TVPredCP(prior, images, rate, self.tv_samples, self.seed)
 
-        optimizer = torch.optim.Adam([*prior.parameters(), log_noise], lr=self.lr)
+        optimizer = torch.optim.Adam([*prior.parameters(), *([log_noise] if learn_noise else [])], lr=self.lr)
         if solver == "scalable":
             model.log_noise = log_noise
         steps = tqdm(range(self.iterations), desc=f"lin-DIP hyperparameters ({solver})", disable=not self.progress,
@@ -189,6 +204,7 @@ class LinearizedLaplace(PosteriorApproximation):
             model.refresh_preconditioner(self.preconditioner_rank, generator)
             self._model = model
             self._samples = self._matheron(self.num_samples, generator)
+        self.wall_time = time.perf_counter() - start
         return self
 
     def _matheron(self, n: int, generator: torch.Generator) -> Tensor:

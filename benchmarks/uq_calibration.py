@@ -1,0 +1,188 @@
+"""Calibration of lin-DIP against MC dropout and a deep ensemble on parallel-beam CT.
+
+For every setting (image size x image x number of angles x noise level) one DIP+TV is fitted with
+dropout p = 0.05 in its U-Net; then lin-DIP with plain type-II maximum likelihood ("MLL"), lin-DIP
+with the TV-PredCP hyperprior ("TV-MAP"), MC dropout on that network and a deep ensemble of DIP
+runs are fitted around it. Each row: test log-likelihood of the ground truth per pixel on p x p
+patches (p = 1, 2, 10), 95 % coverage, mean std, RMSE, wall time of the uncertainty fit (with its
+ratio to the DIP fit) and its peak extra resident memory (sampled every 10 ms from /proc).
+
+Rows go to ``--out`` (JSON lines, appended atomically per row); a rerun skips the rows already
+there, so an interrupted benchmark resumes. At the end a Markdown table is printed.
+
+    python benchmarks/uq_calibration.py --sizes 28 --angles 5 10 20 30 --noise 0.05 0.1
+    python benchmarks/uq_calibration.py --sizes 128 --images ct_slice --angles 30 --noise 0.025 --methods lin_mll
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from invprior.analysis.calibration import posterior_calibration
+from invprior.config import parse_config
+from invprior.experiment import build_method, build_posterior, build_problem
+from invprior.io import atomic_write
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every 10 ms by a thread."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = resident_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.start) / 2 ** 20
+
+
+def dip_params(size: int) -> dict:
+    """DIP+TV with a 3-scale U-Net (dropout 0.05 so MC dropout can use the same fit); ES-WMV stopping."""
+    return {"generator": "unet", "generator_params": {"preset": "small", "scales": 3, "channels": 16 if size <= 32 else 32,
+                                                      "dropout": 0.05},
+            "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
+            "stopping_params": {"window": 100, "patience": 500}, "lr": 1e-2 if size <= 32 else 3e-3,
+            "max_iterations": 2000 if size <= 32 else 3000}
+
+
+def posterior_specs(size: int, quick: bool, steps: int | None, samples: int | None) -> dict[str, dict]:
+    """Registry name and parameters per method; the scalable lin-DIP path above 32x32 pixels."""
+    scalable = size * size > 1024
+    steps = steps or (20 if quick else (300 if not scalable else 100))
+    samples = samples or (64 if quick else 1000)
+    lin = {"iterations": steps, "lr": 0.05, "solver": "scalable" if scalable else "exact"}
+    if scalable:
+        lin.update(num_probes=4 if size >= 128 else 8, cg_iterations=30, preconditioner_rank=128,
+                   precondition_every=25, num_samples=samples, sample_batch=16, dtype="float32")
+    return {
+        "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
+        "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},
+        "mc_dropout": {"name": "mc_dropout", "params": {"num_samples": samples}},
+        "deep_ensemble": {"name": "deep_ensemble", "params": {"members": 5 if not quick else 2}},
+    }
+
+
+def key(row: dict) -> tuple:
+    return (row["size"], row["image"], row["angles"], row["noise"], row["seed"], row["method"])
+
+
+def run_setting(size: int, image: str, angles: int, noise: float, seed: int, methods: list[str], args: argparse.Namespace,
+                done: set[tuple]) -> list[dict]:
+    quick, out = args.quick, args.out
+    config = parse_config({
+        "seed": seed,
+        "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": angles}, "image": image,
+                    "size": size, "noise": {"relative": noise}},
+        "method": {"name": "dip", "params": {**dip_params(size), **({"max_iterations": 200} if quick else {})}},
+    })
+    base = {"size": size, "image": image, "angles": angles, "noise": noise, "seed": seed}
+    todo = [m for m in methods if key({**base, "method": m}) not in done]
+    if not todo:
+        return []
+    problem = build_problem(config.problem, seed, torch.float32)
+    dip = build_method(config.method, "method").reconstruct(problem, progress=False)
+    psnr = float(-10 * torch.log10(((dip.image - problem.x_true) ** 2).mean() / problem.x_true.max() ** 2))
+    rows = []
+    specs = posterior_specs(size, quick, args.steps, args.samples)
+    for method in todo:
+        spec = parse_config({"problem": {"operator": "denoising", "image": "ellipses", "noise": {"std": 0.1}},
+                             "method": {"name": "fbp"}, "posterior": specs[method]}).posterior
+        posterior = build_posterior(spec, progress=False, seed=seed)
+        with warnings.catch_warnings(record=True) as caught, PeakMemory() as memory:
+            warnings.simplefilter("always", RuntimeWarning)
+            start = time.perf_counter()
+            posterior.fit(dip, problem)
+            seconds = time.perf_counter() - start
+        row = {**base, "method": method, "dip_psnr": psnr, "dip_seconds": dip.wall_time,
+               "dip_iterations": dip.iterations, "seconds": seconds, "time_ratio_to_dip": seconds / dip.wall_time,
+               "peak_extra_mib": memory.extra_mib, "cg_warnings": len(caught),
+               **posterior_calibration(posterior, problem.x_true)}
+        rows.append(row)
+        with out.open("a") as handle:  # one complete line per row: a killed run loses at most the row in flight
+            handle.write(json.dumps(row) + "\n")
+        print(f"{size}px {image} {angles} angles {noise:.0%}: {method:13s} LL1 {row.get('ll_p1', float('nan')):7.3f} "
+              f"cov {row['coverage_95']:.3f}  {seconds:7.1f} s ({row['time_ratio_to_dip']:.2f}x DIP)  "
+              f"{memory.extra_mib:7.1f} MiB", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| size | image | angles | noise | method | LL p=1 | LL p=2 | LL p=10 | coverage 95 | time s | x DIP | "
+            "peak MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    fmt = lambda row, k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
+    for row in sorted(rows, key=key):
+        lines.append(f"| {row['size']} | {row['image']} | {row['angles']} | {row['noise']:.0%} | {row['method']} | "
+                     f"{fmt(row, 'll_p1')} | {fmt(row, 'll_p2')} | {fmt(row, 'll_p10')} | {row['coverage_95']:.3f} | "
+                     f"{row['seconds']:.1f} | {row['time_ratio_to_dip']:.2f} | {row['peak_extra_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of an earlier run (a line cut short by a kill is dropped and rerun)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[28])
+    parser.add_argument("--images", nargs="+", default=["ellipses", "ct_slice"])
+    parser.add_argument("--angles", type=int, nargs="+", default=[5, 10, 20, 30])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=["lin_mll", "lin_tv_map", "mc_dropout", "deep_ensemble"])
+    parser.add_argument("--out", type=Path, default=Path("uq_calibration.jsonl"))
+    parser.add_argument("--table", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--quick", action="store_true", help="a few steps and samples: checks the script runs")
+    parser.add_argument("--steps", type=int, help="lin-DIP type-II steps (default 300 exact, 100 scalable)")
+    parser.add_argument("--samples", type=int, help="posterior samples (default 1000)")
+    args = parser.parse_args()
+    rows = read_rows(args.out)
+    done = {key(row) for row in rows}
+    for size in args.sizes:
+        for image in args.images:
+            for angles in args.angles:
+                for noise in args.noise:
+                    for seed in args.seeds:
+                        rows += run_setting(size, image, angles, noise, seed, args.methods, args, done)
+    print(table(rows))
+    if args.table:
+        text = (table(rows) + "\n").encode()
+        atomic_write(args.table, lambda handle: handle.write(text))
+
+
+if __name__ == "__main__":
+    main()

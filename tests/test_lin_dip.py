@@ -1,0 +1,458 @@
+"""lin-DIP end to end: tangent operators, Nystrom/CG numerics, scalable vs exact solver, TV-PredCP, bad inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from invprior import GaussianNoise, InverseProblem, registry
+from invprior.core.operator import ForwardOperator, TangentOperator, adjoint_mismatch
+from invprior.errors import ConfigError, NonFiniteError, ShapeError
+from invprior.generators.unet import UNet
+from invprior.linalg import conjugate_gradient
+from invprior.methods import DIP
+from invprior.posterior.fitted import kept_network
+from invprior.posterior.linearization import Linearization
+from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
+from invprior.posterior.prior import MaternBlockPrior
+from invprior.posterior.scalable import LinearModel, nystrom
+from invprior.posterior.tv_pred_cp import TVPredCP
+from invprior.regularizers.tv import AnisotropicTV
+
+F64 = torch.float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+def _network() -> UNet:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return UNet(preset="small", scales=2, channels=3, skip_channels=1).double()
+
+
+def _ct_problem(size: int = 6, seed: int = 0) -> InverseProblem:
+    op = registry.get("operators", "ct_parallel", size=size, num_angles=4)
+    x = registry.get("datasets", "ellipses", size=size, seed=2, dtype=F64)
+    return InverseProblem.simulate(op, x, GaussianNoise(relative=0.05), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A tiny DIP fitted to 6x6 CT with 4 angles (m = 44 measurements, 36 pixels)."""
+    problem = _ct_problem()
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 50},
+                 lr=1e-2).reconstruct(problem, progress=False)
+    return problem, result
+
+
+def _linearization(result) -> Linearization:
+    network, z = kept_network(result, "test")
+    return Linearization(network.double(), z.double())
+
+
+def _initial_log_noise(problem: InverseProblem) -> float:
+    return 2 * math.log(float(problem.noise_std[0]))
+
+
+def _hyper(post: LinearizedLaplace) -> torch.Tensor:
+    """``log_variance``, ``log_lengthscale`` and ``log_noise`` of a fitted posterior, flat."""
+    return torch.cat([post.prior.log_variance.detach(), post.prior.log_lengthscale.detach(),
+                      torch.tensor([math.log(post.noise_variance)], dtype=F64)])
+
+
+# -- 1. tangent operators ---------------------------------------------------------------------
+
+class ExpBlur(ForwardOperator):
+    """``y = B exp(x)`` on (1, 4, 4) images with a fixed (12, 16) matrix ``B``: nonlinear."""
+
+    is_linear = False
+
+    def __init__(self) -> None:
+        super().__init__((1, 4, 4), (12,))
+        self.matrix = torch.randn(12, 16, generator=_gen(0), dtype=F64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x).flatten(1) @ self.matrix.T.to(x)
+
+
+def test_tangent_operator_matches_finite_differences_and_closed_forms():
+    op = ExpBlur()
+    x = 0.5 * torch.randn(1, 1, 4, 4, generator=_gen(1), dtype=F64)
+    tangent = op.linearized(x)
+    assert isinstance(tangent, TangentOperator) and tangent.is_linear
+    assert tangent.domain_shape == (1, 4, 4) and tangent.range_shape == (12,)
+    v = torch.randn(3, 1, 4, 4, generator=_gen(2), dtype=F64)
+    u = torch.randn(3, 12, generator=_gen(3), dtype=F64)
+    eps = 1e-5
+    central = (op(x + eps * v) - op(x - eps * v)) / (2 * eps)
+    got = tangent(v)
+    assert torch.allclose(got, central, rtol=1e-7, atol=1e-8 * central.abs().max().item())
+    # closed forms: A'(x) v = B (exp(x) * v),  A'(x)^T u = exp(x) * (B^T u)
+    assert torch.allclose(got, (torch.exp(x) * v).flatten(1) @ op.matrix.T, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(tangent.adjoint(u), torch.exp(x) * (u @ op.matrix).view(3, 1, 4, 4), rtol=1e-12, atol=1e-12)
+    lhs, rhs = (tangent(v) * u).sum(), (v * tangent.adjoint(u)).sum()
+    assert abs(lhs.item() - rhs.item()) <= 1e-10 * abs(lhs.item())
+    assert adjoint_mismatch(tangent, batch=2, seed=4) < 1e-10
+    assert adjoint_mismatch(tangent.T, batch=2, seed=5) < 1e-10
+    # the tangent is taken at x: a different point gives a different map
+    assert not torch.allclose(op.linearized(x + 1.0)(v), got)
+
+
+def test_linearized_of_linear_operator_is_itself_and_batches_are_refused():
+    linear = registry.get("operators", "ct_parallel", size=6, num_angles=4)
+    assert linear.linearized(torch.rand(1, 1, 6, 6)) is linear
+    op = ExpBlur()
+    with pytest.raises(ShapeError, match="batch of 2"):
+        op.linearized(torch.zeros(2, 1, 4, 4, dtype=F64))
+    with pytest.raises(ShapeError, match=r"\(B, 1, 4, 4\)"):
+        op.linearized(torch.zeros(1, 4, 4, dtype=F64))
+    with pytest.raises(TypeError, match="nonlinear"):
+        op.adjoint(torch.zeros(1, 12, dtype=F64))
+
+
+# -- 2. Nystrom and preconditioned CG --------------------------------------------------------
+
+def _psd_with_spectrum(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    n = eigenvalues.numel()
+    q = torch.linalg.qr(torch.randn(n, n, generator=_gen(seed), dtype=F64)).Q
+    return (q * eigenvalues) @ q.T
+
+
+def _reconstruct(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    return (u.T * lam) @ u
+
+
+def test_nystrom_at_full_rank_reproduces_the_matrix():
+    g = torch.randn(30, 30, generator=_gen(0), dtype=F64)
+    m = g @ g.T  # random PSD, rank 30, condition number ~1e3
+    u, lam = nystrom(lambda v: v @ m, 30, 30, _gen(1))
+    assert u.shape == (30, 30) and lam.shape == (30,)
+    assert torch.allclose(u @ u.T, torch.eye(30, dtype=F64), atol=1e-10)  # orthonormal rows
+    assert (torch.linalg.matrix_norm(_reconstruct(u, lam) - m) / torch.linalg.matrix_norm(m)).item() < 1e-8
+    # the eigenvalues are those of M
+    assert torch.allclose(lam.sort().values, torch.linalg.eigvalsh(m), rtol=1e-8, atol=1e-10 * lam.max().item())
+
+
+def test_nystrom_is_exact_on_a_matrix_of_the_sketch_rank():
+    # no tail beyond rank r: the rank-r sketch captures everything (error = the zero tail)
+    eigenvalues = torch.cat([torch.logspace(0, -3, 8, dtype=F64), torch.zeros(22, dtype=F64)])
+    m = _psd_with_spectrum(eigenvalues, 2)
+    u, lam = nystrom(lambda v: v @ m, 30, 8, _gen(3))
+    assert (torch.linalg.matrix_norm(_reconstruct(u, lam) - m) / torch.linalg.matrix_norm(m)).item() < 1e-8
+
+
+def test_nystrom_error_against_the_tail_of_the_spectrum():
+    """Rank r of a fast-decaying spectrum: the error can never beat lambda_{r+1} (Eckart-Young) and, with a
+    sketch of r + p columns, its mean obeys the randomised range-finder bound (Halko, Martinsson & Tropp
+    2011, Thm 10.6, applied to M^{1/2}: ||M - M_hat|| = ||(I - P) M^{1/2}||^2)."""
+    n, r, p = 30, 8, 4
+    eigenvalues = 10.0 ** (-torch.arange(n, dtype=F64) / 2)
+    sigma = eigenvalues.sqrt()  # singular values of M^{1/2}
+    bound = ((1 + math.sqrt(r / (p - 1))) * sigma[r] + math.e * math.sqrt(r + p) / p * sigma[r:].norm()).item()
+    exact_rank_errors, oversampled = [], []
+    for seed in range(20):
+        m = _psd_with_spectrum(eigenvalues, 100 + seed)
+        for rank, out in ((r, exact_rank_errors), (r + p, oversampled)):
+            u, lam = nystrom(lambda v: v @ m, n, rank, _gen(seed))
+            assert u.shape == (rank, n)
+            out.append(torch.linalg.matrix_norm(_reconstruct(u, lam) - m, ord=2).item())
+    # a rank-r approximation is at best lambda_{r+1} away (small slack for rounding)
+    assert min(exact_rank_errors) >= eigenvalues[r].item() * (1 - 1e-6)
+    # rank r + p: never better than lambda_{r+p+1}; the mean of ||(I - P) M^{1/2}|| below Halko's bound
+    assert min(oversampled) >= eigenvalues[r + p].item() * (1 - 1e-6)
+    assert sum(math.sqrt(e) for e in oversampled) / len(oversampled) <= bound
+    # and close to the tail: the bound is a modest multiple of lambda_{r+1}, far below lambda_1 = 1
+    assert bound ** 2 < 30 * eigenvalues[r].item()
+
+
+def test_preconditioned_cg_solves_ill_conditioned_systems_in_fewer_iterations():
+    n = 60
+    c = _psd_with_spectrum(torch.linspace(1.0, 2.0, n, dtype=F64), 4)      # well conditioned
+    d = torch.logspace(0, 3, n, dtype=F64)
+    m = d[:, None] * c * d[None, :]                                           # D C D, cond ~ 2e6
+    condition = torch.linalg.cond(m).item()
+    assert condition > 1e5
+    b = torch.randn(2, n, generator=_gen(5), dtype=F64)
+    expected = torch.linalg.solve(m, b.T).T
+    rtol = 1e-10
+    jacobi = m.diagonal()
+    plain, plain_info = conjugate_gradient(lambda v: v @ m, b, max_iterations=5000, rtol=rtol)
+    pre, pre_info = conjugate_gradient(lambda v: v @ m, b, max_iterations=5000, rtol=rtol,
+                                       preconditioner=lambda v: v / jacobi)
+    for x, info in ((plain, plain_info), (pre, pre_info)):
+        assert bool(info.converged.all())
+        residual = (b - x @ m).norm(dim=1) / b.norm(dim=1)
+        assert torch.allclose(info.relative_residual, residual, rtol=1e-6, atol=1e-14)
+        assert (residual <= rtol).all()
+        # forward error <= cond(M) * relative residual
+        assert ((x - expected).norm(dim=1) / expected.norm(dim=1) <= condition * rtol).all()
+    # P^{-1/2} M P^{-1/2} = diag(C)^{-1/2} C diag(C)^{-1/2} has condition <= 4: CG needs ~ sqrt(4) log(2/rtol) steps
+    assert pre_info.iterations <= 2 * math.log(2 / rtol) + 5
+    assert pre_info.iterations * 3 < plain_info.iterations
+    # a capped run reports non-convergence instead of hiding it
+    _, capped = conjugate_gradient(lambda v: v @ m, b, max_iterations=3, rtol=rtol)
+    assert capped.iterations == 3 and not bool(capped.converged.any())
+
+
+# -- 3. the Nystrom preconditioner of LinearModel ---------------------------------------------
+
+def test_full_rank_nystrom_preconditioner_whitens_k(fitted):
+    problem, result = fitted
+    lin = _linearization(result)
+    prior = MaternBlockPrior(lin.shapes, variance=1.0, lengthscale=0.5)
+    noise = 1e-3
+    model = LinearModel(lin, problem.operator, prior, torch.tensor(math.log(noise), dtype=F64))
+    m = model.size
+    assert m == 44
+    eye = torch.eye(m, dtype=F64)
+    with torch.no_grad():
+        k = model.k_apply(eye)
+    aj = dense_operator(problem.operator) @ lin.jacobian()
+    dense_k = aj @ prior.dense().detach() @ aj.T + noise * eye
+    assert torch.allclose(k, dense_k, rtol=1e-9, atol=1e-9 * dense_k.abs().max().item())
+    assert torch.linalg.cond(k).item() > 1e4  # preconditioning has work to do
+    assert torch.equal(model.precondition(k), k)  # no preconditioner yet: the identity
+    model.refresh_preconditioner(m, _gen(0))
+    whitened = model.precondition(k)  # s^2 P^{-1} K
+    assert torch.allclose(whitened, noise * eye, atol=1e-7 * noise)
+    # the same preconditioner at a low rank is not a whitener (the check above can fail)
+    model.refresh_preconditioner(m // 4, _gen(0))
+    assert (model.precondition(k) - noise * eye).abs().max().item() > 0.1 * noise
+
+
+# -- 4. scalable vs exact ---------------------------------------------------------------------
+
+FROZEN = dict(iterations=1, lr=1e-8, progress=False)  # one Adam step of size ~1e-8: hyperparameters unchanged
+
+
+@pytest.fixture(scope="module")
+def exact_and_scalable(fitted):
+    problem, result = fitted
+    m = math.prod(problem.operator.range_shape)
+    exact = LinearizedLaplace(solver="exact", **FROZEN).fit(result, problem)
+    scalable = LinearizedLaplace(solver="scalable", num_samples=4000, sample_cg_rtol=1e-10, cg_iterations=500,
+                                 preconditioner_rank=m, sample_batch=500, **FROZEN).fit(result, problem)
+    return exact, scalable
+
+
+def test_scalable_and_exact_paths_give_the_same_predictive(fitted, exact_and_scalable):
+    problem, _ = fitted
+    exact, scalable = exact_and_scalable
+    assert exact.solver_used == "exact" and scalable.solver_used == "scalable"
+    noise_variance = float(problem.noise_std[0]) ** 2
+    assert exact.noise_variance == pytest.approx(noise_variance, rel=1e-6)
+    assert scalable.noise_variance == pytest.approx(exact.noise_variance, rel=1e-6)
+    for name in ("log_variance", "log_lengthscale"):
+        assert torch.allclose(getattr(scalable.prior, name), getattr(exact.prior, name), atol=1e-6)
+    assert torch.equal(scalable.mean, exact.mean)
+    assert scalable.samples.shape == (4000, 1, 1, 6, 6)
+    # relative error of a std estimated from N samples ~ 1 / sqrt(2 N)
+    tolerance = 5 / math.sqrt(2 * 4000)
+    ratio = scalable.std / exact.std
+    assert (ratio - 1).abs().max().item() < tolerance
+    # the Monte-Carlo error is there, but the estimate is not biased: pixels scatter on both sides
+    assert (ratio > 1).any() and (ratio < 1).any()
+
+
+def test_each_path_refuses_what_it_does_not_keep_and_samples_reproducibly(exact_and_scalable):
+    exact, scalable = exact_and_scalable
+    with pytest.raises(ConfigError, match="scalable path forms no dense covariance"):
+        _ = scalable.covariance
+    with pytest.raises(ConfigError, match="exact path keeps no samples"):
+        _ = exact.samples
+    for post in (exact, scalable):
+        first, again, other = post.sample(6, seed=3), post.sample(6, seed=3), post.sample(6, seed=4)
+        assert first.shape == (6, 1, 1, 6, 6) and torch.equal(first, again) and not torch.allclose(first, other)
+
+
+# -- 5. type-II maximum likelihood -----------------------------------------------------------
+
+def _dense_k(aj: torch.Tensor, prior: MaternBlockPrior, log_noise: float) -> torch.Tensor:
+    return aj @ prior.dense() @ aj.T + math.exp(log_noise) * torch.eye(aj.shape[0], dtype=F64)
+
+
+def test_type_ii_fit_raises_the_evidence_and_scalable_moves_like_exact(fitted):
+    problem, result = fitted
+    lin = _linearization(result)
+    a = dense_operator(problem.operator)
+    aj = a @ lin.jacobian()
+    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
+    residual = problem.y.double().flatten() - a @ lin.output.flatten() + aj @ theta_star
+    prior = MaternBlockPrior(lin.shapes, 1.0, 0.1)  # LinearizedLaplace's defaults
+    log_noise0 = _initial_log_noise(problem)
+    log_noise = torch.tensor(log_noise0, dtype=F64, requires_grad=True)
+    hyper = [prior.log_variance, prior.log_lengthscale, log_noise]
+    gradient = torch.cat([g.flatten() for g in torch.autograd.grad(
+        LinearizedLaplace.log_marginal_likelihood(aj, residual, prior, log_noise), hyper)])
+    # Hutchinson standard error of the scalable gradient with 20 Rademacher probes, in closed form:
+    # the probe term -1/2 z^T K^{-1} dK z has variance 1/4 * 2 sum_{i != j} S_ij^2 with S = sym(K^{-1} dK)
+    k = _dense_k(aj, prior, log_noise0).detach()
+    flat = torch.cat([p.detach().flatten() for p in hyper])
+    standard_error = torch.zeros_like(flat)
+    eps = 1e-6
+    for index in range(flat.numel()):
+        k_pm = []
+        for sign in (1, -1):
+            shifted = flat.clone()
+            shifted[index] += sign * eps
+            trial = MaternBlockPrior(lin.shapes)
+            with torch.no_grad():
+                trial.log_variance.copy_(shifted[:len(lin.shapes)])
+                trial.log_lengthscale.copy_(shifted[len(lin.shapes):-1])
+                k_pm.append(_dense_k(aj, trial, float(shifted[-1])))
+        b = torch.linalg.solve(k, (k_pm[0] - k_pm[1]) / (2 * eps))
+        s = 0.5 * (b + b.T)
+        off_diagonal = s.pow(2).sum() - s.diagonal().pow(2).sum()
+        standard_error[index] = 0.5 * torch.sqrt(2 * off_diagonal / 20)
+    clear = gradient.abs() > 5 * standard_error
+    assert bool(clear[-1])  # the noise level is one of them (the prior variances drown in probe noise)
+
+    settings = dict(iterations=10, lr=0.05, progress=False)
+    exact = LinearizedLaplace(solver="exact", **settings).fit(result, problem)
+    scalable = LinearizedLaplace(solver="scalable", num_probes=20, num_samples=8, **settings).fit(result, problem)
+    assert len(exact.history) == len(scalable.history) == 10
+    assert exact.history[-1] > exact.history[0]
+    start = torch.cat([prior.log_variance.detach(), prior.log_lengthscale.detach(), torch.tensor([log_noise0])])
+    exact_change, scalable_change = _hyper(exact) - start, _hyper(scalable) - start
+    # Adam: 10 steps of at most ~lr each, in the direction of the gradient where it is clear
+    assert (exact_change.abs() <= 10 * 0.05 + 1e-9).all()
+    assert torch.equal(torch.sign(exact_change[clear]), torch.sign(gradient[clear]))
+    assert torch.equal(torch.sign(scalable_change[clear]), torch.sign(exact_change[clear]))
+    assert (exact_change[clear].abs() > 0.2).all()
+    for post in (exact, scalable):
+        values = _hyper(post).exp()
+        assert torch.isfinite(values).all() and (values > 0).all()
+        assert math.isfinite(post.noise_variance) and post.noise_variance > 0
+
+
+# -- 6. TV-PredCP ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jacobian_images(fitted):
+    _, result = fitted
+    lin = _linearization(result)
+    jacobian = lin.jacobian()
+    return lin, jacobian, lambda theta: (theta @ jacobian.T).view(-1, 1, 6, 6)
+
+
+def test_tv_pred_cp_expected_tv_is_one_homogeneous_in_the_std(jacobian_images):
+    lin, _, images = jacobian_images
+    one = TVPredCP(MaternBlockPrior(lin.shapes, 1.0, 0.4), images, rate=1.0, samples=8, seed=3)
+    four = TVPredCP(MaternBlockPrior(lin.shapes, 4.0, 0.4), images, rate=1.0, samples=8, seed=3)
+    assert one.blocks == [b for b, shape in enumerate(lin.shapes) if shape[2] == 3]
+    kappa_one, kappa_four = one.expected_tv(), four.expected_tv()
+    assert kappa_one.shape == (len(one.blocks),) and (kappa_one > 0).all()
+    assert torch.allclose(kappa_four, 2 * kappa_one, rtol=1e-10, atol=0)
+
+
+def test_tv_pred_cp_expected_tv_matches_an_independent_monte_carlo(jacobian_images):
+    lin, _, images = jacobian_images
+    prior = MaternBlockPrior(lin.shapes, 1.0, 0.4)
+    n = 2000
+    kappa = TVPredCP(prior, images, rate=1.0, samples=n, seed=0).expected_tv().detach()
+    # our own draws: theta ~ N(0, Sigma) restricted to one block at a time
+    draws = prior.sample(n, _gen(11))
+    offsets = [0]
+    for size in prior.sizes:
+        offsets.append(offsets[-1] + size)
+    tv = AnisotropicTV()
+    for i, b in enumerate(TVPredCP(prior, images, 1.0).blocks):
+        theta = torch.zeros_like(draws)
+        theta[:, offsets[b]:offsets[b + 1]] = draws[:, offsets[b]:offsets[b + 1]]
+        values = tv(images(theta))
+        standard_error = math.sqrt(2) * values.std().item() / math.sqrt(n)  # two independent means
+        assert abs(kappa[i].item() - values.mean().item()) < 5 * standard_error
+
+
+def test_tv_pred_cp_log_density_gradient_matches_finite_differences(jacobian_images):
+    lin, _, images = jacobian_images
+    start = torch.log(torch.tensor([0.3, 0.5, 0.7, 0.9, 1.0, 0.6, 1.0, 1.0], dtype=F64))
+
+    def density(log_lengthscale: torch.Tensor) -> tuple[torch.Tensor, MaternBlockPrior]:
+        prior = MaternBlockPrior(lin.shapes, 1.0, 0.5)
+        with torch.no_grad():
+            prior.log_lengthscale.copy_(log_lengthscale)
+        return TVPredCP(prior, images, rate=2.0, samples=4, seed=7).log_density(), prior  # same draws every time
+
+    value, prior = density(start)
+    (gradient,) = torch.autograd.grad(value, prior.log_lengthscale)
+    blocks = TVPredCP(prior, images, 2.0).blocks
+    eps = 1e-5
+    for b in range(len(lin.shapes)):
+        step = torch.zeros_like(start)
+        step[b] = eps
+        central = (density(start + step)[0].item() - density(start - step)[0].item()) / (2 * eps)
+        if b in blocks:
+            assert gradient[b].item() == pytest.approx(central, rel=1e-4, abs=1e-6)
+        else:  # 1x1 convolutions have no lengthscale to speak of
+            assert gradient[b].item() == 0.0 and central == 0.0
+    assert gradient[blocks].abs().min().item() > 1e-3  # non-trivial
+
+
+def test_tv_pred_cp_hyperprior_changes_the_fit(fitted, jacobian_images):
+    problem, result = fitted
+    lin, _, images = jacobian_images
+    settings = dict(solver="exact", iterations=10, lr=0.05, progress=False)
+    plain = LinearizedLaplace(**settings).fit(result, problem)
+    tv_map = LinearizedLaplace(hyperprior="tv_pred_cp", **settings).fit(result, problem)
+    # the first objective is the marginal likelihood plus the hyperprior's log density at the start values,
+    # with rate 1 / TV(x*) and the same seeded draws
+    rate = 1.0 / AnisotropicTV()(tv_map.mean.double()).item()
+    log_hyper = TVPredCP(MaternBlockPrior(lin.shapes, 1.0, 0.1), images, rate, samples=4, seed=0).log_density()
+    assert tv_map.history[0] == pytest.approx(plain.history[0] + log_hyper.item(), rel=1e-9, abs=1e-9)
+    blocks = [b for b, shape in enumerate(lin.shapes) if shape[2] > 1]
+    difference = (tv_map.prior.log_lengthscale - plain.prior.log_lengthscale).detach()
+    assert difference[blocks].abs().min().item() > 0.05
+    assert torch.isfinite(_hyper(tv_map)).all()
+
+
+# -- 7. bad inputs ----------------------------------------------------------------------------
+
+def test_posterior_properties_need_fit_and_names_are_checked():
+    post = LinearizedLaplace(progress=False)
+    for name in ("mean", "std", "covariance", "samples"):
+        with pytest.raises(ConfigError, match="fit"):
+            getattr(post, name)
+    with pytest.raises(ConfigError, match="fit"):
+        post.sample(2)
+    with pytest.raises(ConfigError, match="fit"):
+        post.log_likelihood(torch.zeros(1, 1, 6, 6))
+    for kwargs, key in (({"solver": "dense"}, "solver"), ({"hyperprior": "tv"}, "hyperprior"),
+                        ({"dtype": "float16"}, "dtype")):
+        with pytest.raises(ConfigError, match=f"{key} must be one of"):
+            LinearizedLaplace(**kwargs)
+
+
+def test_fit_refuses_mismatched_shapes_non_finite_weights_and_batches(fitted):
+    problem, result = fitted
+    bigger = _ct_problem(size=8)
+    with pytest.raises(ShapeError, match=r"\(1, 6, 6\).*\(1, 8, 8\)"):
+        LinearizedLaplace(progress=False).fit(result, bigger)
+    state = {k: v.clone() for k, v in result.generator_state.items()}
+    state["outc.weight"].view(-1)[0] = float("nan")
+    broken = dataclasses.replace(result, generator_state=state)
+    with pytest.raises(NonFiniteError):
+        LinearizedLaplace(progress=False).fit(broken, problem)
+    pair = InverseProblem(problem.operator, problem.y.repeat(2, 1, 1), noise_std=0.01)
+    with pytest.raises(ShapeError, match="one image at a time"):
+        LinearizedLaplace(progress=False).fit(result, pair)
+    with pytest.raises(ConfigError, match="max_pixels"):
+        LinearizedLaplace(solver="exact", max_pixels=35, progress=False).fit(result, problem)
+    # auto picks the scalable path past max_pixels
+    auto = LinearizedLaplace(max_pixels=35, iterations=1, num_samples=4, progress=False).fit(result, problem)
+    assert auto.solver_used == "scalable"
+
+
+def test_cg_non_convergence_on_the_scalable_path_warns(fitted):
+    problem, result = fitted
+    post = LinearizedLaplace(solver="scalable", iterations=2, cg_iterations=1, cg_rtol=1e-14, sample_cg_rtol=1e-14,
+                             preconditioner_rank=1, num_samples=4, progress=False)
+    with pytest.warns(RuntimeWarning, match="CG solves stopped at 1 iterations before reaching their tolerance"):
+        post.fit(result, problem)
