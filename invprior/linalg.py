@@ -44,20 +44,25 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor 
     rz = _dot(r, z)
     b_norm = b.flatten(1).norm(dim=1).clamp_min(tiny)
     r_norm = r.flatten(1).norm(dim=1)
+    # rounding can make r^T P^{-1} r or p^T M p non-positive (breakdown): such a system stops where it is
+    broken = ~(rz > 0) & (r_norm > rtol * b_norm)
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        if bool((r_norm <= rtol * b_norm).all()):
+        active = (r_norm > rtol * b_norm) & ~broken
+        if not bool(active.any()):
             iterations -= 1
             break
         mp = apply(p)
-        alpha = rz / _dot(p, mp).clamp_min(tiny)
-        active = r_norm > rtol * b_norm
-        alpha = torch.where(active, alpha, torch.zeros_like(alpha))
+        curvature = _dot(p, mp)
+        broken = broken | (active & ~(curvature > 0))
+        active = active & ~broken
+        alpha = torch.where(active, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
         x = x + _per_image(alpha, x) * p
         r = r - _per_image(alpha, r) * mp
         z = precondition(r)
         rz_new = _dot(r, z)
-        beta = rz_new / rz.clamp_min(tiny)
+        broken = broken | (active & ~(rz_new > 0) & (r.flatten(1).norm(dim=1) > rtol * b_norm))
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
         p = z + _per_image(beta, p) * p
         rz, r_norm = rz_new, r.flatten(1).norm(dim=1)
     relative = r_norm / b_norm

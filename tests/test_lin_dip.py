@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -70,16 +71,32 @@ def _hyper(post: LinearizedLaplace) -> torch.Tensor:
 # -- 1. tangent operators ---------------------------------------------------------------------
 
 class ExpBlur(ForwardOperator):
-    """``y = B exp(x)`` on (1, 4, 4) images with a fixed (12, 16) matrix ``B``: nonlinear."""
+    """``y = B exp(x)`` on (1, size, size) images with a fixed seeded ``(measurements, size^2)`` matrix ``B``."""
 
     is_linear = False
 
-    def __init__(self) -> None:
-        super().__init__((1, 4, 4), (12,))
-        self.matrix = torch.randn(12, 16, generator=_gen(0), dtype=F64)
+    def __init__(self, size: int = 4, measurements: int = 12) -> None:
+        super().__init__((1, size, size), (measurements,))
+        self.matrix = torch.randn(measurements, size * size, generator=_gen(0), dtype=F64) / size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.exp(x).flatten(1) @ self.matrix.T.to(x)
+
+
+class Matrix(ForwardOperator):
+    """The linear operator ``x -> M vec(x)`` with its exact adjoint."""
+
+    is_linear = True
+
+    def __init__(self, matrix: torch.Tensor, domain_shape: tuple[int, ...]) -> None:
+        super().__init__(domain_shape, (matrix.shape[0],))
+        self.matrix = matrix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.matrix.T.to(x)
+
+    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (y @ self.matrix.to(y)).view(-1, *self.domain_shape)
 
 
 def test_tangent_operator_matches_finite_differences_and_closed_forms():
@@ -88,21 +105,31 @@ def test_tangent_operator_matches_finite_differences_and_closed_forms():
     tangent = op.linearized(x)
     assert isinstance(tangent, TangentOperator) and tangent.is_linear
     assert tangent.domain_shape == (1, 4, 4) and tangent.range_shape == (12,)
-    v = torch.randn(3, 1, 4, 4, generator=_gen(2), dtype=F64)
-    u = torch.randn(3, 12, generator=_gen(3), dtype=F64)
     eps = 1e-5
-    central = (op(x + eps * v) - op(x - eps * v)) / (2 * eps)
-    got = tangent(v)
-    assert torch.allclose(got, central, rtol=1e-7, atol=1e-8 * central.abs().max().item())
-    # closed forms: A'(x) v = B (exp(x) * v),  A'(x)^T u = exp(x) * (B^T u)
-    assert torch.allclose(got, (torch.exp(x) * v).flatten(1) @ op.matrix.T, rtol=1e-12, atol=1e-12)
-    assert torch.allclose(tangent.adjoint(u), torch.exp(x) * (u @ op.matrix).view(3, 1, 4, 4), rtol=1e-12, atol=1e-12)
-    lhs, rhs = (tangent(v) * u).sum(), (v * tangent.adjoint(u)).sum()
-    assert abs(lhs.item() - rhs.item()) <= 1e-10 * abs(lhs.item())
+    for seed in range(3):  # one direction at a time (see the batched test below)
+        v = torch.randn(1, 1, 4, 4, generator=_gen(10 + seed), dtype=F64)
+        u = torch.randn(1, 12, generator=_gen(20 + seed), dtype=F64)
+        central = (op(x + eps * v) - op(x - eps * v)) / (2 * eps)
+        got = tangent(v)
+        assert torch.allclose(got, central, rtol=1e-7, atol=1e-8 * central.abs().max().item())
+        # closed forms: A'(x) v = B (exp(x) * v),  A'(x)^T u = exp(x) * (B^T u)
+        assert torch.allclose(got, (torch.exp(x) * v).flatten(1) @ op.matrix.T, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(tangent.adjoint(u), torch.exp(x) * (u @ op.matrix).view(1, 1, 4, 4), rtol=1e-12,
+                              atol=1e-14)
+        lhs, rhs = (got * u).sum().item(), (v * tangent.adjoint(u)).sum().item()
+        assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+        assert adjoint_mismatch(tangent, batch=1, seed=seed) < 1e-10
+        # the tangent is taken at x: another point gives another map
+        assert not torch.allclose(op.linearized(x + 1.0)(v), got)
+
+
+def test_tangent_operator_on_a_batch_of_directions():
+    op = ExpBlur()
+    x = 0.5 * torch.randn(1, 1, 4, 4, generator=_gen(1), dtype=F64)
+    tangent = op.linearized(x)
+    v = torch.randn(3, 1, 4, 4, generator=_gen(2), dtype=F64)
+    assert torch.allclose(tangent(v), (torch.exp(x) * v).flatten(1) @ op.matrix.T, rtol=1e-12, atol=1e-14)
     assert adjoint_mismatch(tangent, batch=2, seed=4) < 1e-10
-    assert adjoint_mismatch(tangent.T, batch=2, seed=5) < 1e-10
-    # the tangent is taken at x: a different point gives a different map
-    assert not torch.allclose(op.linearized(x + 1.0)(v), got)
 
 
 def test_linearized_of_linear_operator_is_itself_and_batches_are_refused():
@@ -168,8 +195,8 @@ def test_nystrom_error_against_the_tail_of_the_spectrum():
     # rank r + p: never better than lambda_{r+p+1}; the mean of ||(I - P) M^{1/2}|| below Halko's bound
     assert min(oversampled) >= eigenvalues[r + p].item() * (1 - 1e-6)
     assert sum(math.sqrt(e) for e in oversampled) / len(oversampled) <= bound
-    # and close to the tail: the bound is a modest multiple of lambda_{r+1}, far below lambda_1 = 1
-    assert bound ** 2 < 30 * eigenvalues[r].item()
+    # close to the tail: the bound is ~30 lambda_{r+1} (lambda_1 = 1e4 lambda_{r+1}); typical errors are far below it
+    assert sorted(oversampled)[len(oversampled) // 2] < 3 * eigenvalues[r].item()
 
 
 def test_preconditioned_cg_solves_ill_conditioned_systems_in_fewer_iterations():
@@ -272,6 +299,37 @@ def test_each_path_refuses_what_it_does_not_keep_and_samples_reproducibly(exact_
         assert first.shape == (6, 1, 1, 6, 6) and torch.equal(first, again) and not torch.allclose(first, other)
 
 
+@pytest.fixture(scope="module")
+def nonlinear_fit():
+    """A tiny DIP fitted to y = B exp(x) + noise on 6x6 images, 20 measurements."""
+    op = ExpBlur(size=6, measurements=20)
+    x = registry.get("datasets", "ellipses", size=6, seed=2, dtype=F64)
+    problem = InverseProblem.simulate(op, x, GaussianNoise(std=0.05), seed=0)
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 20},
+                 lr=1e-2).reconstruct(problem, progress=False)
+    return problem, result
+
+
+@pytest.mark.parametrize("solver", ["exact", "scalable"])
+def test_nonlinear_operator_is_replaced_by_its_tangent(nonlinear_fit, solver):
+    """lin-DIP on y = B exp(x) must equal lin-DIP on the linear B diag(exp(x*)) with data shifted so that the
+    residual y - A(x*) is the same: same marginal likelihood, same predictive."""
+    problem, result = nonlinear_fit
+    op = problem.operator
+    lin = _linearization(result)
+    x_star = lin.output
+    tangent_matrix = op.matrix * torch.exp(x_star).flatten()                  # B diag(exp(x*))
+    linear = Matrix(tangent_matrix, op.domain_shape)
+    y_linear = problem.y - op(x_star) + linear(x_star)
+    twin = InverseProblem(linear, y_linear, noise_std=problem.noise_std)
+    settings = dict(solver=solver, iterations=3, lr=0.05, num_samples=64, sample_cg_rtol=1e-12, cg_iterations=200,
+                    progress=False)
+    post = LinearizedLaplace(**settings).fit(result, problem)
+    expected = LinearizedLaplace(**settings).fit(result, twin)
+    assert post.history == pytest.approx(expected.history, rel=1e-9)
+    assert torch.allclose(post.std, expected.std, rtol=1e-6)
+
+
 # -- 5. type-II maximum likelihood -----------------------------------------------------------
 
 def _dense_k(aj: torch.Tensor, prior: MaternBlockPrior, log_noise: float) -> torch.Tensor:
@@ -314,7 +372,7 @@ def test_type_ii_fit_raises_the_evidence_and_scalable_moves_like_exact(fitted):
     clear = gradient.abs() > 5 * standard_error
     assert bool(clear[-1])  # the noise level is one of them (the prior variances drown in probe noise)
 
-    settings = dict(iterations=10, lr=0.05, progress=False)
+    settings = dict(iterations=10, lr=0.05, noise="learn", progress=False)
     exact = LinearizedLaplace(solver="exact", **settings).fit(result, problem)
     scalable = LinearizedLaplace(solver="scalable", num_probes=20, num_samples=8, **settings).fit(result, problem)
     assert len(exact.history) == len(scalable.history) == 10
@@ -390,7 +448,7 @@ def test_tv_pred_cp_log_density_gradient_matches_finite_differences(jacobian_ima
         step[b] = eps
         central = (density(start + step)[0].item() - density(start - step)[0].item()) / (2 * eps)
         if b in blocks:
-            assert gradient[b].item() == pytest.approx(central, rel=1e-4, abs=1e-6)
+            assert gradient[b].item() == pytest.approx(central, rel=1e-6, abs=1e-8)
         else:  # 1x1 convolutions have no lengthscale to speak of
             assert gradient[b].item() == 0.0 and central == 0.0
     assert gradient[blocks].abs().min().item() > 1e-3  # non-trivial
@@ -425,7 +483,7 @@ def test_posterior_properties_need_fit_and_names_are_checked():
     with pytest.raises(ConfigError, match="fit"):
         post.log_likelihood(torch.zeros(1, 1, 6, 6))
     for kwargs, key in (({"solver": "dense"}, "solver"), ({"hyperprior": "tv"}, "hyperprior"),
-                        ({"dtype": "float16"}, "dtype")):
+                        ({"dtype": "float16"}, "dtype"), ({"noise": "fixed"}, "noise")):
         with pytest.raises(ConfigError, match=f"{key} must be one of"):
             LinearizedLaplace(**kwargs)
 
@@ -440,11 +498,14 @@ def test_fit_refuses_mismatched_shapes_non_finite_weights_and_batches(fitted):
     broken = dataclasses.replace(result, generator_state=state)
     with pytest.raises(NonFiniteError):
         LinearizedLaplace(progress=False).fit(broken, problem)
-    pair = InverseProblem(problem.operator, problem.y.repeat(2, 1, 1), noise_std=0.01)
+    pair = InverseProblem(problem.operator, torch.cat([problem.y, problem.y]), noise_std=0.01)
     with pytest.raises(ShapeError, match="one image at a time"):
         LinearizedLaplace(progress=False).fit(result, pair)
     with pytest.raises(ConfigError, match="max_pixels"):
         LinearizedLaplace(solver="exact", max_pixels=35, progress=False).fit(result, problem)
+    unknown_noise = InverseProblem(problem.operator, problem.y)
+    with pytest.raises(ConfigError, match="noise='known' needs the noise level"):
+        LinearizedLaplace(noise="known", progress=False).fit(result, unknown_noise)
     # auto picks the scalable path past max_pixels
     auto = LinearizedLaplace(max_pixels=35, iterations=1, num_samples=4, progress=False).fit(result, problem)
     assert auto.solver_used == "scalable"
@@ -456,3 +517,37 @@ def test_cg_non_convergence_on_the_scalable_path_warns(fitted):
                              preconditioner_rank=1, num_samples=4, progress=False)
     with pytest.warns(RuntimeWarning, match="CG solves stopped at 1 iterations before reaching their tolerance"):
         post.fit(result, problem)
+
+
+# -- refits and float32 ------------------------------------------------------------------------
+
+def test_refit_starts_a_fresh_history(fitted):
+    problem, result = fitted
+    post = LinearizedLaplace(solver="exact", iterations=3, lr=0.05, progress=False)
+    first = list(post.fit(result, problem).history)
+    assert len(first) == 3
+    assert post.fit(result, problem).history == first
+
+
+def test_refit_on_a_larger_image_forgets_the_dense_covariance(fitted):
+    problem, result = fitted
+    bigger = _ct_problem(size=8)
+    result8 = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 5},
+                  lr=1e-2).reconstruct(bigger, progress=False)
+    post = LinearizedLaplace(max_pixels=40, iterations=1, num_samples=8, progress=False)
+    assert post.fit(result, problem).solver_used == "exact"
+    assert post.fit(result8, bigger).solver_used == "scalable"
+    assert post.std.shape == (1, 1, 8, 8)
+    with pytest.raises(ConfigError, match="no dense covariance"):
+        _ = post.covariance
+
+
+def test_scalable_float32_does_not_blow_up(fitted):
+    problem, result = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a reported CG miss would be acceptable here
+        try:
+            post = LinearizedLaplace(solver="scalable", dtype="float32", num_samples=16, **FROZEN).fit(result, problem)
+        except ConfigError:
+            return  # refusing float32 where it cannot resolve the noise level would be acceptable too
+    assert torch.isfinite(post.std).all() and (post.std > 0).all()

@@ -287,7 +287,7 @@ class TangentOperator(ForwardOperator):
         return f"{self.operator.name}'"
 
     def _at(self, v: Tensor) -> Tensor:
-        return self.point.to(v).expand_as(v)
+        return self.point.to(v).expand_as(v).contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.func.jvp(self.operator.forward, (self._at(x),), (x,))[1]

@@ -113,6 +113,7 @@ class LinearizedLaplace(PosteriorApproximation):
 
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> LinearizedLaplace:
         start = time.perf_counter()
+        self.history, self._mean, self._covariance, self._samples, self._model = [], None, None, None, None
         if problem.batch_size != 1:
             raise ShapeError("LinearizedLaplace: fit one image at a time (problem.select(b))")
         operator = problem.operator
