@@ -28,9 +28,8 @@ DEMO = {
         "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
         "stopping_params": {"window": 100, "patience": 1000}, "lr": 1e-3, "max_iterations": 3000, "log_every": 10}},
     "posterior": {"name": "linearized_laplace", "params": {
-        "solver": "scalable", "iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 15,
-        "preconditioner_rank": 64, "precondition_every": 10, "num_samples": 128, "sample_batch": 16,
-        "dtype": "float32"}},
+        "solver": "scalable", "variance": "auto", "iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 15,
+        "preconditioner_rank": 64, "precondition_every": 10, "num_samples": 128, "sample_batch": 16}},
 }
 QUICK = {"size": 64}
 
@@ -62,7 +61,8 @@ def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool 
     print("\n".join(summary_lines(metrics, list(results))))
     print(f"DIP+TV: {results['dip_tv'].stop_reason}")
     for warning in caught:
-        print(f"note: {warning.message}")
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"note: {warning.message}")
     print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}, {out / 'uncertainty.png'}")
     return metrics
 

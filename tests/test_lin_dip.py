@@ -551,3 +551,22 @@ def test_scalable_float32_does_not_blow_up(fitted):
         except ConfigError:
             return  # refusing float32 where it cannot resolve the noise level would be acceptable too
     assert torch.isfinite(post.std).all() and (post.std > 0).all()
+
+
+def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
+    """``variance="auto"``: E r^T r = tr(A J Sigma J^T A^T) + m s^2 under the model; the initial block variances
+    are scaled to meet it (trace by 8 Hutchinson probes, so only within a factor of the probe error)."""
+    problem, result = fitted
+    post = LinearizedLaplace(solver="exact", variance="auto", **FROZEN).fit(result, problem)
+    lin = _linearization(result)
+    aj = dense_operator(problem.operator) @ lin.jacobian()
+    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
+    residual = problem.y.double().flatten() - dense_operator(problem.operator) @ lin.output.flatten() + aj @ theta_star
+    m = residual.numel()
+    trace = torch.trace(aj @ post.prior.dense().detach() @ aj.T).item()
+    target = residual.pow(2).sum().item() - m * post.noise_variance
+    assert 0.5 < trace / target < 2.0
+    fixed = LinearizedLaplace(solver="exact", variance=1.0, **FROZEN).fit(result, problem)
+    assert not torch.allclose(fixed.prior.log_variance, post.prior.log_variance)
+    with pytest.raises(ConfigError):
+        LinearizedLaplace(variance="big")

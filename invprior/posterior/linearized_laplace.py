@@ -62,7 +62,7 @@ class LinearizedLaplace(PosteriorApproximation):
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
                  lr: float = 0.01,
-                 variance: float = 1.0, lengthscale: float = 0.1, pre_sigmoid: bool = False,
+                 variance: float | str = 1.0, lengthscale: float = 0.1, pre_sigmoid: bool = False,
                  parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
                  preconditioner_rank: int = 200, precondition_every: int = 100, num_samples: int = 1000, sample_batch: int = 32,
@@ -80,7 +80,8 @@ class LinearizedLaplace(PosteriorApproximation):
         self.solver, self.hyperprior, self.dtype = solver, hyperprior, DTYPES[dtype]
         self.iterations = positive_int(iterations, "LinearizedLaplace: iterations")
         self.lr = real(lr, "LinearizedLaplace: lr", minimum=0.0, strict=True)
-        self.variance = real(variance, "LinearizedLaplace: variance", minimum=0.0, strict=True)
+        self.variance = variance if variance == "auto" else real(variance, "LinearizedLaplace: variance", minimum=0.0,
+                                                                 strict=True)
         self.lengthscale = real(lengthscale, "LinearizedLaplace: lengthscale", minimum=0.0, strict=True)
         self.pre_sigmoid, self.parameters = bool(pre_sigmoid), parameters
         self.max_pixels = positive_int(max_pixels, "LinearizedLaplace: max_pixels")
@@ -131,7 +132,8 @@ class LinearizedLaplace(PosteriorApproximation):
         y = problem.y.to(device=x_star.device, dtype=dtype)
         tangent = operator.linearized(x_star)
         theta_star = torch.cat([t.reshape(-1) for t in lin.theta]).view(1, -1)
-        prior = MaternBlockPrior(lin.shapes, self.variance, self.lengthscale).to(x_star.device)
+        prior = MaternBlockPrior(lin.shapes, 1.0 if self.variance == "auto" else self.variance,
+                                 self.lengthscale).to(x_star.device)
         generator = torch.Generator().manual_seed(self.seed)
 
         if solver == "exact":
@@ -139,10 +141,11 @@ class LinearizedLaplace(PosteriorApproximation):
             aj = dense_operator(tangent, dtype, x_star.device) @ jacobian         # (m, P)
             model_forward = lambda theta: theta @ aj.T                            # noqa: E731
             images = lambda theta: (theta @ jacobian.T).view(-1, *operator.domain_shape)  # noqa: E731
+            pull = lambda u: u @ aj  # noqa: E731
         else:
             model = LinearModel(lin, tangent, prior, torch.zeros((), dtype=torch.float64), self.cg_iterations,
                                 self.cg_rtol, chunk=self.sample_batch)
-            model_forward, images = model.forward, model.images
+            model_forward, images, pull = model.forward, model.images, model.transpose
         with torch.no_grad():
             # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
             residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach()
@@ -153,6 +156,8 @@ class LinearizedLaplace(PosteriorApproximation):
         noise_std = float(problem.noise_std[0]) if known else float(residual.std())
         log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, device=x_star.device,
                                  requires_grad=learn_noise)
+        if self.variance == "auto":
+            self._match_prior_energy(prior, pull, residual, math.exp(float(log_noise)), generator)
         hyperprior = None
         if self.hyperprior == "tv_pred_cp":
             rate = self.tv_rate if self.tv_rate is not None else 1.0 / max(float(AnisotropicTV()(x_star.double())), 1e-12)
@@ -207,6 +212,19 @@ class LinearizedLaplace(PosteriorApproximation):
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start
         return self
+
+    @staticmethod
+    def _match_prior_energy(prior: MaternBlockPrior, pull, residual: Tensor, noise_variance: float,
+                            generator: torch.Generator, probes: int = 8) -> None:
+        """Scale every block variance so that the prior explains the evidence's energy:
+        ``tr(A J Sigma J^T A^T) = max(||r||^2 - m s^2, 0.01 ||r||^2)``, the trace by Hutchinson (``probes``)."""
+        m = residual.numel()
+        z = (torch.randint(0, 2, (probes, m), generator=generator) * 2 - 1).to(residual)
+        with torch.no_grad():
+            pulled = pull(z)
+            trace = float((pulled * prior.apply(pulled)).sum(dim=1).mean())
+            energy = float(residual.double().pow(2).sum())
+            prior.log_variance += math.log(max(energy - m * noise_variance, 0.01 * energy) / max(trace, 1e-300))
 
     def _matheron(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` Matheron samples ``x* + J (theta_s - theta*)``, drawn in batches of ``sample_batch``."""
