@@ -127,6 +127,9 @@ def _calibration_panel(ax, truth: Tensor, methods: list[tuple[str, Tensor, Tenso
         ax.set_ylim(lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short log ranges
     ax.set_xlabel("predicted std (bin mean)")
     ax.set_ylabel("RMS error")
     ax.set_title("calibration", fontsize=9)
