@@ -55,7 +55,7 @@ class LinearModel:
     """
 
     def __init__(self, lin: Linearization, operator: ForwardOperator, prior: MaternBlockPrior, log_noise: Tensor,
-                 cg_iterations: int = 200, cg_rtol: float = 1e-8, chunk: int = 32) -> None:
+                 cg_iterations: int = 200, cg_rtol: float = 1e-8, chunk: int = 1024) -> None:
         self.lin, self.operator, self.prior, self.log_noise = lin, operator, prior, log_noise
         self.cg_iterations, self.cg_rtol, self.chunk = cg_iterations, cg_rtol, chunk
         self.reports: list[CGInfo] = []
