@@ -79,8 +79,8 @@ def posterior_specs(size: int, quick: bool, steps: int | None, samples: int | No
     samples = samples or (64 if quick else 1000)
     lin = {"iterations": steps, "lr": 0.05, "solver": "scalable" if scalable else "exact"}
     if scalable:
-        lin.update(variance="auto", num_probes=4 if size >= 128 else 8, cg_iterations=30, preconditioner_rank=128,
-                   precondition_every=25, num_samples=samples, sample_batch=16, dtype="float32")
+        lin.update(variance="auto", num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
+                   num_samples=samples, sample_batch=8, dtype="float32")
     return {
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
         "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},

@@ -129,7 +129,11 @@ def _calibration_panel(ax, truth: Tensor, methods: list[tuple[str, Tensor, Tenso
         ax.set_yscale("log")
         from matplotlib.ticker import NullFormatter
 
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short log ranges
+        # four labelled ticks spread geometrically over the range (default minor labels overlap or vanish)
+        ticks = [lo * (hi / lo) ** (k / 3) for k in range(4)]
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
+            axis.set_ticks(ticks, labels=[f"{t:.2g}" for t in ticks])
     ax.set_xlabel("predicted std (bin mean)")
     ax.set_ylabel("RMS error")
     ax.set_title("calibration", fontsize=9)

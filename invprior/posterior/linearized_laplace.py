@@ -65,7 +65,7 @@ class LinearizedLaplace(PosteriorApproximation):
                  variance: float | str = 1.0, lengthscale: float = 0.1, pre_sigmoid: bool = False,
                  parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
-                 preconditioner_rank: int = 200, precondition_every: int = 100, num_samples: int = 1000, sample_batch: int = 32,
+                 preconditioner_rank: int = 1000, precondition_every: int = 100, num_samples: int = 1000, sample_batch: int = 32,
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4, seed: int = 0,
                  progress: bool = True) -> None:
         if solver not in SOLVERS:
@@ -148,7 +148,7 @@ class LinearizedLaplace(PosteriorApproximation):
             model_forward, images, pull = model.forward, model.images, model.transpose
         with torch.no_grad():
             # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
-            residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach()
+            residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach().double()
         known = problem.noise_std is not None
         if self.noise == "known" and not known:
             raise ConfigError("LinearizedLaplace: noise='known' needs the noise level on the problem (noise_std)")
@@ -206,8 +206,7 @@ class LinearizedLaplace(PosteriorApproximation):
                 cov = jacobian @ sigma_jt - cross @ torch.linalg.solve(k, cross.T)
             self._covariance = 0.5 * (cov + cov.T)
         else:
-            model.log_noise = log_noise
-            model.refresh_preconditioner(self.preconditioner_rank, generator)
+            model.log_noise = log_noise  # the last preconditioner serves the samples too (only CG speed depends on it)
             self._model = model
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start

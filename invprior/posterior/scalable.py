@@ -28,6 +28,7 @@ def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor
     return torch.cat([apply(part) for part in v.split(chunk)])
 
 
+@torch.no_grad()
 def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
             dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Randomised Nystrom approximation ``M ~ U diag(lam) U^T`` of a PSD map on row vectors ``(b, size)``.
@@ -81,8 +82,9 @@ class LinearModel:
         return _chunked(lambda part: torch.func.vmap(self.lin._pull)(part.unsqueeze(1)), images, self.chunk)
 
     def k_apply(self, u: Tensor) -> Tensor:
-        """``K u`` (differentiable in the prior hyperparameters and ``log_noise``)."""
-        return self.forward(self.prior.apply(self.transpose(u))) + self.log_noise.exp() * u
+        """``K u`` in the dtype of ``u`` (the network products run in the linearisation's dtype, so float32
+        products can feed float64 CG); differentiable in the prior hyperparameters and ``log_noise``."""
+        return self.forward(self.prior.apply(self.transpose(u))).to(u.dtype) + self.log_noise.exp() * u
 
     # -- preconditioned solves ---------------------------------------------------------
     def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
@@ -147,7 +149,7 @@ class LinearModel:
         with torch.no_grad():
             dtype = self.lin.output.dtype
             theta = self.prior.sample(n, generator, dtype=dtype).to(self.lin.output.device)
-            noise = torch.randn(n, self.size, generator=generator, dtype=torch.float64).to(theta)
-            correction = self.solve(self.forward(theta) + noise * self.log_noise.exp().sqrt().to(theta), rtol)
-            delta = theta - self.prior.apply(self.transpose(correction))
+            noise = torch.randn(n, self.size, generator=generator, dtype=torch.float64).to(theta.device)
+            correction = self.solve(self.forward(theta).double() + noise * self.log_noise.exp().sqrt(), rtol)
+            delta = theta - self.prior.apply(self.transpose(correction)).to(dtype)
             return self.images(delta)
