@@ -157,7 +157,7 @@ class LinearizedLaplace(PosteriorApproximation):
         log_noise = torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, device=x_star.device,
                                  requires_grad=learn_noise)
         if self.variance == "auto":
-            self._match_prior_energy(prior, pull, residual, math.exp(float(log_noise)), generator)
+            self._match_prior_energy(prior, pull, residual, math.exp(float(log_noise.detach())), generator)
         hyperprior = None
         if self.hyperprior == "tv_pred_cp":
             rate = self.tv_rate if self.tv_rate is not None else 1.0 / max(float(AnisotropicTV()(x_star.double())), 1e-12)
