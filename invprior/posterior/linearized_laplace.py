@@ -57,7 +57,9 @@ class LinearizedLaplace(PosteriorApproximation):
     ``noise="learn"`` fits the noise variance with the prior; ``"known"`` holds it at the problem's noise
     level (``"auto"``: known when the problem has one). Holding it matters when ``A J`` has full row rank
     (denoising): then the evidence can explain the data with a vanishing noise variance and over-confident std.
-    Adam with ``lr`` runs ``iterations`` steps on the hyperparameters (stored as logarithms, so always valid).
+    Adam with ``lr`` runs ``iterations`` steps on the hyperparameters (stored as logarithms, so always valid),
+    starting from ``variance`` and ``lengthscale``; ``variance="auto"`` starts from the variance at which the
+    prior explains the evidence's energy, ``tr(A J Sigma J^T A^T) = ||r||^2 - m s^2``.
     """
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
