@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from invprior.analysis.calibration import posterior_calibration
-from invprior.config import parse_config
+from invprior.config import ComponentSpec, parse_config
 from invprior.experiment import build_method, build_posterior, build_problem
 from invprior.io import atomic_write
 
@@ -112,8 +112,7 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
     rows = []
     specs = posterior_specs(size, quick, args.steps, args.samples)
     for method in todo:
-        spec = parse_config({"problem": {"operator": "denoising", "image": "ellipses", "noise": {"std": 0.1}},
-                             "method": {"name": "fbp"}, "posterior": specs[method]}).posterior
+        spec = ComponentSpec(specs[method]["name"], specs[method]["params"])
         posterior = build_posterior(spec, progress=False, seed=seed)
         with warnings.catch_warnings(record=True) as caught, PeakMemory() as memory:
             warnings.simplefilter("always", RuntimeWarning)

@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -107,7 +108,12 @@ class PosteriorApproximation(ABC):
     def sample(self, n: int, seed: int = 0) -> Tensor:
         """``n`` posterior samples, ``(n, B, *image_shape)``."""
 
-    @abstractmethod
     def log_likelihood(self, x_true: Tensor) -> Tensor:
-        """Predictive log-density of ``x_true`` per pixel, one value per image."""
+        """Predictive log-density of ``x_true`` per pixel, one value per image: by default the mean over
+        pixels of the marginal ``log N(x_i; mean_i, std_i^2)`` (the ``p = 1`` test log-likelihood; ``std``
+        clamped at ``1e-12``)."""
+        mean = self.mean.double()
+        std = self.std.double().clamp_min(1e-12)
+        x = x_true.to(device=mean.device, dtype=torch.float64)
+        return torch.distributions.Normal(mean, std).log_prob(x).flatten(1).mean(dim=1)
 

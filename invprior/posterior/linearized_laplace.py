@@ -290,10 +290,3 @@ class LinearizedLaplace(PosteriorApproximation):
         factor = torch.linalg.cholesky(cov + jitter * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
         white = torch.randn(n, cov.shape[0], generator=generator, dtype=cov.dtype).to(cov.device)
         return (mean.flatten() + white @ factor.T).view(n, *mean.shape)
-
-    def log_likelihood(self, x_true: Tensor) -> Tensor:
-        """Mean over pixels of the marginal predictive log-density ``log N(x_i; x*_i, std_i^2)`` (``p = 1``)."""
-        mean = self._fitted()
-        std = self.std.double().clamp_min(1e-12)
-        x = x_true.to(device=mean.device, dtype=torch.float64)
-        return torch.distributions.Normal(mean.double(), std).log_prob(x).flatten(1).mean(dim=1)

@@ -59,7 +59,3 @@ class SamplePredictive(PosteriorApproximation):
             raise ConfigError(f"{self._owner}: {samples.shape[0]} {self._drawn}; ask for at most that many "
                               f"or raise {self._more}")
         return samples[:n]
-
-    def log_likelihood(self, x_true: Tensor) -> Tensor:
-        std = self.std.double().clamp_min(1e-12)
-        return torch.distributions.Normal(self.mean.double(), std).log_prob(x_true.double()).flatten(1).mean(dim=1)
