@@ -175,6 +175,22 @@ def test_nystrom_is_exact_on_a_matrix_of_the_sketch_rank():
     assert (torch.linalg.matrix_norm(_reconstruct(u, lam) - m) / torch.linalg.matrix_norm(m)).item() < 1e-8
 
 
+def test_nystrom_with_float32_products_keeps_the_tail_eigenvalues():
+    """Products in float32 carry noise ~ eps_32 lambda_1; eigenvalues well above it must survive. With
+    lambda_1 = 1e7 a float32-sized shift (sqrt(n) eps_32 ||Y||_F ~ 20) would distort everything below ~100
+    (on the 64x64 demo problem that made preconditioned CG take ~25 instead of ~5 iterations)."""
+    n, rank = 400, 250
+    eigenvalues = torch.logspace(7, -5, n, dtype=F64)  # lambda_251 ~ 0.3
+    m = _psd_with_spectrum(eigenvalues, 4)
+    m32 = m.float()
+    u, lam = nystrom(lambda v: v @ m32, n, rank, _gen(5), dtype=torch.float32)
+    assert u.dtype == F64 and lam.dtype == F64
+    found = torch.cat([lam.sort(descending=True).values, torch.zeros(n - lam.numel(), dtype=F64)])
+    band = (eigenvalues > 100) & (eigenvalues < 1000)
+    assert band.sum() >= 10
+    assert ((found[band] - eigenvalues[band]).abs() / eigenvalues[band]).max().item() < 0.05
+
+
 def test_nystrom_error_against_the_tail_of_the_spectrum():
     """Rank r of a fast-decaying spectrum: the error can never beat lambda_{r+1} (Eckart-Young) and, with a
     sketch of r + p columns, its mean obeys the randomised range-finder bound (Halko, Martinsson & Tropp

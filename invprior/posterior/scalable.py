@@ -33,17 +33,23 @@ def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: 
             dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """Randomised Nystrom approximation ``M ~ U diag(lam) U^T`` of a PSD map on row vectors ``(b, size)``.
 
-    Stabilised with a small shift (Tropp et al. 2017): ``Y = M Q``, ``B = (Y + nu Q) chol(Q^T (Y + nu Q))^{-T}``,
-    ``U S V^T = B``, ``lam = max(S^2 - nu, 0)``. Returns ``U`` as ``(rank, size)`` rows and ``lam``.
+    Stabilised with a small shift (Tropp et al. 2017): ``Y = M Q``, ``C = Q^T (Y + nu Q) = V D V^T``,
+    ``B = (Y + nu Q) V D^{-1/2}`` over the positive part of ``D``, ``U S W^T = B``, ``lam = max(S^2 - nu, 0)``.
+    The algebra runs in float64 whatever ``dtype`` the products of ``apply`` use, so ``nu`` is float64-sized
+    (a float32-sized shift would distort every eigenvalue below ``~ sqrt(size) eps_32 ||Y||``, i.e. the
+    tail that matters for preconditioning) and rounding noise in ``Y`` is absorbed by dropping
+    non-positive ``D``. Returns ``U`` as ``(r, size)`` rows and ``lam`` (``r <= rank``).
     """
     rank = min(rank, size)
     omega = torch.randn(size, rank, generator=generator, dtype=torch.float64).to(device)
     q = torch.linalg.qr(omega).Q                                       # (size, rank)
     y = apply(q.T.to(dtype)).double().T                                # (size, rank)
-    nu = math.sqrt(size) * torch.finfo(dtype).eps * float(y.norm())
+    nu = math.sqrt(size) * torch.finfo(torch.float64).eps * float(y.norm())
     y_nu = y + nu * q
-    factor = torch.linalg.cholesky(0.5 * (q.T @ y_nu + (q.T @ y_nu).T))
-    b = torch.linalg.solve_triangular(factor, y_nu.T, upper=False).T   # Y_nu L^{-T}
+    core = q.T @ y_nu
+    d, v = torch.linalg.eigh(0.5 * (core + core.T))
+    keep = d > nu
+    b = (y_nu @ v[:, keep]) / d[keep].sqrt()
     u, s, _ = torch.linalg.svd(b, full_matrices=False)
     return u.T.contiguous(), (s ** 2 - nu).clamp_min(0.0)
 
@@ -52,12 +58,16 @@ class LinearModel:
     """``A J`` and ``K`` of the linearised model as matrix-free maps on batches of vectors.
 
     ``operator`` must be linear (pass ``A.linearized(x*)`` for a nonlinear ``A``); ``chunk`` bounds how
-    many vectors go through the network at once (memory).
+    many vectors go through the network at once (memory). ``sketch`` is an optional cheaper (e.g. float32)
+    linearisation of the same network used only for the Nystrom preconditioner: it sets CG's speed, never
+    its result.
     """
 
     def __init__(self, lin: Linearization, operator: ForwardOperator, prior: MaternBlockPrior, log_noise: Tensor,
-                 cg_iterations: int = 200, cg_rtol: float = 1e-8, chunk: int = 1024) -> None:
+                 cg_iterations: int = 200, cg_rtol: float = 1e-8, chunk: int = 1024,
+                 sketch: Linearization | None = None) -> None:
         self.lin, self.operator, self.prior, self.log_noise = lin, operator, prior, log_noise
+        self.sketch = lin if sketch is None else sketch
         self.cg_iterations, self.cg_rtol, self.chunk = cg_iterations, cg_rtol, chunk
         self.reports: list[CGInfo] = []
         self._basis: Tensor | None = None
@@ -68,18 +78,20 @@ class LinearModel:
         """Number of measurements ``m``."""
         return math.prod(self.operator.range_shape)
 
-    def images(self, theta: Tensor) -> Tensor:
-        """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)``."""
-        return _chunked(lambda part: torch.func.vmap(self.lin.jvp)(part).flatten(0, 1), theta, self.chunk)
+    def images(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
+        """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)`` (with ``lin``'s products, default the model's)."""
+        lin = self.lin if lin is None else lin
+        return _chunked(lambda part: torch.func.vmap(lin.jvp)(part).flatten(0, 1), theta.to(lin.output), self.chunk)
 
-    def forward(self, theta: Tensor) -> Tensor:
+    def forward(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
         """``A J theta`` for weight vectors ``(b, P)`` -> ``(b, m)``."""
-        return self.operator(self.images(theta)).flatten(1)
+        return self.operator(self.images(theta, lin).to(self.lin.output)).flatten(1)
 
-    def transpose(self, u: Tensor) -> Tensor:
+    def transpose(self, u: Tensor, lin: Linearization | None = None) -> Tensor:
         """``J^T A^T u`` for measurement vectors ``(b, m)`` -> ``(b, P)``."""
-        images = self.operator.adjoint(u.view(-1, *self.operator.range_shape).to(self.lin.output))
-        return _chunked(lambda part: torch.func.vmap(self.lin._pull)(part.unsqueeze(1)), images, self.chunk)
+        lin = self.lin if lin is None else lin
+        images = self.operator.adjoint(u.view(-1, *self.operator.range_shape).to(self.lin.output)).to(lin.output)
+        return _chunked(lambda part: torch.func.vmap(lin._pull)(part.unsqueeze(1)), images, self.chunk)
 
     def k_apply(self, u: Tensor) -> Tensor:
         """``K u`` in the dtype of ``u`` (the network products run in the linearisation's dtype, so float32
@@ -88,11 +100,13 @@ class LinearModel:
 
     # -- preconditioned solves ---------------------------------------------------------
     def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
-        """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current hyperparameters."""
+        """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current
+        hyperparameters, with the products of :attr:`sketch`."""
+        sketch = self.sketch
         with torch.no_grad():
-            self._basis, self._eigenvalues = nystrom(lambda v: self.forward(self.prior.apply(self.transpose(v))),
-                                                     self.size, rank, generator, self.lin.output.dtype,
-                                                     self.lin.output.device)
+            self._basis, self._eigenvalues = nystrom(
+                lambda v: self.forward(self.prior.apply(self.transpose(v, sketch)).to(sketch.output), sketch),
+                self.size, rank, generator, sketch.output.dtype, sketch.output.device)
 
     def precondition(self, v: Tensor) -> Tensor:
         """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
