@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -93,6 +94,46 @@ def uncertainty_figure(path: str | Path, x_true: Tensor, mean: Tensor, std: Tens
     for ax in axes[:3]:
         ax.axis("off")
     _calibration_panel(axes[3], truth, methods, curve_bins)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def convergence_figure(path: str | Path, curves: list[tuple[str, Sequence[float], Sequence[float]]],
+                       spectra: list[tuple[str, Tensor]] | None = None, title: str = "",
+                       marks: dict[str, int | None] | None = None, reference: float | None = None) -> Path:
+    """PSNR against iteration for several runs (``(label, iterations, psnr)``), each run's rise time from
+    ``marks`` as a dot and an optional ``reference`` PSNR line; with ``spectra`` (``(label, singular
+    values)``) a second panel of normalised singular values ``s_i / s_1`` on a log scale.
+    """
+    fig = new_figure()
+    count = 1 + (spectra is not None)
+    fig.set_size_inches(5.0 * count, 3.8)
+    axes = fig.subplots(1, count, squeeze=False)[0]
+    ax = axes[0]
+    for label, iterations, values in curves:
+        line, = ax.plot(iterations, values, lw=1.2, label=label)
+        mark = (marks or {}).get(label)
+        if mark is not None:
+            ax.plot([mark], [values[list(iterations).index(mark)]], "o", color=line.get_color(), ms=5)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls=":", lw=1, label=f"target {reference:.2f} dB")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("PSNR vs iteration (dots: rise time)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if spectra is not None:
+        ax = axes[1]
+        for label, values in spectra:
+            values = values.detach().double().cpu()
+            ax.semilogy(range(1, values.numel() + 1), (values / values[0]).numpy(), lw=1.2, label=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("index i")
+        ax.set_ylabel("s_i / s_1")
+        ax.set_title("singular values of dG/dtheta at the start of the fit", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

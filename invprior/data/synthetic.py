@@ -1,0 +1,151 @@
+"""Synthetic training pairs for pretraining (EDIP): random ellipses pushed through the real operator.
+
+Pair ``i`` is ``(A^+ y_i, x_i)`` with ``x_i`` a random-ellipse phantom, ``y_i = A x_i + eta_i`` under the
+target noise model and ``A^+`` the network-input map (FBP for CT, pseudo-inverse, or scaled adjoint).
+Everything is drawn from ``(seed, i)``, so a pair is the same whenever and in whatever batch it is made:
+no files are needed, and :meth:`SyntheticPairs.cache` can keep a generated set on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from invprior.core.noise import GaussianNoise
+from invprior.core.operator import ForwardOperator
+from invprior.core.problem import InverseProblem
+from invprior.data.phantoms import random_ellipse_parameters, rasterize_ellipses
+from invprior.errors import ConfigError
+from invprior.generators.inputs import check_input_kind, operator_image
+from invprior.io import atomic_write
+from invprior.validation import positive_int
+
+
+def pair_seed(seed: int, index: int) -> int:
+    """An independent 63-bit seed for item ``index`` of the set drawn with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class SyntheticPairs(Dataset):
+    """``count`` on-the-fly pairs ``(input, target)``, each of shape ``operator.domain_shape``.
+
+    ``noise`` is the target noise model (e.g. ``GaussianNoise(relative=0.025)``); ``input`` the network
+    input (``"fbp"``/``"pseudo_inverse"`` or ``"adjoint"``); ``fine_factor > 1`` renders and projects the
+    phantom on a finer grid (operators with ``on_grid``, e.g. CT) so that the pairs avoid the inverse
+    crime as the real data do. ``num_ellipses``, ``intensity_range`` and ``axis_range`` shape the phantoms.
+    """
+
+    def __init__(self, operator: ForwardOperator, count: int, noise: GaussianNoise, seed: int = 0,
+                 input: str = "fbp", fine_factor: int = 1, num_ellipses: int | tuple[int, int] = (5, 12),
+                 intensity_range: tuple[float, float] = (0.1, 0.6), axis_range: tuple[float, float] = (0.05, 0.4),
+                 dtype: torch.dtype = torch.float32) -> None:
+        if not isinstance(operator, ForwardOperator):
+            raise ConfigError(f"SyntheticPairs: operator must be a ForwardOperator, got {type(operator).__name__}")
+        if not isinstance(noise, GaussianNoise):
+            raise ConfigError(f"SyntheticPairs: noise must be a GaussianNoise, got {type(noise).__name__}")
+        self.input = check_input_kind(input)
+        if self.input == "noise":
+            raise ConfigError("SyntheticPairs: input must be computed from the measurement (fbp, pseudo_inverse "
+                              "or adjoint), not 'noise'")
+        if self.input in ("fbp", "pseudo_inverse") and not operator.has_pseudo_inverse:
+            raise ConfigError(f"SyntheticPairs: input '{input}' needs an operator with a pseudo-inverse; "
+                              f"{operator.name} has none (use input='adjoint')")
+        if len(operator.domain_shape) != 3 or operator.domain_shape[1] != operator.domain_shape[2]:
+            raise ConfigError(f"SyntheticPairs: ellipse phantoms are square single images; {operator.name} "
+                              f"expects {operator.domain_shape}")
+        self.operator, self.noise, self.dtype = operator, noise, dtype
+        self.count = positive_int(count, "SyntheticPairs: count")
+        self.seed = int(seed)
+        self.fine_factor = positive_int(fine_factor, "SyntheticPairs: fine_factor")
+        self.size = operator.domain_shape[-1]
+        self.channels = operator.domain_shape[0]
+        self._fine = None
+        if self.fine_factor > 1:
+            if not hasattr(operator, "on_grid"):
+                raise ConfigError(f"SyntheticPairs: fine_factor > 1 needs an operator with on_grid; {operator.name} "
+                                  "has none")
+            self._fine = operator.on_grid(self.size * self.fine_factor)
+        self.phantom = {"num_ellipses": num_ellipses, "intensity_range": tuple(intensity_range),
+                        "axis_range": tuple(axis_range)}
+        random_ellipse_parameters(1, 0, **self.phantom)  # validates the ranges now, not at the first item
+        self._stored: tuple[Tensor, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What identifies this set (and a model pretrained on it)."""
+        return {"operator": repr(self.operator), "operator_name": self.operator.name,
+                "domain_shape": list(self.operator.domain_shape), "noise": {"std": self.noise.std,
+                                                                             "relative": self.noise.relative},
+                "input": self.input, "fine_factor": self.fine_factor, "count": self.count, "seed": self.seed,
+                "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in self.phantom.items()}}
+
+    def targets(self, indices: list[int]) -> Tensor:
+        """The phantoms ``x_i`` (reconstruction grid), ``(b, *domain_shape)``."""
+        return torch.stack([self._phantom(i, self.size) for i in indices]).to(self.dtype)
+
+    def _phantom(self, index: int, size: int) -> Tensor:
+        objects = random_ellipse_parameters(1, pair_seed(self.seed, index), **self.phantom)[0]
+        return rasterize_ellipses(objects, size).unsqueeze(0).expand(self.channels, size, size)
+
+    def batch(self, indices: list[int] | range) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)`` of the items ``indices``, each ``(b, *domain_shape)``."""
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < self.count]
+        if bad:
+            raise IndexError(f"SyntheticPairs: indices {bad[:5]} out of range for {self.count} pairs")
+        if self._stored is not None:
+            inputs, targets = self._stored
+            return inputs[indices], targets[indices]
+        y, targets = self.measurements(indices)
+        inputs = operator_image(InverseProblem(self.operator, y), self.input)
+        return inputs.to(self.dtype), targets
+
+    @torch.no_grad()
+    def measurements(self, indices: list[int] | range) -> tuple[Tensor, Tensor]:
+        """``(y, targets)``: the noisy measurements ``y_i = A x_i + eta_i`` and the phantoms ``x_i``."""
+        indices = [int(i) for i in indices]
+        if self._fine is None:
+            targets = self.targets(indices)
+            clean = self.operator(targets)
+        else:
+            fine = torch.stack([self._phantom(i, self.size * self.fine_factor) for i in indices]).to(self.dtype)
+            clean = self._fine(fine)
+            targets = F.avg_pool2d(fine, self.fine_factor)
+        etas = [self.noise.sample(clean[k:k + 1], pair_seed(self.seed + 1, i))[0] for k, i in enumerate(indices)]
+        return clean + torch.cat(etas), targets
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        inputs, targets = self.batch([index])
+        return inputs[0], targets[0]
+
+    def cache_in_memory(self, batch_size: int = 64) -> SyntheticPairs:
+        """Generate every pair once (in batches of ``batch_size``) and serve them from memory. Returns ``self``."""
+        if self._stored is None:
+            parts = [self.batch(range(start, min(start + batch_size, self.count)))
+                     for start in range(0, self.count, batch_size)]
+            self._stored = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return self
+
+    def cache(self, path: str | Path, batch_size: int = 64) -> SyntheticPairs:
+        """Serve the pairs from the file ``path``: load it when it holds this very set, else generate all
+        pairs and write them there atomically. Returns ``self``."""
+        path = Path(path)
+        if path.exists():
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+            if payload.get("metadata") != self.metadata:
+                raise ConfigError(f"SyntheticPairs: cache {path} holds another set ({payload.get('metadata')}); "
+                                  "delete it or choose another path")
+            self._stored = (payload["inputs"], payload["targets"])
+            return self
+        inputs, targets = self.cache_in_memory(batch_size)._stored
+        atomic_write(path, lambda f: torch.save({"metadata": self.metadata, "inputs": inputs, "targets": targets}, f))
+        return self

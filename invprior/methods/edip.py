@@ -1,0 +1,107 @@
+"""Educated DIP: DIP fine-tuning that starts from weights pretrained on synthetic pairs.
+
+Barbano, Leuschner, Schmidt, Denker, Hauptmann, Maass & Jin (IEEE TCI 2022): a U-Net is first trained
+supervised to map ``A^+ y_i -> x_i`` on random ellipses pushed through the same operator
+(:func:`~invprior.methods.pretrain.pretrain`), then fitted to the one real measurement with the DIP+TV
+loss from those weights, with ``A^+ y`` as the network input. Everything after initialisation is
+:class:`~invprior.methods.dip.DIP` (loss, stopping rules, checkpoints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from invprior.core.noise import GaussianNoise
+from invprior.core.problem import InverseProblem
+from invprior.core.reconstruction import Reconstruction
+from invprior.data.synthetic import SyntheticPairs
+from invprior.errors import ConfigError
+from invprior.methods.dip import DIP
+from invprior.methods.pretrain import pretrain
+from invprior.methods.pretrained import Pretrained, check_compatible, load_pretrained, problem_noise_level
+
+#: Pretraining settings used when a config asks EDIP to pretrain first (sized for a CPU).
+PRETRAIN_DEFAULTS: dict[str, Any] = {"count": 2000, "validation_count": 64, "epochs": 10, "batch_size": 16,
+                                     "lr": 1e-3, "schedule": "onecycle", "seed": 0,
+                                     "generator": "unet", "generator_params": {"preset": "small"}}
+_DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "fine_factor")
+
+
+class EDIP(DIP):
+    """DIP initialised from a pretrained generator (file ``pretrained``), or pretrained first.
+
+    ``pretrained``: a model file from :func:`~invprior.methods.pretrain.pretrain`. When it does not exist
+    and ``pretrain`` is given (a table of settings: ``count``, ``validation_count``, ``epochs``,
+    ``batch_size``, ``lr``, ``schedule``, ``seed``, ``generator``, ``generator_params``, phantom keys and
+    ``fine_factor``; defaults :data:`PRETRAIN_DEFAULTS`), the model is trained on the problem's operator and
+    noise level and written to ``pretrained`` for the next run. A model trained for another operator,
+    geometry, image size or noise level (beyond ``noise_tolerance``) is refused. The other arguments
+    are those of :class:`DIP`; the generator is the pretrained one.
+    """
+
+    name = "edip"
+
+    def __init__(self, pretrained: str | Path | None = None, pretrain: dict[str, Any] | None = None,
+                 noise_tolerance: float = 2.0, **dip: Any) -> None:
+        for key in ("generator", "generator_params"):
+            if key in dip:
+                raise ConfigError(f"edip: '{key}' comes from the pretrained model; set it in 'pretrain' instead")
+        unknown = set(pretrain or {}) - set(PRETRAIN_DEFAULTS) - set(_DATA_KEYS) - {"device", "amp"}
+        if unknown:
+            raise ConfigError(f"edip: unknown pretrain settings {sorted(unknown)}; allowed: "
+                              f"{sorted([*PRETRAIN_DEFAULTS, *_DATA_KEYS, 'device', 'amp'])}")
+        if pretrained is None and pretrain is None:
+            raise ConfigError("edip: give 'pretrained' (a model file) or 'pretrain' (settings to train one)")
+        super().__init__(**dip)
+        self.pretrained = None if pretrained is None else Path(pretrained)
+        self.pretrain_settings = None if pretrain is None else {**PRETRAIN_DEFAULTS, **pretrain}
+        self.noise_tolerance = float(noise_tolerance)
+        self.model: Pretrained | None = None
+        self.params.update({"pretrained": None if pretrained is None else str(pretrained),
+                            "pretrain": self.pretrain_settings})
+
+    def prepare(self, problem: InverseProblem, progress: bool = True) -> Pretrained:
+        """The pretrained model for ``problem``: loaded from ``pretrained``, else trained (and saved)."""
+        if self.pretrained is not None and self.pretrained.exists():
+            model = load_pretrained(self.pretrained)
+        elif self.pretrain_settings is not None:
+            model = self._pretrain(problem, progress)
+        else:
+            raise ConfigError(f"edip: pretrained model {self.pretrained} does not exist and no 'pretrain' settings "
+                              "were given to train it")
+        check_compatible(model, problem, self.noise_tolerance)
+        return model
+
+    def _pretrain(self, problem: InverseProblem, progress: bool) -> Pretrained:
+        settings = self.pretrain_settings
+        noise = problem.metadata.get("noise", {})
+        if noise.get("relative") is None and noise.get("std") is None:
+            level = problem_noise_level(problem)
+            if level is None:
+                raise ConfigError("edip: the problem has no noise level to pretrain for (give noise_std)")
+            noise = {"relative": level}
+        model_noise = GaussianNoise(relative=noise["relative"]) if noise.get("relative") is not None else \
+            GaussianNoise(std=noise["std"])
+        data = {k: settings[k] for k in _DATA_KEYS if k in settings}
+        data.setdefault("fine_factor", int(problem.metadata.get("fine_factor", 1)))
+        operator = problem.operator
+        training = SyntheticPairs(operator, settings["count"], model_noise, seed=settings["seed"], **data)
+        validation = SyntheticPairs(operator, settings["validation_count"], model_noise,
+                                    seed=settings["seed"] + 1, **data)
+        return pretrain(training.cache_in_memory(), validation.cache_in_memory(), settings["generator"],
+                        settings["generator_params"], epochs=settings["epochs"], batch_size=settings["batch_size"],
+                        lr=settings["lr"], schedule=settings["schedule"], seed=settings["seed"],
+                        device=settings.get("device", problem.y.device), amp=settings.get("amp", "auto"),
+                        out=self.pretrained, progress=progress)
+
+    def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
+        self.model = self.prepare(problem, progress)
+        self.generator = self.model.generator
+        self.params["generator"] = self.model.generator_name
+        self.params["generator_params"] = self.model.generator_params
+        result = super().reconstruct(problem, progress)
+        result.extras["pretraining"] = {"history": self.model.history,
+                                        "count": self.model.metadata.get("count"),
+                                        "epochs": self.model.metadata.get("settings", {}).get("epochs")}
+        return result
