@@ -4,7 +4,7 @@ One U-Net is pretrained on random-ellipse pairs (FBP input -> phantom) pushed th
 noise model (written to ``--out``/pretrained.pt and reused; pretraining resumes from its checkpoint).
 Then, on the real CT slice and on held-out ellipse phantoms (data simulated on a 3x finer grid), DIP
 (noise input, fresh weights) and EDIP (FBP input, pretrained weights) run the same DIP+TV loss for the
-same number of iterations. Per run: steady PSNR (median of the last 10 % of the trace), rise time
+same number of iterations (wall times include DIP's automatic TV-weight solve, a few seconds). Per run: steady PSNR (median of the last 10 % of the trace), rise time
 (first iteration within 0.1 dB of the run's own steady PSNR), the iteration and wall time at which the
 run first comes within 0.1 dB of DIP's steady PSNR, and the speed-up of EDIP over DIP to that target.
 
@@ -126,14 +126,17 @@ def main() -> None:
     print(f"pretraining: {json.dumps(cost)}")
 
     rows_path = args.out / "rows.jsonl"
+    settings = {k: getattr(args, k) for k in ("size", "angles", "noise", "count", "epochs", "iterations", "dip_lr",
+                                              "edip_lr")}
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    rows = [r for r in rows if r.get("settings") == settings]  # rows of other settings are not mixed in
     done = {(r["image"], r["seed"]) for r in rows}
     for image, seed in images:
         if (image, seed) in done:
             continue
         problem = first if (image, seed) == images[0] else problem_for(image, seed, args)
         runs = run_pair(problem, path, args, network)
-        rows.append({"image": image, "seed": seed, "size": args.size, "angles": args.angles, "noise": args.noise,
+        rows.append({"image": image, "seed": seed, "settings": settings,
                      **{f"{name}_{key}": value for name, run in runs.items() for key, value in run.items()}})
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write(rows_path, lambda f: f.write(text.encode()))

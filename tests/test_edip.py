@@ -24,12 +24,13 @@ from invprior.metrics import psnr
 
 SIZE, ANGLES, NOISE = 32, 10, GaussianNoise(relative=0.05)
 NET = {"preset": "small", "channels": 16}
-# EDIP reached the final PSNR of a 2000-iteration DIP 4.4x sooner on this phantom (5.1x and 88x on two others)
+# EDIP reached the final PSNR of a 2000-iteration DIP at iteration 480 on this phantom (4.2x sooner; 480 and 20
+# on two others)
 SPEED_UP = 3
 
 
-def _ct(size: int = SIZE, angles: int = ANGLES):
-    return registry.get("operators", "ct_parallel", size=size, num_angles=angles)
+def _ct(size: int = SIZE, angles: int = ANGLES, **options):
+    return registry.get("operators", "ct_parallel", size=size, num_angles=angles, **options)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,8 @@ def test_pairs_cache_round_trip_and_mismatch(operator, tmp_path):
 def test_pretraining_beats_the_fbp_input_on_held_out_phantoms(pretrained):
     _, model = pretrained
     history = model.history
-    assert history["val_psnr"][-1] > history["val_input_psnr"][-1] + 2.0, history
+    # measured: 23.48 dB against 21.11 dB for the FBP input (43 % lower mean squared error)
+    assert history["val_psnr"][-1] > history["val_input_psnr"][-1] + 1.5, history
     assert history["val_psnr"][-1] > history["val_psnr"][0] + 2.0
     assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
 
@@ -169,7 +171,7 @@ def test_pretraining_refuses_bad_settings(operator):
     with pytest.raises(ConfigError, match="input"):
         pretrain(training, SyntheticPairs(operator, 4, NOISE, seed=1), generator_params={"input": "noise"})
     with pytest.raises(ConfigError, match="same operator"):
-        pretrain(training, SyntheticPairs(_ct(angles=10), 4, NOISE, seed=1))
+        pretrain(training, SyntheticPairs(_ct(angles=30), 4, NOISE, seed=1))
 
 
 # -- model files -------------------------------------------------------------------------------
@@ -193,6 +195,15 @@ def test_a_model_is_refused_for_another_geometry_size_or_noise(pretrained, tmp_p
         check_compatible(model, _problem(_ct(size=24)))
     with pytest.raises(ConfigError, match="relative noise level 0.05"):
         check_compatible(model, _problem(_ct(), GaussianNoise(relative=0.2)))
+    with pytest.raises(ConfigError, match="input map 'fbp'"):
+        check_compatible(model, _problem(_ct(filter_type="Ram-Lak")))
+    check_compatible(model, _problem(_ct(backend="odl")))  # the same operator through ODL: accepted
+    only_norm = _problem(_ct(), GaussianNoise(relative=0.2))
+    only_norm = InverseProblem(only_norm.operator, only_norm.y, noise_norm=only_norm.noise_norm)
+    with pytest.raises(ConfigError, match="relative noise level"):  # the level from ||eta|| alone
+        check_compatible(model, only_norm)
+    with pytest.raises(ConfigError, match=">= 1"):
+        check_compatible(model, _problem(_ct()), noise_tolerance=0.5)
     not_a_model = tmp_path / "x.pt"
     torch.save({"weights": 1}, not_a_model)
     with pytest.raises(ConfigError, match="not an invprior pretrained model"):

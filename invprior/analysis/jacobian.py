@@ -34,6 +34,9 @@ def randomized_svd(matvec: Callable[[Tensor], Tensor], rmatvec: Callable[[Tensor
     k = positive_int(k, "randomized_svd: k")
     if k > min(rows, cols):
         raise ConfigError(f"randomized_svd: k = {k} exceeds min(shape) = {min(rows, cols)}")
+    if int(oversample) < 0 or int(power_iterations) < 0:
+        raise ConfigError(f"randomized_svd: oversample and power_iterations must be >= 0, got {oversample}, "
+                          f"{power_iterations}")
     width = min(k + int(oversample), rows, cols)
     gen = torch.Generator().manual_seed(int(seed))
     omega = torch.randn(width, cols, generator=gen, dtype=torch.float64).to(device)

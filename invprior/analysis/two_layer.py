@@ -11,6 +11,7 @@ By the law of large numbers the empirical Gram approaches ``S(U)`` like ``1/sqrt
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -51,8 +52,9 @@ def predicted_singular_values(kernel: Tensor) -> Tensor:
 
 
 def empirical_gram(generator: TwoLayerGenerator) -> Tensor:
-    """``J J^T`` of the generator at its current weights, from autograd (float64)."""
-    network = generator.double() if next(generator.parameters()).dtype != torch.float64 else generator
+    """``J J^T`` of the generator at its current weights, from autograd in float64 (a dense ``n x n k``
+    Jacobian: for small signals)."""
+    network = copy.deepcopy(generator).double()
     lin = Linearization(network, torch.zeros(1, 0, dtype=torch.float64), ["weights"])
     jacobian = lin.jacobian()  # (n, n k)
     return jacobian @ jacobian.T

@@ -27,9 +27,28 @@ from invprior.io import atomic_write
 from invprior.validation import positive_int
 
 
-def pair_seed(seed: int, index: int) -> int:
-    """An independent 63-bit seed for item ``index`` of the set drawn with ``seed``."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+PHANTOM, NOISE = 0, 1  # random streams of an item
+
+
+def pair_seed(seed: int, index: int, stream: int) -> int:
+    """An independent 63-bit seed for ``stream`` (phantom or noise) of item ``index`` of the set ``seed``."""
+    state = np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(2, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+SIGNATURE_SEED = 7_919
+
+
+def operator_signature(operator: ForwardOperator, input: str) -> dict[str, Tensor]:
+    """What an operator and its input map do to a fixed ellipse phantom: ``A x_0`` and ``A^+ A x_0``
+    (float64). Two operators with equal signatures act alike for pretraining, whatever their
+    implementation or backend; a different seed, mask, geometry or filter changes it."""
+    size, channels = operator.domain_shape[-1], operator.domain_shape[0]
+    objects = random_ellipse_parameters(1, SIGNATURE_SEED)[0]
+    probe = rasterize_ellipses(objects, size).expand(1, channels, size, size).double()
+    with torch.no_grad():
+        forward = operator(probe)
+        return {"forward": forward.flatten(), "input": operator_image(InverseProblem(operator, forward), input).flatten()}
 
 
 class SyntheticPairs(Dataset):
@@ -86,6 +105,7 @@ class SyntheticPairs(Dataset):
                 "domain_shape": list(self.operator.domain_shape), "noise": {"std": self.noise.std,
                                                                              "relative": self.noise.relative},
                 "input": self.input, "fine_factor": self.fine_factor, "count": self.count, "seed": self.seed,
+                "dtype": str(self.dtype).removeprefix("torch."),
                 "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in self.phantom.items()}}
 
     def targets(self, indices: list[int]) -> Tensor:
@@ -93,7 +113,7 @@ class SyntheticPairs(Dataset):
         return torch.stack([self._phantom(i, self.size) for i in indices]).to(self.dtype)
 
     def _phantom(self, index: int, size: int) -> Tensor:
-        objects = random_ellipse_parameters(1, pair_seed(self.seed, index), **self.phantom)[0]
+        objects = random_ellipse_parameters(1, pair_seed(self.seed, index, PHANTOM), **self.phantom)[0]
         return rasterize_ellipses(objects, size).unsqueeze(0).expand(self.channels, size, size)
 
     def batch(self, indices: list[int] | range) -> tuple[Tensor, Tensor]:
@@ -120,7 +140,7 @@ class SyntheticPairs(Dataset):
             fine = torch.stack([self._phantom(i, self.size * self.fine_factor) for i in indices]).to(self.dtype)
             clean = self._fine(fine)
             targets = F.avg_pool2d(fine, self.fine_factor)
-        etas = [self.noise.sample(clean[k:k + 1], pair_seed(self.seed + 1, i))[0] for k, i in enumerate(indices)]
+        etas = [self.noise.sample(clean[k:k + 1], pair_seed(self.seed, i, NOISE))[0] for k, i in enumerate(indices)]
         return clean + torch.cat(etas), targets
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
@@ -140,7 +160,7 @@ class SyntheticPairs(Dataset):
         pairs and write them there atomically. Returns ``self``."""
         path = Path(path)
         if path.exists():
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
             if payload.get("metadata") != self.metadata:
                 raise ConfigError(f"SyntheticPairs: cache {path} holds another set ({payload.get('metadata')}); "
                                   "delete it or choose another path")

@@ -20,6 +20,7 @@ from invprior.errors import ConfigError
 from invprior.methods.dip import DIP
 from invprior.methods.pretrain import pretrain
 from invprior.methods.pretrained import Pretrained, check_compatible, load_pretrained, problem_noise_level
+from invprior.validation import real
 
 #: Pretraining settings used when a config asks EDIP to pretrain first (sized for a CPU).
 PRETRAIN_DEFAULTS: dict[str, Any] = {"count": 2000, "validation_count": 64, "epochs": 10, "batch_size": 16,
@@ -44,6 +45,8 @@ class EDIP(DIP):
 
     def __init__(self, pretrained: str | Path | None = None, pretrain: dict[str, Any] | None = None,
                  noise_tolerance: float = 2.0, **dip: Any) -> None:
+        if pretrain is not None and not isinstance(pretrain, dict):
+            raise ConfigError(f"edip: pretrain must be a table of settings, got {pretrain!r}")
         for key in ("generator", "generator_params"):
             if key in dip:
                 raise ConfigError(f"edip: '{key}' comes from the pretrained model; set it in 'pretrain' instead")
@@ -56,7 +59,7 @@ class EDIP(DIP):
         super().__init__(**dip)
         self.pretrained = None if pretrained is None else Path(pretrained)
         self.pretrain_settings = None if pretrain is None else {**PRETRAIN_DEFAULTS, **pretrain}
-        self.noise_tolerance = float(noise_tolerance)
+        self.noise_tolerance = real(noise_tolerance, "edip: noise_tolerance (>= 1)", minimum=1.0)
         self.model: Pretrained | None = None
         self.params.update({"pretrained": None if pretrained is None else str(pretrained),
                             "pretrain": self.pretrain_settings})
@@ -80,7 +83,7 @@ class EDIP(DIP):
             level = problem_noise_level(problem)
             if level is None:
                 raise ConfigError("edip: the problem has no noise level to pretrain for (give noise_std)")
-            noise = {"relative": level}
+            noise = {"relative": level[1]}
         model_noise = GaussianNoise(relative=noise["relative"]) if noise.get("relative") is not None else \
             GaussianNoise(std=noise["std"])
         data = {k: settings[k] for k in _DATA_KEYS if k in settings}
@@ -97,7 +100,7 @@ class EDIP(DIP):
 
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         self.model = self.prepare(problem, progress)
-        self.generator = self.model.generator
+        self.generator = self.model.generator.train()  # fine-tuning trains it (dropout, if any, is active)
         self.params["generator"] = self.model.generator_name
         self.params["generator_params"] = self.model.generator_params
         result = super().reconstruct(problem, progress)

@@ -3,13 +3,16 @@
 Minimises ``mean ||G_theta(A^+ y_i) - x_i||^2`` over :class:`~invprior.data.synthetic.SyntheticPairs`
 with Adam under a one-cycle or cosine learning-rate schedule, reports the validation PSNR on held-out
 pairs after every epoch (next to the PSNR of the input ``A^+ y`` itself), checkpoints every epoch
-atomically and resumes from the checkpoint exactly.
+atomically and resumes from the checkpoint (bit-identically on the CPU: the random state of dropout,
+if any, is seeded and checkpointed too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
+import json
 import math
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 
 from invprior import registry
 from invprior.core.interfaces import Generator
-from invprior.data.synthetic import SyntheticPairs
+from invprior.data.synthetic import SyntheticPairs, operator_signature
 from invprior.errors import ConfigError
 from invprior.io import atomic_write
 from invprior.methods.pretrained import Pretrained
@@ -96,18 +99,31 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
         raise ConfigError(f"pretrain: generator input {params['input']!r} differs from the pairs' input "
                           f"{training.input!r}")
     params["input"] = training.input
+    try:
+        factory = registry.load("generators", generator)
+    except (KeyError, ImportError) as exc:
+        raise ConfigError(f"pretrain: {exc}") from None
+    accepted = inspect.signature(factory).parameters
+    if "out_channels" in accepted:  # saved with the model, so loading rebuilds the same network
+        params.setdefault("out_channels", training.channels)
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
-        network: Generator = registry.get("generators", generator, **params)
+        try:
+            network: Generator = factory(**params)
+        except TypeError as exc:
+            raise ConfigError(f"pretrain: cannot build generator '{generator}' with {params}: {exc}") from None
     network = network.to(device=device, dtype=training.dtype).train()
     steps_per_epoch = math.ceil(len(training) / batch_size)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = _schedule(optimizer, schedule, lr, epochs * steps_per_epoch)
     autocast, scaler = _autocast(device, amp)
     settings = {"generator": generator, "generator_params": params, "epochs": epochs, "batch_size": batch_size,
-                "lr": lr, "schedule": schedule, "weight_decay": weight_decay, "seed": seed}
-    fingerprint = hashlib.sha256(repr((settings, training.metadata, validation.metadata)).encode()).hexdigest()
+                "lr": lr, "schedule": schedule, "weight_decay": weight_decay, "seed": seed, "amp": amp}
+    identity = {"settings": settings, "training": training.metadata, "validation": validation.metadata,
+                "device": device.type}
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_psnr": [], "val_input_psnr": [],
                                        "seconds": []}
     checkpoint = None if out is None else Path(f"{out}.partial")
@@ -122,7 +138,29 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         history, first = state["history"], state["epoch"] + 1
+    with torch.random.fork_rng(devices=rng_devices):  # dropout draws from a seeded, checkpointed stream
+        torch.manual_seed(seed + 1)
+        if first > 0:
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+        _train(network, optimizer, scheduler, autocast, scaler, training, validation, history, first, epochs,
+               batch_size, seed, device, checkpoint, fingerprint, progress)
+    network.eval()
+    metadata = {**training.metadata, "validation": validation.metadata, "settings": settings,
+                "signature": operator_signature(training.operator, training.input)}
+    model = Pretrained(network, generator, params, metadata, history)
+    if out is not None:
+        model.save(out)
+        checkpoint.unlink(missing_ok=True)
+    return model
 
+
+def _train(network, optimizer, scheduler, autocast, scaler, training: SyntheticPairs, validation: SyntheticPairs,
+           history: dict[str, list[float]], first: int, epochs: int, batch_size: int, seed: int,
+           device: torch.device, checkpoint: Path | None, fingerprint: str, progress: bool) -> None:
+    """Epochs ``first .. epochs - 1`` of :func:`pretrain`, each ending with validation and a checkpoint."""
+    steps_per_epoch = math.ceil(len(training) / batch_size)
     bar = tqdm(total=epochs * steps_per_epoch, initial=first * steps_per_epoch, desc="pretrain",
                disable=not progress, leave=False)
     for epoch in range(first, epochs):
@@ -153,13 +191,8 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
         if checkpoint is not None:
             state = {"fingerprint": fingerprint, "epoch": epoch, "network": network.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history}
+                     "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
+                     "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
             atomic_write(checkpoint, lambda f: torch.save(state, f))
     bar.close()
-    network.eval()
-    metadata = {**training.metadata, "validation": validation.metadata, "settings": settings}
-    model = Pretrained(network, generator, params, metadata, history)
-    if out is not None:
-        model.save(out)
-        checkpoint.unlink(missing_ok=True)
-    return model
