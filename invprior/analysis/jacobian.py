@@ -63,7 +63,7 @@ def jacobian_svd(generator: Generator, z: Tensor, k: int, parameters: list[str] 
         raise ConfigError(f"jacobian_svd: give one input (batch of 1), got a batch of {z.shape[0]}")
     lin = Linearization(generator, z, parameters)
     n, p = lin.output.numel(), lin.num_parameters
-    matvec = lambda v: torch.func.vmap(lin.jvp)(v).reshape(v.shape[0], n)          # noqa: E731
-    rmatvec = lambda u: torch.func.vmap(lin._pull)(u.view(-1, *lin.output.shape))  # noqa: E731
+    matvec = lambda v: lin.jvps(v).reshape(v.shape[0], n)                 # noqa: E731
+    rmatvec = lambda u: lin.vjps(u.view(-1, *lin.output.shape[1:]))        # noqa: E731
     return randomized_svd(matvec, rmatvec, (n, p), k, oversample, power_iterations, seed,
                           dtype=lin.output.dtype, device=lin.output.device)

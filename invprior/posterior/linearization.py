@@ -83,6 +83,14 @@ class Linearization:
             raise ShapeError(f"Linearization: expected an output-shaped vector {tuple(self.output.shape)}, got {tuple(u.shape)}")
         return _finite(self._pull(u.to(self.output)))
 
+    def jvps(self, v: Tensor) -> Tensor:
+        """``J v`` for a batch of weight vectors ``(b, P)``, as ``(b, *output.shape[1:])`` (one input ``z``)."""
+        return torch.func.vmap(self.jvp)(v).flatten(0, 1)
+
+    def vjps(self, u: Tensor) -> Tensor:
+        """``J^T u`` for a batch of images ``(b, *output.shape[1:])``, as ``(b, P)`` (one input ``z``)."""
+        return torch.func.vmap(self._pull)(u.unsqueeze(1))
+
     def jacobian(self) -> Tensor:
         """``J`` as a dense ``(n, P)`` matrix (``n`` output entries): for small networks and images only."""
         n = self.output.numel()

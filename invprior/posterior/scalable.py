@@ -81,7 +81,7 @@ class LinearModel:
     def images(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
         """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)`` (with ``lin``'s products, default the model's)."""
         lin = self.lin if lin is None else lin
-        return _chunked(lambda part: torch.func.vmap(lin.jvp)(part).flatten(0, 1), theta.to(lin.output), self.chunk)
+        return _chunked(lin.jvps, theta.to(lin.output), self.chunk)
 
     def forward(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
         """``A J theta`` for weight vectors ``(b, P)`` -> ``(b, m)``."""
@@ -91,7 +91,7 @@ class LinearModel:
         """``J^T A^T u`` for measurement vectors ``(b, m)`` -> ``(b, P)``."""
         lin = self.lin if lin is None else lin
         images = self.operator.adjoint(u.view(-1, *self.operator.range_shape).to(self.lin.output)).to(lin.output)
-        return _chunked(lambda part: torch.func.vmap(lin._pull)(part.unsqueeze(1)), images, self.chunk)
+        return _chunked(lin.vjps, images, self.chunk)
 
     def k_apply(self, u: Tensor) -> Tensor:
         """``K u`` in the dtype of ``u`` (the network products run in the linearisation's dtype, so float32
