@@ -94,8 +94,8 @@ class Linearization:
     def jacobian(self) -> Tensor:
         """``J`` as a dense ``(n, P)`` matrix (``n`` output entries): for small networks and images only."""
         n = self.output.numel()
-        basis = torch.eye(n, dtype=self.output.dtype, device=self.output.device).view(n, *self.output.shape)
-        return _finite(torch.func.vmap(self._pull)(basis))
+        basis = torch.eye(n, dtype=self.output.dtype, device=self.output.device).view(n, *self.output.shape[1:])
+        return _finite(self.vjps(basis))
 
 
 def _finite(values: Tensor) -> Tensor:

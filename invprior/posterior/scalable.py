@@ -105,7 +105,7 @@ class LinearModel:
         sketch = self.sketch
         with torch.no_grad():
             self._basis, self._eigenvalues = nystrom(
-                lambda v: self.forward(self.prior.apply(self.transpose(v, sketch)).to(sketch.output), sketch),
+                lambda v: self.forward(self.prior.apply(self.transpose(v, sketch)), sketch),
                 self.size, rank, generator, sketch.output.dtype, sketch.output.device)
 
     def precondition(self, v: Tensor) -> Tensor:
