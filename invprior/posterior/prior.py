@@ -76,7 +76,7 @@ class MaternBlockPrior(nn.Module):
         for block, size in enumerate(self.sizes):
             k2 = self.shapes[block][2] ** 2
             factor = torch.linalg.cholesky(self.covariance(block).detach())
-            white = torch.randn(n, size // k2, k2, generator=generator, dtype=torch.float64)
+            white = torch.randn(n, size // k2, k2, generator=generator, dtype=torch.float64).to(factor.device)
             parts.append((white @ factor.T).reshape(n, size))
         return torch.cat(parts, dim=1).to(dtype)
 
