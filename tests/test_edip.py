@@ -176,6 +176,19 @@ def test_mixed_precision_pretraining_runs_and_learns(operator):
     assert model.history["train_loss"][-1] == pytest.approx(full.history["train_loss"][-1], rel=0.3)
 
 
+def test_automatic_mixed_precision_follows_the_device(monkeypatch):
+    """amp='auto': bfloat16 on CPUs that compute it natively, float32 on the others; 'off' never, 'on' always."""
+    from invprior.methods import pretrain as module
+    cpu = torch.device("cpu")
+    assert module.autocast_dtype(cpu, "off") is None
+    assert module.autocast_dtype(cpu, "on") == torch.bfloat16
+    monkeypatch.setattr(module, "native_cpu_bfloat16", lambda: True)
+    assert module.autocast_dtype(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr(module, "native_cpu_bfloat16", lambda: False)
+    assert module.autocast_dtype(cpu, "auto") is None
+    assert module.autocast_dtype(torch.device("meta"), "auto") is None
+
+
 def test_pretraining_refuses_bad_settings(operator):
     training = SyntheticPairs(operator, 4, NOISE, seed=0)
     with pytest.raises(ConfigError, match="held out"):

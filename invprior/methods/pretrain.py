@@ -34,15 +34,33 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = ("auto", "on", "off")
 
 
-def _autocast(device: torch.device, amp: str) -> tuple[Any, torch.amp.GradScaler | None]:
-    """The autocast context and gradient scaler for ``amp`` on ``device`` (``auto``: CUDA only)."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext, None
+def native_cpu_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), so autocast pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The reduced precision autocast uses for ``amp`` on ``device``, ``None`` for float32 throughout.
+
+    ``"auto"``: bfloat16 on GPUs that have it (float16 on older ones) and on CPUs with native bfloat16.
+    """
+    if amp == "off" or (amp == "auto" and device.type not in ("cuda", "cpu")):
+        return None
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "auto" and not (device.type == "cpu" and native_cpu_bfloat16()):
+        return None
+    return torch.bfloat16
+
+
+def _autocast(device: torch.device, amp: str) -> tuple[Any, torch.amp.GradScaler | None]:
+    """The autocast context and gradient scaler (float16 only) for ``amp`` on ``device``."""
+    dtype = autocast_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def _schedule(optimizer: torch.optim.Optimizer, kind: str, lr: float, total: int):
@@ -78,7 +96,8 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     """Train ``generator`` (registry name and parameters; its input is set to the pairs' ``input``)
     to map ``A^+ y`` to ``x``. With ``out`` the model is written there (atomically) and a checkpoint
     ``<out>.partial`` after every epoch; with ``resume`` a matching checkpoint is continued.
-    ``amp``: mixed precision, ``"auto"`` on CUDA only. Returns the :class:`Pretrained` model.
+    ``amp``: mixed precision (``"auto"``: where the device computes in reduced precision natively, see
+    :func:`autocast_dtype`). Returns the :class:`Pretrained` model.
     """
     if not isinstance(training, SyntheticPairs) or not isinstance(validation, SyntheticPairs):
         raise ConfigError("pretrain: training and validation must be SyntheticPairs")
@@ -121,8 +140,9 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     autocast, scaler = _autocast(device, amp)
     settings = {"generator": generator, "generator_params": params, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "schedule": schedule, "weight_decay": weight_decay, "seed": seed, "amp": amp}
+    precision = str(autocast_dtype(device, amp) or training.dtype).removeprefix("torch.")
     identity = {"settings": settings, "training": training.metadata, "validation": validation.metadata,
-                "device": device.type}
+                "device": device.type, "precision": precision}
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_psnr": [], "val_input_psnr": [],
                                        "seconds": []}
@@ -147,7 +167,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
         _train(network, optimizer, scheduler, autocast, scaler, training, validation, history, first, epochs,
                batch_size, seed, device, checkpoint, fingerprint, progress)
     network.eval()
-    metadata = {**training.metadata, "validation": validation.metadata, "settings": settings,
+    metadata = {**training.metadata, "validation": validation.metadata, "settings": settings, "precision": precision,
                 "signature": operator_signature(training.operator, training.input)}
     model = Pretrained(network, generator, params, metadata, history)
     if out is not None:
