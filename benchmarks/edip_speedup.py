@@ -48,6 +48,15 @@ def problem_for(image: str, seed: int, args: argparse.Namespace):
     return build_problem(parse_config(raw).problem, seed)
 
 
+def phantom_settings(args: argparse.Namespace) -> dict:
+    """The pretraining phantoms: plain random ellipses, or with ``--ct-like`` a body ellipse with
+    brighter and darker structures carved into it (closer to a CT slice)."""
+    if not args.ct_like:
+        return {}
+    return {"background": (0.2, 0.7), "intensity_range": (-0.45, 0.5), "num_ellipses": (6, 15),
+            "axis_range": (0.03, 0.35)}
+
+
 def pretrained_model(args: argparse.Namespace, operator, network: dict) -> tuple[Path, dict]:
     path = args.out / "pretrained.pt"
     if path.exists():
@@ -56,8 +65,9 @@ def pretrained_model(args: argparse.Namespace, operator, network: dict) -> tuple
     from invprior.core.noise import GaussianNoise
     noise = GaussianNoise(relative=args.noise)
     start = time.perf_counter()
-    training = SyntheticPairs(operator, args.count, noise, seed=0, fine_factor=3).cache(args.out / "pairs.pt")
-    validation = SyntheticPairs(operator, 64, noise, seed=1, fine_factor=3).cache_in_memory()
+    phantom = phantom_settings(args)
+    training = SyntheticPairs(operator, args.count, noise, seed=0, fine_factor=3, **phantom).cache(args.out / "pairs.pt")
+    validation = SyntheticPairs(operator, 64, noise, seed=1, fine_factor=3, **phantom).cache_in_memory()
     data_s = time.perf_counter() - start
     start = time.perf_counter()
     model = pretrain(training, validation, "unet", network, epochs=args.epochs, batch_size=args.batch_size,
@@ -113,6 +123,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=2, help="held-out ellipse phantoms")
     parser.add_argument("--spectrum-k", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("bench_edip"))
+    parser.add_argument("--ct-like", action="store_true", help="pretrain on CT-like phantoms (body ellipse)")
     parser.add_argument("--quick", action="store_true", help="32x32, 20 angles, 512 pairs: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -127,7 +138,7 @@ def main() -> None:
 
     rows_path = args.out / "rows.jsonl"
     settings = {k: getattr(args, k) for k in ("size", "angles", "noise", "count", "epochs", "iterations", "dip_lr",
-                                              "edip_lr")}
+                                              "edip_lr", "ct_like")}
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
     rows = [r for r in rows if r.get("settings") == settings]  # rows of other settings are not mixed in
     done = {(r["image"], r["seed"]) for r in rows}

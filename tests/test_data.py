@@ -56,6 +56,23 @@ def test_ellipses_options_are_used():
     assert set(torch.unique(bright).tolist()) == {0.0, 1.0}  # sums above 1 are clipped
 
 
+def test_ellipses_background_puts_a_body_under_the_other_ellipses():
+    from invprior.data.phantoms import random_ellipse_parameters
+    plain = random_ellipse_parameters(1, seed=5)[0]
+    body = random_ellipse_parameters(1, seed=5, background=(0.3, 0.5))[0]
+    assert torch.equal(body[1:], plain)  # the same ellipses, drawn first, with the body prepended
+    value, a, b, x0, y0 = body[0, :5].tolist()
+    assert 0.3 <= value <= 0.5 and 0.7 <= a <= 1.5 and 0.7 <= b <= 1.5 and max(abs(x0), abs(y0)) <= 0.1
+    # a constant body of 0.4 with one structure carved out of it (negative intensity, clipped at 0)
+    x = random_ellipses(64, n=4, seed=5, background=0.4, num_ellipses=1, intensity_range=(-1.0, -1.0),
+                        dtype=torch.float64)
+    assert set(torch.unique(x).tolist()) <= {0.0, 0.4}
+    body_area = (x == 0.4).double().mean(dim=(1, 2, 3))
+    assert float(body_area.min()) > 0.3  # semi-axes >= 0.7: the body covers much of the square
+    with pytest.raises(ConfigError, match="background"):
+        random_ellipses(16, background=(0.5, 0.2))
+
+
 def test_ellipses_same_object_at_every_size():
     fine = random_ellipses(256, n=3, seed=11, dtype=torch.float64)
     pooled = F.avg_pool2d(fine, 4)

@@ -37,6 +37,9 @@ _MODIFIED_INTENSITIES = (1.0, -0.8, -0.2, -0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
 
 # Centres of random ellipses are uniform on [-_CENTRE_EXTENT, _CENTRE_EXTENT]^2.
 _CENTRE_EXTENT = 0.6
+# The optional body ellipse: semi-axes uniform on _BODY_AXES, centre uniform on [-_BODY_CENTRE, _BODY_CENTRE]^2.
+_BODY_AXES = (0.7, 1.5)
+_BODY_CENTRE = 0.1
 
 
 def _check_supersample(supersample: int, dataset: str) -> None:
@@ -71,7 +74,7 @@ def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1) -> Ten
         c, s = math.cos(theta), math.sin(theta)
         dx, dy = x - x0, y - y0
         inside = ((c * dx + s * dy) / a) ** 2 + ((c * dy - s * dx) / b) ** 2 <= 1.0
-        total += value * inside
+        total.add_(inside.to(torch.float64), alpha=value)  # a bool mask times a float would round to float32
     total.clamp_(0.0, 1.0)
     if supersample > 1:
         total = F.avg_pool2d(total[None, None], supersample)[0, 0]
@@ -103,28 +106,43 @@ def random_ellipse_parameters(
     num_ellipses: int | tuple[int, int] = (5, 12),
     intensity_range: tuple[float, float] = (0.1, 0.6),
     axis_range: tuple[float, float] = (0.05, 0.4),
+    background: float | tuple[float, float] | None = None,
 ) -> list[Tensor]:
     """The continuous random-ellipse objects behind :func:`random_ellipses`: ``n`` tensors of shape ``(K_i, 6)``.
 
-    Draws are independent of any image size; image ``i`` is the same for every ``n > i``.
+    ``background`` (an intensity range) puts a body ellipse first in every object: semi-axes uniform on
+    ``[0.7, 1.5]``, so it often fills the image as a CT slice does, and the other ellipses add to it (a
+    negative ``intensity_range`` then carves darker structures out of it). Draws are independent of
+    any image size; image ``i`` is the same for every ``n > i``.
     """
     count_lo, count_hi = _check_range(num_ellipses, "num_ellipses", integer=True)
     v_lo, v_hi = _check_range(intensity_range, "intensity_range")
     ax_lo, ax_hi = _check_range(axis_range, "axis_range", positive=True)
+    body = None if background is None else _check_range(background, "background")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     objects = []
     for _ in range(n):
         count = int(torch.randint(int(count_lo), int(count_hi) + 1, (1,), generator=gen))
         u = torch.rand(count, 6, generator=gen, dtype=torch.float64)
-        objects.append(torch.stack([
-            v_lo + (v_hi - v_lo) * u[:, 0],
-            ax_lo + (ax_hi - ax_lo) * u[:, 1],
-            ax_lo + (ax_hi - ax_lo) * u[:, 2],
-            _CENTRE_EXTENT * (2.0 * u[:, 3] - 1.0),
-            _CENTRE_EXTENT * (2.0 * u[:, 4] - 1.0),
-            math.pi * u[:, 5],
-        ], dim=1))
+        rows = [_ellipse_rows(u, (v_lo, v_hi), (ax_lo, ax_hi), _CENTRE_EXTENT)]
+        if body is not None:
+            rows.insert(0, _ellipse_rows(torch.rand(1, 6, generator=gen, dtype=torch.float64), body, _BODY_AXES,
+                                         _BODY_CENTRE))
+        objects.append(torch.cat(rows))
     return objects
+
+
+def _ellipse_rows(u: Tensor, intensity: tuple[float, float], axes: tuple[float, float], extent: float) -> Tensor:
+    """Rows ``(v, a, b, x0, y0, theta)`` from uniforms ``u`` of shape ``(K, 6)``."""
+    (v_lo, v_hi), (ax_lo, ax_hi) = intensity, axes
+    return torch.stack([
+        v_lo + (v_hi - v_lo) * u[:, 0],
+        ax_lo + (ax_hi - ax_lo) * u[:, 1],
+        ax_lo + (ax_hi - ax_lo) * u[:, 2],
+        extent * (2.0 * u[:, 3] - 1.0),
+        extent * (2.0 * u[:, 4] - 1.0),
+        math.pi * u[:, 5],
+    ], dim=1)
 
 
 def random_ellipses(
@@ -136,12 +154,14 @@ def random_ellipses(
     axis_range: tuple[float, float] = (0.05, 0.4),
     supersample: int = 1,
     dtype: torch.dtype = torch.float32,
+    background: float | tuple[float, float] | None = None,
 ) -> Tensor:
     """``n`` random-ellipse phantoms ``f = clip(sum_k v_k 1[E_k], 0, 1)``, shape ``(n, 1, size, size)``.
 
     Per image, the count ``K`` is uniform on the integers of ``num_ellipses`` (a number fixes it),
     intensities ``v`` uniform on ``intensity_range``, semi-axes uniform on ``axis_range``, centres
-    uniform on ``[-0.6, 0.6]^2`` and rotations uniform on ``[0, pi)``. The objects are drawn in
+    uniform on ``[-0.6, 0.6]^2`` and rotations uniform on ``[0, pi)``; ``background`` adds a body ellipse
+    under them (see :func:`random_ellipse_parameters`). The objects are drawn in
     continuous coordinates from a generator seeded with ``seed``, so a seed gives the same object
     at every ``size`` (render the truth finer than the reconstruction grid to avoid the inverse
     crime). ``supersample`` averages that many sub-samples per pixel axis; see
@@ -149,7 +169,7 @@ def random_ellipses(
     """
     check_request(size, n, dtype, "ellipses")
     _check_supersample(supersample, "ellipses")
-    objects = random_ellipse_parameters(n, seed, num_ellipses, intensity_range, axis_range)
+    objects = random_ellipse_parameters(n, seed, num_ellipses, intensity_range, axis_range, background)
     images = torch.stack([rasterize_ellipses(obj, size, supersample) for obj in objects])
     return images[:, None].to(dtype)
 

@@ -57,13 +57,14 @@ class SyntheticPairs(Dataset):
     ``noise`` is the target noise model (e.g. ``GaussianNoise(relative=0.025)``); ``input`` the network
     input (``"fbp"``/``"pseudo_inverse"`` or ``"adjoint"``); ``fine_factor > 1`` renders and projects the
     phantom on a finer grid (operators with ``on_grid``, e.g. CT) so that the pairs avoid the inverse
-    crime as the real data do. ``num_ellipses``, ``intensity_range`` and ``axis_range`` shape the phantoms.
+    crime as the real data do. ``num_ellipses``, ``intensity_range``, ``axis_range`` and ``background`` (a body
+    ellipse under the others, for CT-like slices) shape the phantoms (:func:`random_ellipse_parameters`).
     """
 
     def __init__(self, operator: ForwardOperator, count: int, noise: GaussianNoise, seed: int = 0,
                  input: str = "fbp", fine_factor: int = 1, num_ellipses: int | tuple[int, int] = (5, 12),
                  intensity_range: tuple[float, float] = (0.1, 0.6), axis_range: tuple[float, float] = (0.05, 0.4),
-                 dtype: torch.dtype = torch.float32) -> None:
+                 background: float | tuple[float, float] | None = None, dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(operator, ForwardOperator):
             raise ConfigError(f"SyntheticPairs: operator must be a ForwardOperator, got {type(operator).__name__}")
         if not isinstance(noise, GaussianNoise):
@@ -91,7 +92,8 @@ class SyntheticPairs(Dataset):
                                   "has none")
             self._fine = operator.on_grid(self.size * self.fine_factor)
         self.phantom = {"num_ellipses": num_ellipses, "intensity_range": tuple(intensity_range),
-                        "axis_range": tuple(axis_range)}
+                        "axis_range": tuple(axis_range),
+                        "background": tuple(background) if isinstance(background, (list, tuple)) else background}
         random_ellipse_parameters(1, 0, **self.phantom)  # validates the ranges now, not at the first item
         self._stored: tuple[Tensor, Tensor] | None = None
 

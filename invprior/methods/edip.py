@@ -26,7 +26,7 @@ from invprior.validation import real
 PRETRAIN_DEFAULTS: dict[str, Any] = {"count": 2000, "validation_count": 64, "epochs": 10, "batch_size": 16,
                                      "lr": 1e-3, "schedule": "onecycle", "seed": 0,
                                      "generator": "unet", "generator_params": {"preset": "small"}}
-_DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "fine_factor")
+_DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "background", "fine_factor")
 
 
 class EDIP(DIP):
