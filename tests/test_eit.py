@@ -1,0 +1,222 @@
+"""EIT: meshes, P1 FEM and the complete electrode model against analytic solutions, reciprocity,
+adjoint derivatives against finite differences, the ``eit`` operator and its input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+pytest.importorskip("triangle")
+
+from invprior import registry  # noqa: E402
+from invprior.eit import EIT, EITModel, Mesh, disc_mesh, eit_voltages, polygon_mesh  # noqa: E402
+from invprior.eit.fem import Stiffness, boundary_load  # noqa: E402
+from invprior.errors import ConfigError, ShapeError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def disc():
+    return disc_mesh(h=0.25, electrodes=8)
+
+
+def _random_conductivity(mesh: Mesh, seed: int = 0) -> np.ndarray:
+    return 1.0 + 0.5 * np.random.default_rng(seed).random(len(mesh.elements))
+
+
+# ---------------------------------------------------------------- meshes
+def test_disc_meshes_are_good_and_electrodes_have_the_requested_length():
+    for h in (0.2, 0.1):
+        mesh = disc_mesh(h=h, electrodes=16, width=0.5)
+        quality = mesh.quality()
+        assert quality["min_angle"] >= 30.0 - 1e-9
+        assert quality["h"] < 1.5 * h
+        assert mesh.num_electrodes == 16
+        arc = 2 * math.pi * 0.5 / 16  # each electrode covers 1/32 of the circle
+        lengths = mesh.electrode_lengths()
+        assert np.allclose(lengths, lengths[0])
+        assert lengths[0] == pytest.approx(arc, rel=h * h)  # chords of the arc
+        assert np.allclose(np.linalg.norm(mesh.nodes[np.unique(mesh.boundary)], axis=1), 1.0)
+
+
+def test_mesh_cache_and_file_round_trip(tmp_path):
+    first = disc_mesh(h=0.3, electrodes=8, cache=tmp_path)
+    files = list(tmp_path.glob("mesh-*.npz"))
+    assert len(files) == 1
+    again = disc_mesh(h=0.3, electrodes=8, cache=tmp_path)
+    for name in ("nodes", "elements", "boundary", "edge_electrode"):
+        assert np.array_equal(getattr(first, name), getattr(again, name))
+    disc_mesh(h=0.3, electrodes=6, cache=tmp_path)
+    assert len(list(tmp_path.glob("mesh-*.npz"))) == 2  # other settings, other file
+
+
+def test_degenerate_or_inconsistent_meshes_are_refused(disc):
+    nodes = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    boundary = np.array([[0, 1], [1, 2]])
+    with pytest.raises(ConfigError, match="degenerate"):
+        Mesh.from_arrays(nodes, np.array([[0, 1, 2], [0, 1, 3]]), boundary, np.array([0, 1]))
+    with pytest.raises(ShapeError, match="outside"):
+        Mesh.from_arrays(nodes, np.array([[0, 1, 7]]), boundary, np.array([0, 1]))
+    with pytest.raises(ConfigError, match="numbered"):
+        Mesh.from_arrays(nodes, np.array([[0, 1, 3]]), boundary, np.array([0, 2]))
+    clockwise = Mesh.from_arrays(nodes, np.array([[0, 3, 1]]), boundary, np.array([0, 1]))
+    assert clockwise.areas[0] > 0  # reoriented
+    with pytest.raises(ConfigError, match="overlap"):
+        disc_mesh(h=0.2, electrodes=[(0.0, 0.2), (0.1, 0.3)])
+
+
+# ---------------------------------------------------------------- FEM against analytic solutions
+@pytest.mark.parametrize("k", [2, 3])
+def test_neumann_disc_converges_at_second_order(k):
+    """sigma du/dn = cos(k theta) on the unit circle: u = r^k cos(k theta) / (k sigma); the L2 error
+    over three refinements falls like h^2."""
+    sigma = 2.0
+    errors, sizes = [], []
+    for h in (0.2, 0.1, 0.05):
+        mesh = disc_mesh(h=h, electrodes=4)
+        k_matrix = Stiffness(mesh).matrix(np.full(len(mesh.elements), sigma))
+        load = boundary_load(mesh, lambda p: np.cos(k * np.arctan2(p[:, 1], p[:, 0])))
+        weights = np.bincount(mesh.elements.ravel(), np.repeat(mesh.areas / 3, 3), minlength=len(mesh.nodes))
+        system = sp.bmat([[k_matrix, sp.csr_matrix(weights[:, None])], [sp.csr_matrix(weights[None]), None]])
+        u = spla.spsolve(system.tocsc(), np.append(load, 0.0))[:-1]
+        exact = lambda p: np.hypot(p[..., 0], p[..., 1]) ** k * np.cos(k * np.arctan2(p[..., 1], p[..., 0])) / (k * sigma)  # noqa: E731
+        corners = mesh.nodes[mesh.elements]                                  # (E, 3, 2)
+        midpoints = (corners + np.roll(corners, -1, axis=1)) / 2             # exact for quadratics
+        uh = (u[mesh.elements] + np.roll(u[mesh.elements], -1, axis=1)) / 2
+        diff = uh - exact(midpoints)
+        mean = (diff.mean(axis=1) * mesh.areas).sum() / mesh.areas.sum()
+        errors.append(math.sqrt(((diff - mean) ** 2).mean(axis=1) @ mesh.areas))
+        sizes.append(mesh.h)
+    orders = [math.log(errors[i] / errors[i + 1]) / math.log(sizes[i] / sizes[i + 1]) for i in range(2)]
+    assert min(orders) > 1.8, (errors, orders)
+    assert errors[-1] < 2e-3
+
+
+@pytest.mark.parametrize("sigma,z", [(2.0, 0.05), (0.5, 0.3)])
+def test_cem_strip_resistance_is_exact(sigma, z):
+    """A 3 x 1 strip with electrodes covering its short sides: R = L / (W sigma) + 2 z / W."""
+    strip = polygon_mesh([(0, 0), (3, 0), (3, 1), (0, 1)], electrodes=[(3 / 8, 4 / 8), (7 / 8, 1.0)], h=0.2)
+    model = EITModel(strip, currents=[(0, 1)], measurements=[(0, 1)])
+    resistance = float(model.voltages(np.full(len(strip.elements), sigma), z)[0, 0])
+    assert resistance == pytest.approx(3.0 / sigma + 2.0 * z, rel=1e-10)
+
+
+def test_cem_scales_with_conductivity_and_contact_impedance(disc):
+    """V(c sigma, z / c) = V(sigma, z) / c (rescaling the PDE and the contact condition together)."""
+    model = EITModel(disc)
+    sigma, z = _random_conductivity(disc), np.full(8, 0.02)
+    assert np.allclose(model.voltages(3 * sigma, z / 3), model.voltages(sigma, z) / 3, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("electrode_model", ["cem", "point"])
+def test_reciprocity(disc, electrode_model):
+    model = EITModel(disc, electrode_model=electrode_model)
+    transfer = model.transfer_matrix(_random_conductivity(disc), np.linspace(0.01, 0.05, 8))
+    assert np.abs(transfer - transfer.T).max() <= 1e-10 * np.abs(transfer).max()
+    assert np.linalg.eigvalsh(transfer).min() > 0  # a positive definite transfer impedance
+
+
+def test_currents_and_voltages_respect_the_protocol(disc):
+    model = EITModel(disc, currents="opposite", measurements="potentials")
+    assert model.currents.shape == (8, 8) and np.allclose(model.currents.sum(axis=0), 0)
+    assert model.currents[0, 0] == 1 and model.currents[4, 0] == -1
+    potentials = model.voltages(np.ones(len(disc.elements)), 0.01)
+    assert np.allclose(potentials.sum(axis=1), 0.0, atol=1e-12)        # grounding sum_l U_l = 0
+    assert potentials[0, 0] > 0 > potentials[0, 4]                      # the source is the high side
+    adjacent = EITModel(disc, currents="opposite").voltages(np.ones(len(disc.elements)), 0.01)
+    assert np.allclose(adjacent[:, 0], potentials[:, 0] - potentials[:, 1])
+
+
+# ---------------------------------------------------------------- derivatives
+def test_adjoint_gradients_match_central_differences(disc):
+    model = EITModel(disc)
+    rng = np.random.default_rng(1)
+    sigma, z = _random_conductivity(disc), 0.01 + 0.02 * rng.random(8)
+    weights = rng.standard_normal((model.num_patterns, model.num_measurements))
+    d_sigma, d_z = model.gradient(sigma, z, weights, contact=True)
+    for gradient, direction, step, shift in ((d_sigma, rng.standard_normal(sigma.size), 1e-6, "sigma"),
+                                             (d_z, rng.standard_normal(8), 1e-8, "z")):
+        def loss(t):
+            s, c = (sigma + t * direction, z) if shift == "sigma" else (sigma, z + t * direction)
+            return float((model.voltages(s, c) * weights).sum())
+        central = (loss(step) - loss(-step)) / (2 * step)
+        assert gradient @ direction == pytest.approx(central, rel=1e-5)
+
+
+def test_torch_function_passes_gradcheck_and_jvp_vjp_duality():
+    mesh = disc_mesh(h=0.35, electrodes=6)
+    model = EITModel(mesh)
+    gen = torch.Generator().manual_seed(0)
+    sigma = (1 + torch.rand(len(mesh.elements), generator=gen, dtype=torch.float64)).requires_grad_()
+    z = torch.full((6,), 0.03, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, c: eit_voltages(model, s, c), (sigma, z), eps=1e-6, atol=1e-8, rtol=1e-5)
+    s, c = sigma.detach(), z.detach()
+    v = torch.randn(s.shape, generator=gen, dtype=torch.float64)
+    _, forward = torch.func.jvp(lambda t: eit_voltages(model, t, c), (s,), (v,))
+    out, pullback = torch.func.vjp(lambda t: eit_voltages(model, t, c), s)
+    u = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    assert float((forward * u).sum()) == pytest.approx(float((pullback(u)[0] * v).sum()), rel=1e-10)
+    direct = model.jvp(s.numpy(), c.numpy(), v.numpy())
+    assert np.allclose(forward.numpy(), direct, rtol=1e-10, atol=1e-14)
+    assert np.allclose(model.jacobian(s.numpy(), c.numpy()) @ v.numpy(), direct.ravel(), rtol=1e-10, atol=1e-14)
+
+
+# ---------------------------------------------------------------- the operator
+def test_eit_operator_maps_images_to_voltages():
+    op = registry.get("operators", "eit", size=24, h=0.25, electrodes=8, parametrization="exp", background=2.0)
+    assert op.domain_shape == (1, 24, 24) and op.range_shape == (8, 8)
+    x = torch.zeros(2, 1, 24, 24, dtype=torch.float64)
+    y = op(x)
+    homogeneous = op.model.voltages(np.full(len(op.mesh.elements), 2.0), 0.01)
+    assert y.shape == (2, 8, 8) and np.allclose(y[1].numpy(), homogeneous)
+    # bilinear sampling is exact for a linear image away from the border
+    xs, ys = op.to_mesh.pixel_centres(24)
+    linear = torch.from_numpy(0.3 * xs[:, None] - 0.2 * ys[None, :] + 1.0).view(1, 1, 24, 24)
+    values = op.to_mesh(linear)[0, 0].numpy()
+    centroids = op.mesh.centroids
+    inside = np.abs(centroids).max(axis=1) < 1 - 1 / 24
+    assert np.allclose(values[inside], (0.3 * centroids[:, 0] - 0.2 * centroids[:, 1] + 1.0)[inside], atol=1e-12)
+    # differentiable end to end: the image gradient matches a central difference
+    image = (0.1 * torch.randn(1, 1, 24, 24, dtype=torch.float64)).requires_grad_()
+    (op(image) ** 2).sum().backward()
+    direction = torch.randn(1, 1, 24, 24, dtype=torch.float64)
+    step = 1e-6
+    central = float(((op(image.detach() + step * direction) ** 2).sum() - (op(image.detach() - step * direction) ** 2).sum())
+                    / (2 * step))
+    assert float((image.grad * direction).sum()) == pytest.approx(central, rel=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"contact_impedance": 0.0}, "contact impedances must be positive"),
+    ({"contact_impedance": -1.0}, "contact impedances must be positive"),
+    ({"currents": [(0, 9)]}, "electrode 9"),
+    ({"measurements": [(3, 3)]}, "twice"),
+    ({"currents": "diagonal"}, "unknown protocol"),
+    ({"currents": np.ones((8, 2))}, "does not sum to zero"),
+    ({"measurements": np.ones((4, 5))}, "shape"),
+    ({"electrode_model": "gap"}, "electrode_model"),
+    ({"parametrization": "log"}, "parametrization"),
+])
+def test_bad_eit_settings_are_refused(kwargs, match):
+    with pytest.raises((ConfigError, ShapeError), match=match):
+        EIT(size=16, h=0.3, electrodes=8, **kwargs)
+
+
+def test_non_positive_or_non_finite_conductivity_is_refused(disc):
+    model = EITModel(disc)
+    sigma = np.ones(len(disc.elements))
+    sigma[5] = -0.1
+    with pytest.raises(ConfigError, match="positive.*element 5"):
+        model.voltages(sigma)
+    sigma[5] = np.nan
+    with pytest.raises(Exception, match="non-finite"):
+        model.voltages(sigma)
+    with pytest.raises(ShapeError, match="one conductivity per element"):
+        model.voltages(np.ones(3))
+    op = EIT(size=16, mesh=disc)
+    with pytest.raises(ConfigError, match="positive"):
+        op(-torch.ones(1, 1, 16, 16, dtype=torch.float64))
