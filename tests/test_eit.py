@@ -100,7 +100,7 @@ def test_neumann_disc_converges_at_second_order(k):
 def test_cem_strip_resistance_is_exact(sigma, z):
     """A 3 x 1 strip with electrodes covering its short sides: R = L / (W sigma) + 2 z / W."""
     strip = polygon_mesh([(0, 0), (3, 0), (3, 1), (0, 1)], electrodes=[(3 / 8, 4 / 8), (7 / 8, 1.0)], h=0.2)
-    model = EITModel(strip, currents=[(0, 1)], measurements=[(0, 1)])
+    model = EITModel(strip, currents=[(0, 1)], measurements=[(0, 1)], exclude_driven=False)
     resistance = float(model.voltages(np.full(len(strip.elements), sigma), z)[0, 0])
     assert resistance == pytest.approx(3.0 / sigma + 2.0 * z, rel=1e-10)
 
@@ -121,14 +121,29 @@ def test_reciprocity(disc, electrode_model):
 
 
 def test_currents_and_voltages_respect_the_protocol(disc):
-    model = EITModel(disc, currents="opposite", measurements="potentials")
+    model = EITModel(disc, currents="opposite", measurements="potentials", exclude_driven=False)
     assert model.currents.shape == (8, 8) and np.allclose(model.currents.sum(axis=0), 0)
     assert model.currents[0, 0] == 1 and model.currents[4, 0] == -1
     potentials = model.voltages(np.ones(len(disc.elements)), 0.01)
     assert np.allclose(potentials.sum(axis=1), 0.0, atol=1e-12)        # grounding sum_l U_l = 0
     assert potentials[0, 0] > 0 > potentials[0, 4]                      # the source is the high side
-    adjacent = EITModel(disc, currents="opposite").voltages(np.ones(len(disc.elements)), 0.01)
+    adjacent = EITModel(disc, currents="opposite", exclude_driven=False).voltages(np.ones(len(disc.elements)), 0.01)
     assert np.allclose(adjacent[:, 0], potentials[:, 0] - potentials[:, 1])
+    kept = EITModel(disc_mesh(h=0.3, electrodes=16)).mask
+    assert kept.sum() == 208  # 16 adjacent patterns x 13 measurements away from the driven pair
+    assert kept[0, 0] == 0 and kept[0, 1] == 0 and kept[0, 15] == 0 and kept[0, 2] == 1
+
+
+def test_refinement_at_electrode_ends_speeds_up_convergence():
+    """The CEM potential is least smooth at the electrode ends: grading the mesh there (refinement
+    0.1) brings the driven electrode's voltage much closer to a fine reference than a uniform mesh."""
+    def driven_voltage(**mesh_options):
+        mesh = disc_mesh(electrodes=16, **mesh_options)
+        model = EITModel(mesh, exclude_driven=False)
+        return float(model.voltages(np.ones(len(mesh.elements)), 0.01)[0, 0])
+    reference = driven_voltage(h=0.025, refinement=0.1)
+    uniform, graded = driven_voltage(h=0.1, refinement=1.0), driven_voltage(h=0.1, refinement=0.1)
+    assert abs(graded - reference) < 0.4 * abs(uniform - reference)
 
 
 # ---------------------------------------------------------------- derivatives

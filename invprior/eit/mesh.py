@@ -28,6 +28,8 @@ from invprior.io import atomic_write
 __all__ = ["Mesh", "disc_mesh", "polygon_mesh", "electrode_arcs"]
 
 _FEATURE = "EIT meshes"
+#: Growth of the boundary spacing per unit distance from an electrode end.
+_GRADING = 0.3
 
 
 @dataclass(frozen=True)
@@ -155,25 +157,28 @@ def electrode_arcs(count: int, width: float, offset: float = 0.0) -> list[tuple[
 
 
 def disc_mesh(h: float = 0.1, electrodes: int | Sequence[tuple[float, float]] = 16, width: float = 0.5,
-              radius: float = 1.0, min_angle: float = 30.0, cache: str | Path | None = None) -> Mesh:
+              radius: float = 1.0, min_angle: float = 30.0, refinement: float = 0.1,
+              cache: str | Path | None = None) -> Mesh:
     """A disc of ``radius`` centred at the origin with mesh size about ``h``.
 
     ``electrodes``: a count (equally spaced, covering the fraction ``width`` of the boundary, the
     first centred at angle 0) or explicit arcs ``(t0, t1)`` in turns (``t = angle / 2 pi``),
-    counter-clockwise. With ``cache`` (a folder) the mesh is stored there under a key of all settings
-    and reused.
+    counter-clockwise. Elements shrink to ``refinement * h`` at the electrode ends, where the CEM
+    potential is least smooth (1 gives a uniform mesh). With ``cache`` (a folder) the mesh is stored
+    there under a key of all settings and reused.
     """
     arcs = electrode_arcs(electrodes, width) if isinstance(electrodes, int) else [tuple(a) for a in electrodes]
     curve = lambda t: radius * np.stack([np.cos(2 * np.pi * t), np.sin(2 * np.pi * t)], axis=-1)  # noqa: E731
     settings = {"domain": "disc", "radius": radius}
-    return _cached(cache, settings, h, arcs, min_angle,
-                   lambda: _mesh_boundary(curve, 2 * np.pi * radius, [], arcs, h, min_angle))
+    return _cached(cache, settings, h, arcs, min_angle, refinement,
+                   lambda: _mesh_boundary(curve, 2 * np.pi * radius, [], arcs, h, min_angle, refinement))
 
 
 def polygon_mesh(corners: Sequence[tuple[float, float]], electrodes: Sequence[tuple[float, float]], h: float = 0.1,
-                 min_angle: float = 30.0, cache: str | Path | None = None) -> Mesh:
+                 min_angle: float = 30.0, refinement: float = 0.1, cache: str | Path | None = None) -> Mesh:
     """A simple polygon (corners counter-clockwise) with electrodes ``(t0, t1)`` given as fractions of
-    the perimeter measured from the first corner, counter-clockwise."""
+    the perimeter measured from the first corner, counter-clockwise; the other settings as in
+    :func:`disc_mesh`."""
     corners_arr = np.asarray(corners, dtype=np.float64)
     if corners_arr.ndim != 2 or corners_arr.shape[1] != 2 or len(corners_arr) < 3:
         raise ShapeError(f"polygon_mesh: corners must be (K >= 3, 2), got shape {corners_arr.shape}")
@@ -190,20 +195,24 @@ def polygon_mesh(corners: Sequence[tuple[float, float]], electrodes: Sequence[tu
         return closed[side] + fraction[..., None] * (closed[side + 1] - closed[side])
 
     settings = {"domain": "polygon", "corners": corners_arr.tolist()}
-    return _cached(cache, settings, h, [tuple(a) for a in electrodes], min_angle,
+    return _cached(cache, settings, h, [tuple(a) for a in electrodes], min_angle, refinement,
                    lambda: _mesh_boundary(curve, float(lengths.sum()), cumulative[:-1].tolist(),
-                                          [tuple(a) for a in electrodes], h, min_angle))
+                                          [tuple(a) for a in electrodes], h, min_angle, refinement))
 
 
-def _cached(cache: str | Path | None, settings: dict, h: float, arcs: list, min_angle: float,
+def _cached(cache: str | Path | None, settings: dict, h: float, arcs: list, min_angle: float, refinement: float,
             make: Callable[[], Mesh]) -> Mesh:
     if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
         raise ConfigError(f"EIT mesh: h must be a positive number, got {h!r}")
     if not 0 < min_angle <= 33:
         raise ConfigError(f"EIT mesh: min_angle must lie in (0, 33] degrees (Triangle's guarantee), got {min_angle}")
+    if not (isinstance(refinement, (int, float)) and 0 < refinement <= 1):
+        raise ConfigError(f"EIT mesh: refinement (element size at electrode ends / h) must lie in (0, 1], "
+                          f"got {refinement!r}")
     if cache is None:
         return make()
-    key = json.dumps({**settings, "h": h, "electrodes": arcs, "min_angle": min_angle}, sort_keys=True)
+    key = json.dumps({**settings, "h": h, "electrodes": arcs, "min_angle": min_angle, "refinement": refinement,
+                      "grading": _GRADING}, sort_keys=True)
     path = Path(cache) / f"mesh-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():
         return Mesh.load(path)
@@ -233,18 +242,27 @@ def _check_arcs(arcs: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _mesh_boundary(curve: Callable[[np.ndarray], np.ndarray], perimeter: float, corners: list[float],
-                   arcs: list[tuple[float, float]], h: float, min_angle: float) -> Mesh:
-    """Mesh the domain bounded by ``curve(t)``, ``t`` in [0, 1): boundary vertices every ``h`` (and at
-    corners and electrode ends), no extra vertices on the boundary (Triangle's ``Y``)."""
+                   arcs: list[tuple[float, float]], h: float, min_angle: float, refinement: float) -> Mesh:
+    """Mesh the domain bounded by ``curve(t)``, ``t`` in [0, 1): boundary vertices at corners and
+    electrode ends and in between at a spacing graded from ``refinement * h`` at the electrode ends
+    up to ``h``; no extra vertices on the boundary (Triangle's ``Y``), so it stays on the curve."""
     triangle = require("triangle", "eit", _FEATURE)
     spans = _check_arcs(arcs)
-    step = h / perimeter
-    ends = [t for t0, length in spans for t in (t0, (t0 + length) % 1.0)]
+    ends = np.array([t for t0, length in spans for t in (t0, (t0 + length) % 1.0)])
     fixed = np.unique(np.round(np.array([*corners, *ends]) % 1.0, 14))
+
+    def spacing(t: float) -> float:
+        """Boundary spacing (in t): ``refinement * h`` at electrode ends, growing by ``_GRADING`` per unit length."""
+        distance = float(np.min(np.abs((t - ends + 0.5) % 1.0 - 0.5))) * perimeter
+        return min(h, refinement * h + _GRADING * distance) / perimeter
+
     points = [fixed]
     for a, b in zip(fixed, np.append(fixed[1:], fixed[0] + 1.0)):
-        pieces = max(1, int(math.ceil((b - a) / step - 1e-9)))
-        points.append((a + (b - a) * np.arange(1, pieces) / pieces) % 1.0)
+        marks = [a]
+        while marks[-1] + 0.5 * spacing(marks[-1]) < b:
+            marks.append(marks[-1] + spacing(marks[-1]))
+        interior = a + (np.array(marks[1:]) - a) * (b - a) / max(marks[-1] - a, 1e-300) if len(marks) > 1 else []
+        points.append(np.asarray(interior)[:-1] % 1.0 if len(marks) > 1 else np.array([]))
     t = np.unique(np.concatenate(points))
     vertices = curve(t)
     count = len(t)
@@ -255,7 +273,7 @@ def _mesh_boundary(curve: Callable[[np.ndarray], np.ndarray], perimeter: float, 
         electrode[((middle - t0) % 1.0) < length] = index
     area = math.sqrt(3) / 4 * h * h
     out = triangle.triangulate({"vertices": vertices, "segments": segments, "segment_markers": electrode + 2},
-                               f"pq{min_angle:g}Ya{area:.10g}Q")
+                               f"pq{min_angle:g}Ya{area:.12f}Q")
     edges = out["segments"]
     markers = out["segment_markers"].reshape(-1) - 2
     return Mesh.from_arrays(out["vertices"], out["triangles"], edges, markers)

@@ -59,7 +59,9 @@ class EIT(ForwardOperator):
     """Electrical impedance tomography on a mesh (default: unit disc, ``h``, ``electrodes`` of the
     boundary fraction ``width``), with the complete electrode model (``contact_impedance``, a number
     or one per electrode) or point electrodes, and any current/measurement protocol
-    (:mod:`invprior.eit.protocol`). Nonlinear; its derivatives are the adjoint method's.
+    (:mod:`invprior.eit.protocol`); measurements on driven electrodes are left out unless
+    ``exclude_driven=False`` (see :class:`~invprior.eit.model.EITModel`). Nonlinear; its derivatives
+    are the adjoint method's.
     """
 
     is_linear = False
@@ -68,7 +70,8 @@ class EIT(ForwardOperator):
                  electrodes: int = 16, width: float = 0.5, currents: Any = "adjacent",
                  measurements: Any = "adjacent", electrode_model: str = "cem",
                  contact_impedance: float | list[float] = 0.01, parametrization: str = "identity",
-                 background: float = 1.0, amplitude: float = 1.0, mesh_cache: str | Path | None = None) -> None:
+                 background: float = 1.0, amplitude: float = 1.0, exclude_driven: bool = True,
+                 mesh_cache: str | Path | None = None) -> None:
         size = positive_int(size, "eit: size")
         if parametrization not in PARAMETRIZATIONS:
             raise ConfigError(f"eit: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
@@ -76,7 +79,7 @@ class EIT(ForwardOperator):
         if isinstance(mesh, (str, Path)):
             mesh = Mesh.load(mesh)
         self.mesh = mesh if mesh is not None else disc_mesh(h, electrodes, width, cache=mesh_cache)
-        self.model = EITModel(self.mesh, currents, measurements, electrode_model, amplitude)
+        self.model = EITModel(self.mesh, currents, measurements, electrode_model, amplitude, exclude_driven)
         z = np.broadcast_to(np.asarray(contact_impedance, dtype=np.float64), (self.model.electrodes,))
         self.model.check(np.ones(len(self.mesh.elements)), z)  # refuses non-positive impedances now
         self.contact_impedance = torch.from_numpy(z.copy())
