@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +24,7 @@ from invprior.core.operator import ForwardOperator
 from invprior.eit.autograd import eit_voltages
 from invprior.eit.mesh import Mesh, disc_mesh
 from invprior.eit.model import EITModel
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, ShapeError
 from invprior.validation import positive_int, real
 
 __all__ = ["PARAMETRIZATIONS", "PixelToMesh", "EIT"]
@@ -32,26 +33,44 @@ PARAMETRIZATIONS = ("identity", "exp", "softplus")
 
 
 class PixelToMesh:
-    """Bilinear sampling of ``(B, C, n, n)`` images at the element centroids: ``(B, C, E)``.
+    """Bilinear interpolation of ``(B, C, n, n)`` images at the element centroids: ``(B, C, E)``.
 
     The pixel grid covers the square ``[c - r, c + r]^2`` around the mesh's bounding-box centre ``c``
-    (``r`` half its longer side), pixel centres at ``c - r + (2 i + 1) r / n``.
+    (``r`` half its longer side), pixel centres at ``c - r + (2 i + 1) r / n``; beyond the outer pixel
+    centres the border value is kept. Four gathers and weights, so forward- and reverse-mode
+    derivatives both work (``torch.func.jvp`` included).
     """
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: Mesh, size: int) -> None:
         low, high = mesh.nodes.min(axis=0), mesh.nodes.max(axis=0)
-        self.centre, self.half = (low + high) / 2, float((high - low).max()) / 2
-        local = (mesh.centroids - self.centre) / self.half          # in [-1, 1]^2
-        # grid_sample reads (width, height) = (last axis, second last) = (y, x) in invprior's layout
-        self.grid = torch.from_numpy(np.stack([local[:, 1], local[:, 0]], axis=-1)).view(1, 1, -1, 2)
+        self.centre, self.half, self.size = (low + high) / 2, float((high - low).max()) / 2, int(size)
+        local = (mesh.centroids - self.centre) / self.half                     # in [-1, 1]^2
+        bases, fractions = [], []
+        for axis, stride in ((0, size), (1, 1)):                                 # x: first image axis
+            position = np.clip((1 + local[:, axis]) * size / 2 - 0.5, 0, size - 1)
+            base = np.minimum(np.floor(position).astype(np.int64), size - 2)
+            bases.append((base * stride, stride))
+            fractions.append(position - base)
+        (bx, sx), (by, sy) = bases
+        fx, fy = fractions
+        self.index = torch.from_numpy(np.stack([bx + by, bx + by + sy, bx + sx + by, bx + sx + by + sy]))  # (4, E)
+        self.weight = torch.from_numpy(np.stack([(1 - fx) * (1 - fy), (1 - fx) * fy, fx * (1 - fy), fx * fy]))
 
     def __call__(self, image: Tensor) -> Tensor:
-        grid = self.grid.to(device=image.device, dtype=image.dtype).expand(image.shape[0], -1, -1, -1)
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
+        flat = image.flatten(2)                                                   # (B, C, n * n)
+        weight = self.weight.to(device=image.device, dtype=image.dtype)
+        index = self.index.to(image.device)
+        return sum(flat[..., index[k]] * weight[k] for k in range(4))
 
-    def pixel_centres(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Coordinates ``(x_i, y_j)`` of the pixel centres of an ``size x size`` image."""
-        offsets = -1.0 + (2.0 * np.arange(size) + 1.0) / size
+    def matrix(self) -> sp.csr_matrix:
+        """The same interpolation as a sparse ``(E, n * n)`` matrix."""
+        count = self.index.shape[1]
+        return sp.csr_matrix((self.weight.numpy().ravel(), (np.tile(np.arange(count), 4), self.index.numpy().ravel())),
+                             shape=(count, self.size * self.size))
+
+    def pixel_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates ``(x_i, y_j)`` of the pixel centres."""
+        offsets = -1.0 + (2.0 * np.arange(self.size) + 1.0) / self.size
         return self.centre[0] + self.half * offsets, self.centre[1] + self.half * offsets
 
 
@@ -84,7 +103,7 @@ class EIT(ForwardOperator):
         self.model.check(np.ones(len(self.mesh.elements)), z)  # refuses non-positive impedances now
         self.contact_impedance = torch.from_numpy(z.copy())
         self.parametrization, self.size = parametrization, size
-        self.to_mesh = PixelToMesh(self.mesh)
+        self.to_mesh = PixelToMesh(self.mesh, size)
         super().__init__((1, size, size), (self.model.num_patterns, self.model.num_measurements))
 
     def __repr__(self) -> str:
@@ -95,7 +114,10 @@ class EIT(ForwardOperator):
 
     def conductivity(self, x: Tensor) -> Tensor:
         """Element conductivities ``(B, E)`` of images ``x`` (``(B, 1, n, n)``)."""
-        values = self.to_mesh(x)[:, 0]
+        return self._positive(self.to_mesh(x)[:, 0])
+
+    def _positive(self, values: Tensor) -> Tensor:
+        """The parametrisation ``sigma(v)``."""
         if self.parametrization == "exp":
             return self.background * torch.exp(values)
         if self.parametrization == "softplus":
@@ -109,3 +131,28 @@ class EIT(ForwardOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.voltages(self.conductivity(x))
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """``dA/dx`` at one image ``x`` (``(1, 1, n, n)``) as a dense ``(P * M, n * n)`` float64 matrix: the
+        element Jacobian (adjoint fields) times ``dsigma/dv`` times the bilinear sampling matrix."""
+        if tuple(x.shape) != (1, *self.domain_shape):
+            raise ShapeError(f"EIT.jacobian: expected one image of shape (1, {', '.join(map(str, self.domain_shape))}), "
+                             f"got {tuple(x.shape)}")
+        sampling = self._sampling()
+        values = torch.from_numpy(sampling @ x.detach().to("cpu", torch.float64).numpy().ravel())
+        element = self.model.cached_jacobian(self._positive(values).numpy(), self.contact_impedance.numpy())
+        weighted = element * self._slope(values).numpy()                       # (P M, E)
+        return torch.from_numpy(np.asarray(sampling.T @ weighted.T).T)
+
+    def _sampling(self) -> sp.csr_matrix:
+        if getattr(self, "_sampling_matrix", None) is None:
+            self._sampling_matrix = self.to_mesh.matrix()
+        return self._sampling_matrix
+
+    def _slope(self, values: Tensor) -> Tensor:
+        """``dsigma / dv`` of the parametrisation at element values ``v``."""
+        if self.parametrization == "exp":
+            return self.background * torch.exp(values)
+        if self.parametrization == "softplus":
+            return self.background * torch.sigmoid(values) / math.log(2.0)
+        return torch.ones_like(values)

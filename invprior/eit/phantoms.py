@@ -50,7 +50,7 @@ def inclusion_image(operator: EIT, inclusions: Sequence[Inclusion], background: 
                     dtype: torch.dtype = torch.float64) -> Tensor:
     """The conductivity as the operator's pixel image ``(1, 1, n, n)`` (the values, whatever the
     operator's parametrisation)."""
-    xs, ys = operator.to_mesh.pixel_centres(operator.size)
+    xs, ys = operator.to_mesh.pixel_centres()
     grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2)
     image = inclusion_values(grid, inclusions, background).reshape(operator.size, operator.size)
     return torch.from_numpy(image).to(dtype).view(1, 1, operator.size, operator.size)
