@@ -95,6 +95,11 @@ class EIT(ForwardOperator):
         if parametrization not in PARAMETRIZATIONS:
             raise ConfigError(f"eit: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         self.background = real(background, "eit: background", minimum=0.0, strict=True)
+        self._settings = {"h": h, "electrodes": electrodes, "width": width, "currents": currents,
+                          "measurements": measurements, "electrode_model": electrode_model,
+                          "contact_impedance": contact_impedance, "parametrization": parametrization,
+                          "background": background, "amplitude": amplitude, "exclude_driven": exclude_driven,
+                          "mesh_cache": mesh_cache, "mesh": mesh}
         if isinstance(mesh, (str, Path)):
             mesh = Mesh.load(mesh)
         self.mesh = mesh if mesh is not None else disc_mesh(h, electrodes, width, cache=mesh_cache)
@@ -111,6 +116,15 @@ class EIT(ForwardOperator):
         return (f"EIT(size={self.size}, elements={q['elements']}, electrodes={self.model.electrodes}, "
                 f"electrode_model={self.model.electrode_model!r}, patterns={self.model.num_patterns}, "
                 f"measurements={self.model.num_measurements}, parametrization={self.parametrization!r})")
+
+    def on_grid(self, size: int) -> EIT:
+        """The same electrodes, protocol and parametrisation for ``size x size`` images, on a mesh refined in
+        proportion (``h * self.size / size``; a mesh given explicitly is kept): data simulated there are
+        not produced by this operator (no inverse crime)."""
+        settings = dict(self._settings)
+        if settings["mesh"] is None:
+            settings["h"] = settings["h"] * self.size / size
+        return EIT(size, **settings)
 
     def conductivity(self, x: Tensor) -> Tensor:
         """Element conductivities ``(B, E)`` of images ``x`` (``(B, 1, n, n)``)."""

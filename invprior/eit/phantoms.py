@@ -11,12 +11,13 @@ from torch import Tensor
 
 from invprior.core.noise import GaussianNoise
 from invprior.core.problem import InverseProblem
+from invprior.data.resample import check_request
 from invprior.eit.mesh import disc_mesh
 from invprior.eit.model import EITModel
 from invprior.eit.operator import EIT
 from invprior.errors import ConfigError
 
-__all__ = ["Inclusion", "inclusion_values", "inclusion_image", "inclusion_problem"]
+__all__ = ["Inclusion", "inclusion_values", "inclusion_image", "inclusion_problem", "random_inclusions"]
 
 #: ``(x0, y0, radius, conductivity)`` of one circular inclusion.
 Inclusion = tuple[float, float, float, float]
@@ -46,12 +47,40 @@ def inclusion_values(points: np.ndarray, inclusions: Sequence[Inclusion], backgr
     return values
 
 
+def random_inclusions(size: int = 32, n: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      count: int | tuple[int, int] = (1, 3), radius: tuple[float, float] = (0.15, 0.3),
+                      contrast: tuple[float, float] = (0.5, 1.5), domain_radius: float = 0.9) -> Tensor:
+    """``n`` log-conductivity images ``log(sigma / background)`` of ``count`` random circular inclusions
+    (dataset ``inclusions``, for the ``eit`` operator with ``parametrization="exp"``) on ``[-1, 1]^2``:
+    radii uniform on ``radius``, log-contrasts of random sign with magnitude uniform on ``contrast``,
+    each disc inside the circle of ``domain_radius``; a later inclusion covers an earlier one."""
+    check_request(size, n, dtype, "inclusions")
+    low, high = (count, count) if isinstance(count, int) else count
+    if not 1 <= low <= high:
+        raise ConfigError(f"inclusions: count must be an integer or a (low, high) pair with 1 <= low <= high, got {count!r}")
+    if not 0 < radius[0] <= radius[1] < domain_radius:
+        raise ConfigError(f"inclusions: radius {radius!r} must satisfy 0 < low <= high < domain_radius")
+    gen = np.random.default_rng(seed)
+    centres = -1.0 + (2.0 * np.arange(size) + 1.0) / size
+    grid = np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
+    images = []
+    for _ in range(n):
+        objects = []
+        for _ in range(int(gen.integers(low, high + 1))):
+            r = gen.uniform(*radius)
+            distance, angle = np.sqrt(gen.uniform()) * (domain_radius - r), gen.uniform(0, 2 * np.pi)
+            value = gen.choice([-1.0, 1.0]) * gen.uniform(*contrast)
+            objects.append((distance * np.cos(angle), distance * np.sin(angle), r, float(np.exp(value))))
+        images.append(np.log(inclusion_values(grid, objects, 1.0)).reshape(size, size))
+    return torch.from_numpy(np.stack(images)[:, None]).to(dtype)
+
+
 def inclusion_image(operator: EIT, inclusions: Sequence[Inclusion], background: float = 1.0,
                     dtype: torch.dtype = torch.float64) -> Tensor:
     """The conductivity as the operator's pixel image ``(1, 1, n, n)`` (the values, whatever the
     operator's parametrisation)."""
     xs, ys = operator.to_mesh.pixel_centres()
-    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2)  # (x_i, y_j) row-major
     image = inclusion_values(grid, inclusions, background).reshape(operator.size, operator.size)
     return torch.from_numpy(image).to(dtype).view(1, 1, operator.size, operator.size)
 
