@@ -7,10 +7,10 @@ OUT ?= demo_out
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/invprior-blur/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]" -e ./plugins/invprior-blur
 	touch $(STAMP)
 
 demo: $(STAMP)

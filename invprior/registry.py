@@ -2,6 +2,14 @@
 
 Built-in components register through invprior's own entry points, exactly like plugins.
 An entry that fails to load is reported with its distribution and error; the others still work.
+
+Plugin API: a plugin distribution declares the version of this API it was written against in the
+group ``invprior.api`` (one entry pointing at a version string, e.g. ``api =
+"my_plugin:INVPRIOR_API"`` with ``INVPRIOR_API = "1.0"``). Its components load only when the major
+version equals :data:`PLUGIN_API`'s; a plugin that declares none is loaded with a warning. What the
+API covers: the five interfaces and their documented methods, :class:`~invprior.core.problem.InverseProblem`,
+:class:`~invprior.core.reconstruction.Reconstruction`, :class:`~invprior.core.noise.GaussianNoise`,
+the :class:`~invprior.methods.base.Method` base class and this module's functions.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from typing import Any
 from invprior.errors import UnknownComponentError
 
 KINDS: tuple[str, ...] = ("operators", "generators", "regularizers", "stopping", "posteriors", "datasets", "methods")
+
+#: The plugin API this invprior provides (``major.minor``; plugins must match the major version).
+PLUGIN_API = "1.0"
 
 
 @dataclass(frozen=True)
@@ -64,18 +75,76 @@ def load(kind: str, name: str) -> Any:
             f"no {kind} component named {name!r}.{hint} Registered: {', '.join(sorted(known)) or 'none'}"
         )
     entry = known[name]
+    if entry.distribution != "invprior":
+        _check_api(entry.distribution)
     try:
-        return metadata.EntryPoint(entry.name, entry.target, f"invprior.{kind}").load()
+        component = metadata.EntryPoint(entry.name, entry.target, f"invprior.{kind}").load()
     except Exception as exc:  # a broken plugin must be reported, whatever it raises
         raise ImportError(
             f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
             f"failed to load: {type(exc).__name__}: {exc}"
         ) from exc
+    base = _base_class(kind)
+    if base is not None and not (isinstance(component, type) and issubclass(component, base)) \
+            and not (callable(component) and not isinstance(component, type)):
+        raise ImportError(f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
+                          f"is {component!r}, not a {base.__name__} subclass or a factory")
+    return component
+
+
+def _base_class(kind: str) -> type | None:
+    """The interface a component of ``kind`` implements (``None``: datasets are plain functions)."""
+    from invprior.core import ForwardOperator, Generator, PosteriorApproximation, Regularizer, StoppingRule
+    from invprior.methods.base import Method
+    return {"operators": ForwardOperator, "generators": Generator, "regularizers": Regularizer,
+            "stopping": StoppingRule, "posteriors": PosteriorApproximation, "methods": Method}.get(kind)
+
+
+def declared_api(distribution: str) -> str | None:
+    """The plugin API version ``distribution`` declares in the group ``invprior.api``, if any."""
+    for ep in metadata.entry_points(group="invprior.api"):
+        if ep.dist is not None and ep.dist.name == distribution:
+            try:
+                return str(ep.load())
+            except Exception as exc:
+                raise ImportError(f"distribution {distribution!r} declares its invprior plugin API through "
+                                  f"{ep.value}, which failed to load: {type(exc).__name__}: {exc}") from exc
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def _check_api(distribution: str) -> None:
+    """Refuse a plugin written for another major version of the plugin API; warn if it declares none."""
+    version = declared_api(distribution)
+    if version is None:
+        if distribution not in _WARNED:
+            _WARNED.add(distribution)
+            warnings.warn(f"plugin distribution {distribution!r} does not declare the invprior plugin API it "
+                          f"targets (entry point group 'invprior.api'); assuming {PLUGIN_API}", stacklevel=3)
+        return
+    if version.split(".")[0] != PLUGIN_API.split(".")[0]:
+        raise ImportError(f"plugin distribution {distribution!r} targets invprior plugin API {version}, but this "
+                          f"invprior {_own_version()} provides API {PLUGIN_API} (the major versions must match); "
+                          f"install a release of {distribution!r} for API {PLUGIN_API.split('.')[0]}.x")
+
+
+def _own_version() -> str:
+    from invprior import __version__
+    return __version__
 
 
 def get(kind: str, name: str, **params: Any) -> Any:
-    """Construct the component registered as ``name`` with keyword ``params``."""
-    return load(kind, name)(**params)
+    """Construct the component registered as ``name`` with keyword ``params`` (a factory's result
+    must implement the kind's interface too)."""
+    component = load(kind, name)(**params)
+    base = _base_class(kind)
+    if base is not None and not isinstance(component, base):
+        entry = entries(kind)[name]
+        raise TypeError(f"{kind} component {name!r} from distribution {entry.distribution!r} built a "
+                        f"{type(component).__name__}, not a {base.__name__}")
+    return component
 
 
 def load_all(kind: str) -> tuple[dict[str, Any], dict[str, str]]:
