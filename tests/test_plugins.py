@@ -147,3 +147,24 @@ def test_cli_list_marks_broken_plugins(broken_plugins, capsys):
     assert main(["list", "operators"]) == 1  # a non-zero exit status when a component is broken
     out = capsys.readouterr().out
     assert "broken_op" in out and "BROKEN" in out and "future-plugin" in out
+
+
+def test_a_run_configuration_uses_the_plugin_operator(tmp_path):
+    """`invprior run` with `operator = "super_resolution"`: no change to invprior is needed."""
+    config = tmp_path / "sr.toml"
+    config.write_text(textwrap.dedent("""
+        seed = 0
+        [problem]
+        operator = "super_resolution"
+        operator_params = { factor = 2, sigma = 1.0 }
+        image = "ellipses"
+        size = 32
+        noise = { relative = 0.01 }
+        [method]
+        name = "tv"
+        params = { weight = "discrepancy" }
+        """))
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    import json
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["method"]["psnr"][0] > 20.0
