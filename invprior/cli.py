@@ -1,4 +1,4 @@
-"""The ``invprior`` command line: ``run`` a configuration, ``list`` registered components."""
+"""The ``invprior`` command line: ``run`` a configuration, ``demo``, ``bench`` a suite, ``list`` registered components."""
 
 from __future__ import annotations
 
@@ -39,6 +39,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from invprior.bench import load_suite, run_suite, write_results
+
+    name, runs = load_suite(args.suite)
+    out = Path(args.out)
+    print(f"suite {name}: {len(runs)} runs -> {out}")
+
+    def report(record: dict) -> None:
+        outcome = f"PSNR {record['psnr']:.2f} dB" if record["status"] == "ok" else f"FAILED: {record['error']}"
+        print(f"  {record['label']:16s} {record['key']}  {outcome}  ({record['wall_time_s']:.1f} s)", flush=True)
+
+    records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, progress=report)
+    paths = write_results(records, out, name)
+    failed = sum(r.get("status") != "ok" for r in records)
+    print(f"{len(records)} runs ({failed} failed); wrote {', '.join(str(p) for p in paths)}")
+    return 1 if failed else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     failures = 0
@@ -71,6 +89,15 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
+    bench = sub.add_parser("bench", help="run a benchmark suite (problems x methods x seeds), resumable")
+    bench.add_argument("suite", help="suite file (TOML), e.g. benchmarks/suites/smoke.toml")
+    bench.add_argument("--out", required=True, help="output folder (runs/, results.csv, summary.md, psnr.png)")
+    bench.add_argument("--executor", default="local", choices=["local", "dask"],
+                       help="process pool (default) or dask.distributed")
+    bench.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+    bench.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    bench.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    bench.set_defaults(handler=_bench)
     lst = sub.add_parser("list", help="list registered components and the distribution providing each")
     lst.add_argument("kind", nargs="?", choices=registry.KINDS, help="only this kind")
     lst.set_defaults(handler=_list)

@@ -1,0 +1,132 @@
+"""Run a suite: every run in its own worker process (a process pool, or a Dask cluster), one JSON
+record per run written atomically under ``<out>/runs/<key>.json``; finished runs are skipped.
+
+The same function, :func:`run_one`, executes a run on either executor: it simulates the problem,
+runs the method (and the posterior when configured) and returns the row, or the error with its
+traceback when the run fails, so a failing run never stops the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invprior.bench.suite import Run
+from invprior.errors import ConfigError
+from invprior.io import atomic_write
+
+__all__ = ["EXECUTORS", "run_one", "run_suite", "git_commit"]
+
+EXECUTORS = ("local", "dask")
+
+
+def git_commit() -> str:
+    """The commit of the invprior checkout, or ``"unknown"`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else key, item, out)
+    else:
+        out[prefix] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+
+
+def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
+    """Execute ``run`` and return its record: settings, metrics, timings, peak memory, versions."""
+    from invprior import __version__
+    from invprior.analysis.calibration import posterior_calibration
+    from invprior.config import parse_config
+    from invprior.experiment import build_method, build_posterior, build_problem
+    from invprior.metrics import psnr, ssim
+
+    torch.set_num_threads(threads)
+    record: dict[str, Any] = {"key": run.key, "label": run.label, "commit": commit, "invprior": __version__,
+                              "torch": torch.__version__, "python": platform.python_version()}
+    _flatten("", run.config, record)
+    start = time.perf_counter()
+    try:
+        config = parse_config(run.config)
+        problem = build_problem(config.problem, config.seed)
+        result = build_method(config.method, "method").reconstruct(problem, progress=False)
+        record.update(status="ok", psnr=float(psnr(result.image, problem.x_true).mean()),
+                      ssim=float(ssim(result.image, problem.x_true).mean()), iterations=result.iterations,
+                      stop_reason=result.stop_reason)
+        if config.posterior is not None:
+            posterior = build_posterior(config.posterior, progress=False, seed=config.seed).fit(result, problem)
+            record.update({f"posterior_{k}": v for k, v in posterior_calibration(posterior, problem.x_true).items()})
+    except Exception as exc:  # recorded, never raised: one failing run must not stop the suite
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+    record["wall_time_s"] = time.perf_counter() - start
+    record["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+def _dask_client(scheduler: str | None, workers: int):
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError("the dask executor needs dask.distributed: pip install 'invprior[bench]'") from None
+    if scheduler:
+        return Client(scheduler)
+    return Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+
+
+def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", workers: int = 2,
+              scheduler: str | None = None, threads: int = 1,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run every run of ``runs`` not yet finished in ``out``; return all records (old and new).
+
+    ``executor="local"``: a process pool of ``workers`` processes, each used for one run only;
+    ``"dask"``: ``dask.distributed`` at ``scheduler`` (a ``LocalCluster`` of ``workers`` processes when
+    ``None``). Failed runs are recorded and tried again on the next call.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"bench: executor must be one of {EXECUTORS}, got {executor!r}")
+    folder = Path(out) / "runs"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = list(runs)
+    records = {r.key: json.loads((folder / f"{r.key}.json").read_text()) for r in runs
+               if (folder / f"{r.key}.json").exists()}
+    todo = [r for r in runs if records.get(r.key, {}).get("status") != "ok"]
+    commit = git_commit()
+
+    def store(record: dict[str, Any]) -> None:
+        text = json.dumps(record, indent=1, default=str)
+        atomic_write(folder / f"{record['key']}.json", lambda f: f.write(text.encode()))
+        records[record["key"]] = record
+        if progress is not None:
+            progress(record)
+
+    if todo and executor == "local":
+        with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1) as pool:
+            for future in as_completed([pool.submit(run_one, r, commit, threads) for r in todo]):
+                store(future.result())
+    elif todo:
+        from dask.distributed import as_completed as dask_completed
+        client = _dask_client(scheduler, workers)
+        try:
+            for future in dask_completed([client.submit(run_one, r, commit, threads, pure=False) for r in todo]):
+                store(future.result())
+        finally:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None and scheduler is None:
+                cluster.close()
+    return [records[r.key] for r in runs if r.key in records]
