@@ -225,6 +225,8 @@ def test_eit_operator_maps_images_to_voltages():
     ({"measurements": np.ones((4, 5))}, "shape"),
     ({"electrode_model": "gap"}, "electrode_model"),
     ({"parametrization": "log"}, "parametrization"),
+    ({"contact_impedance": [0.01, 0.02]}, "one contact impedance or one per electrode"),
+    ({"size": 1}, "at least 2"),
 ])
 def test_bad_eit_settings_are_refused(kwargs, match):
     with pytest.raises((ConfigError, ShapeError), match=match):
@@ -317,6 +319,8 @@ def test_gauss_newton_needs_a_jacobian():
         GaussNewton().reconstruct(problem, progress=False)
     with pytest.raises(ConfigError, match="prior"):
         GaussNewton(prior="l1")
+    with pytest.raises(ConfigError, match="TV needs 'gauss_newton'"):
+        OneStepGN(prior="tv")
 
 
 def test_inclusions_dataset_and_finer_grid_data(tmp_path):

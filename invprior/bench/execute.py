@@ -57,7 +57,8 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
     from invprior.metrics import psnr, ssim
 
     torch.set_num_threads(threads)
-    record: dict[str, Any] = {"key": run.key, "label": run.label, "commit": commit, "invprior": __version__,
+    record: dict[str, Any] = {"key": run.key, "label": run.label, "setting": run.setting, "method_key": run.method,
+                              "commit": commit, "invprior": __version__,
                               "torch": torch.__version__, "python": platform.python_version()}
     _flatten("", run.config, record)
     start = time.perf_counter()
@@ -95,7 +96,8 @@ def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", wor
 
     ``executor="local"``: a process pool of ``workers`` processes, each used for one run only;
     ``"dask"``: ``dask.distributed`` at ``scheduler`` (a ``LocalCluster`` of ``workers`` processes when
-    ``None``). Failed runs are recorded and tried again on the next call.
+    ``None``; there a worker serves several runs, so ``peak_memory_mib`` is its peak so far). Failed
+    runs, including runs whose worker died, are recorded and tried again on the next call.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"bench: executor must be one of {EXECUTORS}, got {executor!r}")
@@ -114,16 +116,26 @@ def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", wor
         if progress is not None:
             progress(record)
 
+    def collect(future, run: Run) -> None:
+        try:
+            store(future.result())
+        except Exception as exc:  # the worker itself died (killed, out of memory): record it, go on
+            store({"key": run.key, "label": run.label, "setting": run.setting, "method_key": run.method,
+                   "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}",
+                   "wall_time_s": float("nan"), "commit": commit})
+
     if todo and executor == "local":
         with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1) as pool:
-            for future in as_completed([pool.submit(run_one, r, commit, threads) for r in todo]):
-                store(future.result())
+            futures = {pool.submit(run_one, r, commit, threads): r for r in todo}
+            for future in as_completed(futures):
+                collect(future, futures[future])
     elif todo:
         from dask.distributed import as_completed as dask_completed
         client = _dask_client(scheduler, workers)
         try:
-            for future in dask_completed([client.submit(run_one, r, commit, threads, pure=False) for r in todo]):
-                store(future.result())
+            futures = {client.submit(run_one, r, commit, threads, pure=False): r for r in todo}
+            for future in dask_completed(list(futures)):
+                collect(future, futures[future])
         finally:
             cluster = client.cluster
             client.close()

@@ -14,7 +14,8 @@ from invprior.io import atomic_write
 
 __all__ = ["SETTING_KEYS", "write_table", "summary_markdown", "write_results"]
 
-#: The columns that define a setting (everything but the seed and the method).
+#: The columns shown for a setting; runs are grouped by the ``setting`` hash (the whole problem but its
+#: noise), the noise level and the ``method_key`` hash, so no two different settings or methods mix.
 SETTING_KEYS = ("problem.operator", "problem.image", "problem.size", "problem.noise.relative", "problem.noise.std")
 
 
@@ -49,17 +50,18 @@ def _mean_se(values: list[float]) -> str:
 
 def summary_markdown(records: list[dict[str, Any]], name: str) -> str:
     """Mean +- standard error over seeds of PSNR, SSIM and wall time per setting and method."""
-    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple, dict[tuple, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     failed = [r for r in records if r.get("status") != "ok"]
     for record in records:
         if record.get("status") == "ok":
-            groups[tuple(record.get(k) for k in SETTING_KEYS)][record["label"]].append(record)
+            shown = tuple(record.get(k) for k in SETTING_KEYS)
+            groups[(*shown, record.get("setting"))][(record["label"], record.get("method_key"))].append(record)
     lines = [f"# {name}", "", f"{len(records)} runs, {len(failed)} failed.", "",
              "| operator | image | size | noise | method | runs | PSNR | SSIM | time s |", "|---|---|---|---|---|---|---|---|---|"]
     for setting in sorted(groups, key=lambda s: tuple(str(v) for v in s)):
-        operator, image, size, relative, std = setting
+        operator, image, size, relative, std, _ = setting
         noise = f"{relative:g} rel." if relative is not None else f"{std:g} std"
-        for label, rows in sorted(groups[setting].items()):
+        for (label, _), rows in sorted(groups[setting].items()):
             lines.append(f"| {operator} | {image} | {size} | {noise} | {label} | {len(rows)} | "
                          f"{_mean_se([r['psnr'] for r in rows])} | {_mean_se([r['ssim'] for r in rows])} | "
                          f"{_mean_se([r['wall_time_s'] for r in rows])} |")
@@ -74,7 +76,8 @@ def psnr_figure(records: list[dict[str, Any]], path: Path, name: str) -> Path | 
     curves: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r.get("status") == "ok" and r.get("problem.noise.relative") is not None:
-            curves[f"{r['label']} ({r['problem.operator']}, {r['problem.image']})"][r["problem.noise.relative"]].append(r["psnr"])
+            curve = f"{r['label']} ({r['problem.operator']}, {r['problem.image']}, {r.get('setting', '')[:6]})"
+            curves[curve][r["problem.noise.relative"]].append(r["psnr"])
     if not curves:
         return None
     fig = new_figure()

@@ -42,11 +42,15 @@ _METHOD_KEYS = {"label", "name", "params", "posterior"}
 
 @dataclass(frozen=True)
 class Run:
-    """One run: its configuration (a valid run configuration), method label and content hash."""
+    """One run: its configuration (a valid run configuration), method label and content hash;
+    ``setting`` hashes the problem without its noise, ``method`` the method (and posterior), so that
+    summaries never average runs of different settings or of two methods that share a label."""
 
     config: dict[str, Any]
     label: str
     key: str
+    setting: str = ""
+    method: str = ""
 
 
 def content_hash(config: dict[str, Any]) -> str:
@@ -96,7 +100,9 @@ def expand_suite(suite: dict[str, Any], where: str = "suite") -> list[Run]:
                     except ConfigError as exc:
                         raise ConfigError(f"{where}: problems[{p}] x methods[{m}]: {exc}") from None
                     key = content_hash(config)
-                    runs[key] = Run(config, str(method.get("label", method["name"])), key)
+                    setting = content_hash({k: v for k, v in config["problem"].items() if k != "noise"})
+                    method_key = content_hash({k: v for k, v in config.items() if k in ("method", "posterior")})
+                    runs[key] = Run(config, str(method.get("label", method["name"])), key, setting, method_key)
     return list(runs.values())
 
 

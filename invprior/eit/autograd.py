@@ -2,8 +2,10 @@
 
 The solve runs in float64 on the CPU (scipy's sparse LU); inputs on a GPU are copied there and the
 result is returned on the input's device and dtype. Reverse mode is the adjoint method (one extra
-solve with the stored factorisation, no dense inverse); forward mode (``torch.func.jvp``) is one
-extra solve too. Gradients flow to the conductivity and, for the CEM, to the contact impedances.
+solve with the stored factorisation, no dense inverse); forward mode (``torch.func.jvp``) applies the
+Jacobian, built once per point from ``M`` adjoint solves and cached (the tangent is an opaque
+functorch tensor, so the product must be a torch operation). Gradients flow to the conductivity
+and, for the CEM, to the contact impedances.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class _Voltages(torch.autograd.Function):
     # model.last_inputs: under torch.func the saved tensors are wrappers without data.
     @staticmethod
     def forward(sigma: Tensor, z: Tensor, model: EITModel) -> Tensor:  # type: ignore[override]
-        return torch.from_numpy(model.voltages(_numpy(sigma), _numpy(z))).to(sigma)
+        # a copy: the cached solution must not share memory with a tensor the caller may modify
+        return torch.from_numpy(model.voltages(_numpy(sigma), _numpy(z)).copy()).to(sigma)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]

@@ -17,6 +17,8 @@ __all__ = ["eit_figure"]
 def eit_figure(path: str | Path, operator: EIT, images: list[tuple[str, Tensor]], title: str = "") -> Path:
     """The mesh (electrodes in colour) and, per ``(label, image)``, the conductivity ``sigma`` the
     operator gives the image, drawn element by element on one colour scale (the first image's range)."""
+    if not images:
+        raise ValueError("eit_figure: give at least one (label, image) pair")
     mesh = operator.mesh
     fig = new_figure()
     fig.set_size_inches(3.3 * (len(images) + 1) + 0.6, 3.4)
@@ -30,7 +32,7 @@ def eit_figure(path: str | Path, operator: EIT, images: list[tuple[str, Tensor]]
             ax.plot(*mesh.nodes[[a, b]].T, color="C3", lw=2.5, solid_capstyle="butt")
     quality = mesh.quality()
     ax.set_title(f"mesh: {quality['elements']} elements, min angle {quality['min_angle']:.0f} deg", fontsize=8)
-    sigmas = [operator.conductivity(image.to(torch.float64).reshape(1, *operator.domain_shape))[0].detach().numpy()
+    sigmas = [operator.conductivity(image.detach().cpu().to(torch.float64).reshape(1, *operator.domain_shape))[0].detach().cpu().numpy()
               for _, image in images]
     low, high = float(np.min(sigmas[0])), float(np.max(sigmas[0]))
     for ax, (label, _), sigma in zip(axes[1:], images, sigmas):

@@ -149,6 +149,9 @@ class OneStepGN(GaussNewton):
     name = "one_step_gn"
 
     def __init__(self, weight: float = 3e-2, prior: str = "smoothness", reference: Tensor | None = None) -> None:
+        if prior == "tv":
+            raise ConfigError(f"{self.name}: at the constant start the TV prior's Gauss-Newton matrix is the "
+                              "smoothness prior's divided by tv_epsilon; use prior='smoothness' (TV needs 'gauss_newton')")
         super().__init__(weight=weight, prior=prior, iterations=1)
         self.reference = reference
 

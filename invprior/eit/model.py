@@ -102,14 +102,15 @@ class EITModel:
         return self.measurements.shape[0]
 
     def _point_nodes(self) -> np.ndarray:
-        """The boundary node nearest the midpoint (by arc length) of every electrode."""
+        """The electrode node nearest the electrode's centre of length (edge midpoints weighted by length)."""
         nodes = []
         for l in range(self.electrodes):
             edges = self.mesh.electrode_edges(l)
-            points = self.mesh.nodes[np.unique(edges)]
-            centre = self.mesh.nodes[edges].reshape(-1, 2).mean(axis=0)
-            # the electrode node closest to the chord midpoint of its ends
-            nodes.append(np.unique(edges)[np.argmin(np.linalg.norm(points - centre, axis=1))])
+            ends = self.mesh.nodes[edges]                                      # (K, 2, 2)
+            lengths = np.linalg.norm(ends[:, 1] - ends[:, 0], axis=1)
+            centre = (ends.mean(axis=1) * lengths[:, None]).sum(axis=0) / lengths.sum()
+            candidates = np.unique(edges)
+            nodes.append(candidates[np.argmin(np.linalg.norm(self.mesh.nodes[candidates] - centre, axis=1))])
         return np.array(nodes)
 
     # -- checks -------------------------------------------------------------------------
@@ -125,7 +126,11 @@ class EITModel:
                               f"{int(sigma.argmin())} (use a positive parametrisation, e.g. 'exp')")
         if self.electrode_model == "point":
             return sigma, np.ones(self.electrodes)
-        z = np.broadcast_to(np.asarray(0.01 if z is None else z, dtype=np.float64), (self.electrodes,)).copy()
+        z = np.asarray(0.01 if z is None else z, dtype=np.float64)
+        if z.ndim > 1 or z.size not in (1, self.electrodes):
+            raise ConfigError(f"EIT: give one contact impedance or one per electrode ({self.electrodes}), "
+                              f"got shape {z.shape}")
+        z = np.broadcast_to(z, (self.electrodes,)).copy()
         if not np.isfinite(z).all() or (z <= 0).any():
             raise ConfigError(f"EIT: contact impedances must be positive and finite, got min {float(z.min()):.3g}")
         return sigma, z

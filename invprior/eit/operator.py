@@ -92,6 +92,8 @@ class EIT(ForwardOperator):
                  background: float = 1.0, amplitude: float = 1.0, exclude_driven: bool = True,
                  mesh_cache: str | Path | None = None) -> None:
         size = positive_int(size, "eit: size")
+        if size < 2:
+            raise ConfigError(f"eit: size must be at least 2 (bilinear interpolation), got {size}")
         if parametrization not in PARAMETRIZATIONS:
             raise ConfigError(f"eit: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         self.background = real(background, "eit: background", minimum=0.0, strict=True)
@@ -104,9 +106,8 @@ class EIT(ForwardOperator):
             mesh = Mesh.load(mesh)
         self.mesh = mesh if mesh is not None else disc_mesh(h, electrodes, width, cache=mesh_cache)
         self.model = EITModel(self.mesh, currents, measurements, electrode_model, amplitude, exclude_driven)
-        z = np.broadcast_to(np.asarray(contact_impedance, dtype=np.float64), (self.model.electrodes,))
-        self.model.check(np.ones(len(self.mesh.elements)), z)  # refuses non-positive impedances now
-        self.contact_impedance = torch.from_numpy(z.copy())
+        _, z = self.model.check(np.ones(len(self.mesh.elements)), contact_impedance)  # refuses bad impedances now
+        self.contact_impedance = torch.from_numpy(z)
         self.parametrization, self.size = parametrization, size
         self.to_mesh = PixelToMesh(self.mesh, size)
         super().__init__((1, size, size), (self.model.num_patterns, self.model.num_measurements))

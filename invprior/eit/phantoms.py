@@ -87,12 +87,16 @@ def inclusion_image(operator: EIT, inclusions: Sequence[Inclusion], background: 
 
 def inclusion_problem(operator: EIT, inclusions: Sequence[Inclusion], background: float = 1.0,
                       noise: GaussianNoise | None = None, fine_h: float | None = None, seed: int = 0) -> InverseProblem:
-    """Voltages of ``inclusions`` simulated on a finer disc mesh (``fine_h``, default half the
-    operator's mesh size, same electrodes and protocol) plus ``noise``; ``x_true`` is the pixel image
-    in the operator's parametrisation (``log(sigma / background)`` for ``"exp"``)."""
+    """Voltages of ``inclusions`` simulated on a finer disc mesh (``fine_h``, default half the longest
+    edge of the operator's mesh; same electrodes and protocol) plus ``noise`` (none on the left-out
+    measurements); ``x_true`` is the pixel image in the operator's parametrisation
+    (``log(sigma / background)`` for ``"exp"``). The operator's mesh must be a disc centred at the origin."""
     mesh = operator.mesh
     fine_h = 0.5 * mesh.h if fine_h is None else float(fine_h)
     radius = float(np.linalg.norm(mesh.nodes, axis=1).max())
+    if not np.allclose(np.linalg.norm(mesh.nodes[np.unique(mesh.boundary)], axis=1), radius, rtol=1e-9):
+        raise ConfigError("inclusion_problem: the operator's mesh must be a disc centred at the origin "
+                          "(simulate other domains with EITModel on a finer mesh of your own)")
     arcs = _electrode_arcs(mesh)
     fine = disc_mesh(h=fine_h, electrodes=arcs, radius=radius)
     model = EITModel(fine, operator.model.currents, operator.model.measurements, operator.model.electrode_model,
