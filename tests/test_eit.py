@@ -230,7 +230,7 @@ def test_eit_operator_maps_images_to_voltages():
 ])
 def test_bad_eit_settings_are_refused(kwargs, match):
     with pytest.raises((ConfigError, ShapeError), match=match):
-        EIT(size=16, h=0.3, electrodes=8, **kwargs)
+        EIT(**{"size": 16, "h": 0.3, "electrodes": 8, **kwargs})
 
 
 def test_non_positive_or_non_finite_conductivity_is_refused(disc):
