@@ -368,3 +368,21 @@ def test_lin_dip_error_bars_on_eit():
                                patches=(1,))
     assert ours["ll_p1"] > flat["ll_p1"] + 1.0
     assert 0.7 < ours["coverage_95"] <= 1.0
+
+
+def test_one_factorisation_per_image_for_a_forward_and_backward_pass(monkeypatch):
+    """The backward pass reuses each image's LU (kept with the autograd context), also for a batch
+    larger than the model's solution cache."""
+    import invprior.eit.model as model_module
+    count = {"n": 0}
+    original = model_module.spla.splu
+
+    def counting(*args, **kwargs):
+        count["n"] += 1
+        return original(*args, **kwargs)
+    monkeypatch.setattr(model_module.spla, "splu", counting)
+    op = EIT(size=16, h=0.25, electrodes=8, parametrization="exp")
+    x = (0.1 * torch.randn(6, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    x.requires_grad_()
+    op(x).pow(2).sum().backward()
+    assert count["n"] == 6 and torch.isfinite(x.grad).all()

@@ -24,8 +24,9 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 class _Voltages(torch.autograd.Function):
-    # The float64 copies of (sigma, z) that forward solved for travel to backward/jvp through
-    # model.last_inputs: under torch.func the saved tensors are wrappers without data.
+    # The float64 copies of (sigma, z) that forward solved for, and its solution (the LU), travel to
+    # backward/jvp through model.last_inputs/last_solution: under torch.func the saved tensors are
+    # wrappers without data, and keeping the solution here needs no cache hit later.
     @staticmethod
     def forward(sigma: Tensor, z: Tensor, model: EITModel) -> Tensor:  # type: ignore[override]
         # a copy: the cached solution must not share memory with a tensor the caller may modify
@@ -34,12 +35,12 @@ class _Voltages(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
         ctx.model = inputs[2]
-        ctx.arrays = ctx.model.last_inputs
-        ctx.like = output
+        ctx.arrays, ctx.solution = ctx.model.last_inputs, ctx.model.last_solution
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        d_sigma, d_z = ctx.model.gradient(*ctx.arrays, _numpy(grad), contact=ctx.needs_input_grad[1])
+        d_sigma, d_z = ctx.model.gradient(*ctx.arrays, _numpy(grad), contact=ctx.needs_input_grad[1],
+                                          solution=ctx.solution)
         out_sigma = torch.from_numpy(d_sigma).to(grad) if ctx.needs_input_grad[0] else None
         out_z = torch.from_numpy(d_z).to(grad) if d_z is not None and ctx.needs_input_grad[1] else None
         return out_sigma, out_z, None
@@ -50,7 +51,7 @@ class _Voltages(torch.autograd.Function):
             raise NotImplementedError("EIT: forward-mode derivatives in the contact impedance are not provided; "
                                       "pass z without a tangent")
         # under torch.func the tangent is a wrapper without data: apply the (cached) Jacobian with torch ops
-        jacobian = torch.from_numpy(ctx.model.cached_jacobian(*ctx.arrays)).to(d_sigma)
+        jacobian = torch.from_numpy(ctx.model.cached_jacobian(*ctx.arrays, solution=ctx.solution)).to(d_sigma)
         return (jacobian @ d_sigma).view(ctx.model.num_patterns, ctx.model.num_measurements)
 
 

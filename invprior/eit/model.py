@@ -92,6 +92,7 @@ class EITModel:
         self._cache: OrderedDict[bytes, Solution] = OrderedDict()
         self._cache_size = int(cache_size)
         self.last_inputs: tuple[np.ndarray, np.ndarray] | None = None  # (sigma, z) of the latest solve
+        self.last_solution: Solution | None = None
 
     @property
     def num_patterns(self) -> int:
@@ -156,12 +157,14 @@ class EITModel:
         key = sigma.tobytes() + z.tobytes()
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key]
+            self.last_solution = self._cache[key]
+            return self.last_solution
         lu = spla.splu(self.system(sigma, z))
         rhs = np.vstack([self.readout.T @ self.currents, np.zeros((1, self.num_patterns))])
         fields = lu.solve(rhs)[:-1]
         voltages = (self.measurements @ (self.readout @ fields)).T * self.mask
         solution = Solution(lu, fields, voltages)
+        self.last_solution = solution
         self._cache[key] = solution
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -177,10 +180,11 @@ class EITModel:
         return solution.lu.solve(rhs)[:-1]
 
     def gradient(self, sigma: np.ndarray, z: np.ndarray | None, grad_voltages: np.ndarray,
-                 contact: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(dL/dsigma (E,), dL/dz (L,) or None)`` for ``dL/dV = grad_voltages`` (P, M), by the adjoint."""
+                 contact: bool = False, solution: Solution | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(dL/dsigma (E,), dL/dz (L,) or None)`` for ``dL/dV = grad_voltages`` (P, M), by the adjoint
+        (reusing ``solution``, the forward solve at ``(sigma, z)``, when given)."""
         sigma, z = self.check(sigma, z)
-        solution = self.solve(sigma, z)
+        solution = solution if solution is not None else self.solve(sigma, z)
         n = len(self.mesh.nodes)
         adjoint = self._adjoint_fields(solution, (np.asarray(grad_voltages, dtype=np.float64) * self.mask).T)
         d_sigma = -self.stiffness.element_products(adjoint[:n], solution.fields[:n])
@@ -206,11 +210,11 @@ class EITModel:
         dx = solution.lu.solve(change)[:-1]
         return (self.measurements @ (self.readout @ dx)).T * self.mask
 
-    def jacobian(self, sigma: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+    def jacobian(self, sigma: np.ndarray, z: np.ndarray | None = None, solution: Solution | None = None) -> np.ndarray:
         """``dV / dsigma`` as a dense ``(P * M, E)`` matrix (pattern-major rows), by reciprocity:
         ``-|T_e| grad w_m . grad x_p`` with ``w_m`` the field of measurement ``m`` driven as a current."""
         sigma, z = self.check(sigma, z)
-        solution = self.solve(sigma, z)
+        solution = solution if solution is not None else self.solve(sigma, z)
         n = len(self.mesh.nodes)
         adjoint = self._adjoint_fields(solution, np.eye(self.num_measurements))      # (n_x, M)
         gx = self.stiffness.element_gradients(solution.fields[:n])                  # (E, 2, P)
@@ -218,11 +222,12 @@ class EITModel:
         jac = -np.einsum("e,edp,edm->pme", self.stiffness.areas, gx, gw) * self.mask[:, :, None]
         return jac.reshape(self.num_patterns * self.num_measurements, -1)
 
-    def cached_jacobian(self, sigma: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+    def cached_jacobian(self, sigma: np.ndarray, z: np.ndarray | None = None,
+                        solution: Solution | None = None) -> np.ndarray:
         """:meth:`jacobian`, kept with the solution (forward-mode products at a fixed point reuse it)."""
-        solution = self.solve(sigma, z)
+        solution = solution if solution is not None else self.solve(sigma, z)
         if solution.jacobian is None:
-            solution.jacobian = self.jacobian(sigma, z)
+            solution.jacobian = self.jacobian(sigma, z, solution)
         return solution.jacobian
 
     def transfer_matrix(self, sigma: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
