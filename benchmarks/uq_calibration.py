@@ -122,6 +122,7 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
         row = {**base, "method": method, "dip_psnr": psnr, "dip_seconds": dip.wall_time,
                "dip_iterations": dip.iterations, "seconds": seconds, "time_ratio_to_dip": seconds / dip.wall_time,
                "peak_extra_mib": memory.extra_mib, "cg_warnings": len(caught),
+               "cg_summary": getattr(posterior, "cg_summary", {}),
                **posterior_calibration(posterior, problem.x_true)}
         rows.append(row)
         with out.open("a") as handle:  # one complete line per row: a killed run loses at most the row in flight

@@ -196,6 +196,22 @@ def test_scalable_path_agrees_with_the_exact_path(fitted):
     assert ((stacked.mean(dim=0) - exact_grad).abs() <= 4 * standard_error + 1e-9).all()
 
 
+def test_preconditioner_refreshed_for_samples_makes_their_solves_direct(fitted):
+    # a full-rank Nystrom at the fitted hyperparameters is K itself up to float32 sketch rounding, so
+    # preconditioned CG needs one or two iterations; the one from step 0 is stale after 10 steps at lr 0.3
+    problem, result, _ = fitted
+    m = math.prod(problem.operator.range_shape)
+    summaries = {}
+    for refresh in (True, False):
+        post = LinearizedLaplace(solver="scalable", iterations=10, lr=0.3, preconditioner_rank=m, num_samples=32,
+                                 sample_cg_rtol=1e-6, cg_iterations=200, refresh_for_samples=refresh,
+                                 progress=False).fit(result, problem)
+        summaries[refresh] = post.cg_summary["samples"]
+    assert summaries[True]["solves"] == 4 and summaries[True]["max_relative_residual"] <= 1e-6
+    assert summaries[True]["max_iterations"] <= 2
+    assert summaries[False]["mean_iterations"] >= 5 * summaries[True]["mean_iterations"]
+
+
 def test_matheron_samples_have_the_closed_form_covariance(fitted):
     from invprior.posterior.scalable import LinearModel
 

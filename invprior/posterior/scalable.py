@@ -126,15 +126,21 @@ class LinearModel:
         self.reports.append(info)
         return x
 
-    def convergence_warning(self, what: str) -> None:
-        """Warn (``RuntimeWarning``) when any CG solve so far missed its tolerance, then forget the reports."""
-        failed = [info for info in self.reports if not bool(info.converged.all())]
+    def take_reports(self, what: str) -> dict[str, float]:
+        """Summarise the CG solves since the last call (``solves``, ``mean_iterations``, ``max_iterations``,
+        ``max_relative_residual``), warn (``RuntimeWarning``) when any missed its tolerance, and forget them."""
+        reports, self.reports = self.reports, []
+        if not reports:
+            return {"solves": 0}
+        failed = [info for info in reports if not bool(info.converged.all())]
+        worst = max(float(info.relative_residual.max()) for info in reports)
         if failed:
-            worst = max(float(info.relative_residual.max()) for info in failed)
-            warnings.warn(f"{what}: {len(failed)} of {len(self.reports)} CG solves stopped at {self.cg_iterations} "
+            warnings.warn(f"{what}: {len(failed)} of {len(reports)} CG solves stopped at {self.cg_iterations} "
                           f"iterations before reaching their tolerance (largest relative residual {worst:.2e}); "
                           "raise cg_iterations or preconditioner_rank", RuntimeWarning, stacklevel=3)
-        self.reports = []
+        iterations = [info.iterations for info in reports]
+        return {"solves": len(reports), "mean_iterations": sum(iterations) / len(reports),
+                "max_iterations": max(iterations), "max_relative_residual": worst}
 
     # -- marginal likelihood and samples -------------------------------------------------
     def mll_surrogate(self, residual: Tensor, probes: Tensor) -> tuple[Tensor, float]:
