@@ -11,11 +11,13 @@ from torch import Tensor
 
 @dataclass
 class CGInfo:
-    """Outcome per image: iterations used, final relative residual ``||b - M x|| / ||b||``, converged."""
+    """Outcome per image: iterations used, final relative residual ``||b - M x|| / ||b||``, converged, and
+    ``L x`` when the solve carried a companion map ``L`` (else ``None``)."""
 
     iterations: int
     relative_residual: Tensor
     converged: Tensor
+    companion: Tensor | None = None
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -28,13 +30,19 @@ def _per_image(v: Tensor, like: Tensor) -> Tensor:
 
 def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None,
                        max_iterations: int = 200, rtol: float = 1e-6,
-                       preconditioner: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, CGInfo]:
+                       preconditioner: Callable[[Tensor], Tensor] | None = None,
+                       companion: bool = False) -> tuple[Tensor, CGInfo]:
     """Solve ``M x = b`` for every image of the batch, ``M`` symmetric positive definite.
 
     ``preconditioner`` applies ``P^{-1}`` (``P`` SPD, ``P ~ M``): CG then runs on ``P^{-1} M``.
     Stops when every image reaches ``||b - M x|| <= rtol ||b||`` or after ``max_iterations``;
     the returned :class:`CGInfo` says which images converged (non-convergence is never silent).
+    With ``companion=True``, ``apply(p)`` returns ``(M p, L p)`` for a linear map ``L`` whose value
+    comes for free with ``M p``; since ``x = sum_i alpha_i p_i``, ``L x = sum_i alpha_i L p_i`` is
+    accumulated alongside and returned as ``info.companion`` (no extra application of ``L``).
     """
+    if companion and x0 is not None:
+        raise ValueError("conjugate_gradient: a companion map is accumulated from x0 = 0 only")
     precondition = preconditioner if preconditioner is not None else (lambda v: v)
     tiny = torch.finfo(b.dtype).tiny
     x = torch.zeros_like(b) if x0 is None else x0.clone()
@@ -47,17 +55,22 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor 
     # rounding can make r^T P^{-1} r or p^T M p non-positive (breakdown): such a system stops where it is
     broken = ~(rz > 0) & (r_norm > rtol * b_norm)
     iterations = 0
+    carried = None
     for iterations in range(1, max_iterations + 1):
         active = (r_norm > rtol * b_norm) & ~broken
         if not bool(active.any()):
             iterations -= 1
             break
         mp = apply(p)
+        if companion:
+            mp, lp = mp
         curvature = _dot(p, mp)
         broken = broken | (active & ~(curvature > 0))
         active = active & ~broken
         alpha = torch.where(active, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
         x = x + _per_image(alpha, x) * p
+        if companion:
+            carried = _per_image(alpha, lp) * lp if carried is None else carried + _per_image(alpha, lp) * lp
         r = r - _per_image(alpha, r) * mp
         z = precondition(r)
         rz_new = _dot(r, z)
@@ -66,4 +79,6 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor 
         p = z + _per_image(beta, p) * p
         rz, r_norm = rz_new, r.flatten(1).norm(dim=1)
     relative = r_norm / b_norm
-    return x, CGInfo(iterations, relative, relative <= rtol)
+    if companion and carried is None:  # b = 0 for every image: x = 0, L x = 0
+        carried = torch.zeros_like(apply(p)[1])
+    return x, CGInfo(iterations, relative, relative <= rtol, carried)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from invprior.linalg import conjugate_gradient
@@ -29,3 +30,23 @@ def test_cg_reports_non_convergence():
     _, info = conjugate_gradient(lambda v: (mats @ v.unsqueeze(-1)).squeeze(-1), b, max_iterations=2, rtol=1e-12)
     assert info.iterations == 2
     assert not bool(info.converged.any()) and bool((info.relative_residual > 1e-12).all())
+
+
+def test_cg_accumulates_a_companion_map_of_the_solution():
+    # L x from the products CG makes anyway equals L applied to the returned x, also for an image that
+    # converges earlier than the other (its updates stop) and with a preconditioner
+    mats = _spd_batch(30, 2, 2)
+    companion = torch.randn(2, 7, 30, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    b = torch.randn(2, 30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    b[1] *= 1e-3
+    apply = lambda v: ((mats @ v.unsqueeze(-1)).squeeze(-1), (companion @ v.unsqueeze(-1)).squeeze(-1))  # noqa: E731
+    diagonal = torch.diagonal(mats, dim1=1, dim2=2)
+    x, info = conjugate_gradient(apply, b, rtol=1e-6, max_iterations=100, preconditioner=lambda r: r / diagonal,
+                                 companion=True)
+    assert bool(info.converged.all())
+    direct = (companion @ x.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(info.companion, direct, rtol=1e-12, atol=1e-12 * direct.abs().max().item())
+    zero, info = conjugate_gradient(apply, torch.zeros_like(b), companion=True)
+    assert info.iterations == 0 and bool((info.companion == 0).all()) and info.companion.shape == (2, 7)
+    with pytest.raises(ValueError, match="x0 = 0"):
+        conjugate_gradient(apply, b, x0=x, companion=True)

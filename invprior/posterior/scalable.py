@@ -6,7 +6,8 @@ gradient of ``log p(y) = -1/2 r^T K^{-1} r - 1/2 log det K`` is estimated with H
 ``K^{-1}`` applied by conjugate gradients preconditioned with a randomised Nystrom
 approximation ``A J Sigma J^T A^T ~ U diag(lambda) U^T`` (non-convergence is reported, never silent).
 Posterior samples follow Matheron's rule:
-``x_s = x* + J theta_s - J Sigma (A J)^T K^{-1} (A J theta_s + eps_s)``.
+``x_s = x* + J theta_s - J Sigma (A J)^T K^{-1} (A J theta_s + eps_s)``, the last term accumulated from
+CG's own products.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ class LinearModel:
     def k_apply(self, u: Tensor) -> Tensor:
         """``K u`` in the dtype of ``u`` (the network products run in the linearisation's dtype, so float32
         products can feed float64 CG); differentiable in the prior hyperparameters and ``log_noise``."""
-        return self.forward(self.prior.apply(self.transpose(u))).to(u.dtype) + self.log_noise.exp() * u
+        return self._k_and_images(u)[0]
+
+    def _k_and_images(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``K u`` and the images ``J Sigma J^T A^T u`` it is made from."""
+        images = self.images(self.prior.apply(self.transpose(u)))
+        return self.operator(images.to(self.lin.output)).flatten(1).to(u.dtype) + self.log_noise.exp() * u, images
 
     # -- preconditioned solves ---------------------------------------------------------
     def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
@@ -119,12 +125,18 @@ class LinearModel:
 
     def solve(self, b: Tensor, rtol: float | None = None) -> Tensor:
         """``K^{-1} b`` by batched preconditioned CG (to ``rtol``, default ``cg_rtol``); every outcome is kept
-        in :attr:`reports` and summarised by :meth:`convergence_warning`."""
+        in :attr:`reports` and summarised by :meth:`take_reports`."""
+        return self._solve(b, rtol, companion=False)[0]
+
+    def _solve(self, b: Tensor, rtol: float | None, companion: bool) -> tuple[Tensor, Tensor | None]:
+        """:meth:`solve`, and with ``companion`` also ``J Sigma J^T A^T K^{-1} b`` accumulated from CG's products."""
         with torch.no_grad():
-            x, info = conjugate_gradient(self.k_apply, b, max_iterations=self.cg_iterations,
-                                         rtol=self.cg_rtol if rtol is None else rtol, preconditioner=self.precondition)
+            x, info = conjugate_gradient(self._k_and_images if companion else self.k_apply, b,
+                                         max_iterations=self.cg_iterations,
+                                         rtol=self.cg_rtol if rtol is None else rtol, preconditioner=self.precondition,
+                                         companion=companion)
         self.reports.append(info)
-        return x
+        return x, info.companion
 
     def take_reports(self, what: str) -> dict[str, float]:
         """Summarise the CG solves since the last call (``solves``, ``mean_iterations``, ``max_iterations``,
@@ -165,11 +177,15 @@ class LinearModel:
         return surrogate, -0.5 * float((residual.view(1, -1) * solved[:1]).sum())
 
     def matheron_samples(self, n: int, generator: torch.Generator, rtol: float | None = None) -> Tensor:
-        """``n`` posterior samples of ``J (theta - theta*)`` (add ``x*``), as ``(n, *image)``."""
+        """``n`` posterior samples of ``J (theta - theta*)`` (add ``x*``), as ``(n, *image)``.
+
+        The correction ``J Sigma (A J)^T K^{-1} v`` is accumulated from the products CG computes anyway,
+        so a batch costs one jvp for the prior draw plus CG's products."""
         with torch.no_grad():
             dtype = self.lin.output.dtype
             theta = self.prior.sample(n, generator, dtype=dtype).to(self.lin.output.device)
             noise = torch.randn(n, self.size, generator=generator, dtype=torch.float64).to(theta.device)
-            correction = self.solve(self.forward(theta).double() + noise * self.log_noise.exp().sqrt(), rtol)
-            delta = theta - self.prior.apply(self.transpose(correction)).to(dtype)
-            return self.images(delta)
+            prior_images = self.images(theta)
+            data = self.operator(prior_images).flatten(1).double() + noise * self.log_noise.exp().sqrt()
+            _, correction = self._solve(data, rtol, companion=True)
+            return prior_images - correction.to(dtype)
