@@ -43,7 +43,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +53,13 @@ from torch import Tensor, nn
 
 import deepinv
 from deepinv.loss.mc import MCLoss
-from deepinv.models import ConvDecoder, DeepImagePrior
 from invprior import registry
 from invprior.core.noise import GaussianNoise
 from invprior.core.problem import InverseProblem
 from invprior.methods.classical import TVLeastSquares
 from invprior.demo import DEMO
 from invprior.methods.dip import DIP
+from invprior.methods.peers import DeepinvDIP, seeded_global_rng
 from invprior.metrics import psnr
 from invprior.operators.adapters.deepinv import to_deepinv
 
@@ -103,17 +102,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global RNGs (CPU and ``device``) and restore their previous state on exit."""
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def median_step_seconds(step: Callable[[], None], device: torch.device, repeats: int, warmup: int = 5) -> float:
     """Median wall time of ``step`` over ``repeats`` calls, after ``warmup`` calls."""
     for _ in range(warmup):
@@ -142,47 +130,27 @@ def adam_step(network: nn.Module, z: Tensor, loss_of: Callable[[Tensor], Tensor]
 
 
 # -- deepinv --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DeepinvSetup:
-    """deepinv's DIP: ``ConvDecoder`` and ``DeepImagePrior`` with its defaults, except as given."""
-
-    channels: int = 256
-    iterations: int = 2500
-    layers: int = 7
-    in_size: tuple[int, int] = (4, 4)
-    lr: float = 1e-2
-    seed: int = SEED
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """The shape of ``z`` (``DeepImagePrior``'s ``img_size``): channels x ``in_size``."""
-        return (self.channels, *self.in_size)
-
-    def network(self, problem: InverseProblem) -> nn.Module:
-        shape = tuple(problem.operator.domain_shape)
-        net = ConvDecoder(img_size=shape, in_size=self.in_size, layers=self.layers, channels=self.channels)
-        return net.to(device=problem.y.device, dtype=problem.y.dtype)
+def input_shape(setup: DeepinvDIP) -> tuple[int, ...]:
+    """The shape of deepinv's ``z`` (``DeepImagePrior``'s ``img_size``): channels x ``in_size``."""
+    return (setup.channels, *setup.in_size)
 
 
 def deepinv_physics(problem: InverseProblem) -> deepinv.physics.LinearPhysics:
     return to_deepinv(problem.operator)
 
 
-def run_deepinv(problem: InverseProblem, setup: DeepinvSetup, iterations: int) -> Tensor:
-    """``DeepImagePrior(y, physics)``, the network built and ``z`` drawn from the seeded global RNG."""
-    physics = deepinv_physics(problem)
-    with seeded(setup.seed, problem.y.device):
-        model = DeepImagePrior(setup.network(problem), img_size=setup.input_shape, iterations=iterations,
-                               learning_rate=setup.lr)
-        return model(problem.y, physics).detach()
+def run_deepinv(problem: InverseProblem, setup: DeepinvDIP, iterations: int) -> Tensor:
+    """deepinv's ``DeepImagePrior`` for ``iterations`` steps, through the registered ``deepinv_dip`` method."""
+    return DeepinvDIP(iterations, setup.channels, setup.layers, setup.in_size, setup.lr, setup.seed).reconstruct(
+        problem, progress=False).image
 
 
-def replay_deepinv(problem: InverseProblem, setup: DeepinvSetup, iterations: int) -> Iterator[tuple[int, Tensor]]:
+def replay_deepinv(problem: InverseProblem, setup: DeepinvDIP, iterations: int) -> Iterator[tuple[int, Tensor]]:
     """The iterates of ``DeepImagePrior``'s fit: ``(k, G(z) after k Adam steps)`` for ``k = 0 .. iterations``."""
     physics = deepinv_physics(problem)
-    with seeded(setup.seed, problem.y.device):
+    with seeded_global_rng(setup.seed, problem.y.device):
         network = setup.network(problem)
-        z = torch.randn(setup.input_shape, device=problem.y.device).unsqueeze(0)
+        z = torch.randn(input_shape(setup), device=problem.y.device).unsqueeze(0)
     loss = MCLoss()
     optimizer = torch.optim.Adam(network.parameters(), lr=setup.lr)
     for k in range(iterations):
@@ -196,7 +164,7 @@ def replay_deepinv(problem: InverseProblem, setup: DeepinvSetup, iterations: int
         yield iterations, network(z)
 
 
-def verify_replay(problem: InverseProblem, setup: DeepinvSetup, iterations: int = VERIFY_ITERATIONS) -> float:
+def verify_replay(problem: InverseProblem, setup: DeepinvDIP, iterations: int = VERIFY_ITERATIONS) -> float:
     """Largest difference between ``DeepImagePrior`` and the replay after ``iterations`` steps; raises if too large."""
     expected = run_deepinv(problem, setup, iterations)
     *_, (_, replayed) = replay_deepinv(problem, setup, iterations)
@@ -208,11 +176,11 @@ def verify_replay(problem: InverseProblem, setup: DeepinvSetup, iterations: int 
     return difference
 
 
-def deepinv_bare_step(problem: InverseProblem, setup: DeepinvSetup, repeats: int) -> float:
+def deepinv_bare_step(problem: InverseProblem, setup: DeepinvDIP, repeats: int) -> float:
     physics = deepinv_physics(problem)
-    with seeded(setup.seed, problem.y.device):
+    with seeded_global_rng(setup.seed, problem.y.device):
         network = setup.network(problem)
-        z = torch.randn(setup.input_shape, device=problem.y.device).unsqueeze(0)
+        z = torch.randn(input_shape(setup), device=problem.y.device).unsqueeze(0)
     loss = MCLoss()
     step = adam_step(network, z, lambda x: loss(y=problem.y, x_net=x, physics=physics), setup.lr)
     return median_step_seconds(step, problem.y.device, repeats)
@@ -222,7 +190,7 @@ def deepinv_bare_step(problem: InverseProblem, setup: DeepinvSetup, repeats: int
 def our_bare_step(problem: InverseProblem, weight: float, repeats: int) -> float:
     """A hand-written step of our U-Net: MSE data term plus ``weight`` times anisotropic TV."""
     c = problem.operator.domain_shape[0]
-    with seeded(SEED, problem.y.device):
+    with seeded_global_rng(SEED, problem.y.device):
         network = registry.get("generators", OUR_SETTINGS["generator"], **OUR_GENERATOR, out_channels=c)
     network = network.to(device=problem.y.device, dtype=problem.y.dtype)
     z = network.make_input(problem, SEED)
@@ -270,12 +238,12 @@ def timed(run: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def deepinv_default(problem: InverseProblem, setup: DeepinvSetup, bare: float) -> MethodResult:
+def deepinv_default(problem: InverseProblem, setup: DeepinvDIP, bare: float) -> MethodResult:
     image, seconds = timed(lambda: run_deepinv(problem, setup, setup.iterations), problem.y.device)
     return MethodResult("deepinv DIP", psnr_of(image, problem), setup.iterations, seconds, bare)
 
 
-def deepinv_oracle(problem: InverseProblem, setup: DeepinvSetup, bare: float, every: int) -> MethodResult:
+def deepinv_oracle(problem: InverseProblem, setup: DeepinvDIP, bare: float, every: int) -> MethodResult:
     """Replay the fit, scoring every ``every``-th iterate; the time to an iterate excludes the scoring."""
     device = problem.y.device
     best = (-math.inf, 0, 0.0)
@@ -333,7 +301,7 @@ class Comparison:
 
 def compare(name: str, args: argparse.Namespace, device: torch.device) -> Comparison:
     problem = BUILDERS[name](args.size).to(device)
-    setup = DeepinvSetup(channels=args.deepinv_channels, iterations=args.deepinv_iterations)
+    setup = DeepinvDIP(iterations=args.deepinv_iterations, channels=args.deepinv_channels, seed=SEED)
     tv, tv_seconds = timed(lambda: TVLeastSquares().reconstruct(problem, progress=False), device)
     difference = verify_replay(problem, setup)
     print(f"[{name}] replay of DeepImagePrior verified over {VERIFY_ITERATIONS} iterations "
@@ -414,8 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, deepinv {deepinv.__version__}; device {device} = {device_name(device)}; "
           f"torch threads {torch.get_num_threads()}")
     print(f"size {args.size}; deepinv: ConvDecoder {args.deepinv_channels} channels "
-          f"{default_note(args.deepinv_channels, DeepinvSetup.channels)}, {args.deepinv_iterations} iterations "
-          f"{default_note(args.deepinv_iterations, DeepinvSetup.iterations)}, "
+          f"{default_note(args.deepinv_channels, DeepinvDIP().channels)}, {args.deepinv_iterations} iterations "
+          f"{default_note(args.deepinv_iterations, DeepinvDIP().iterations)}, "
           f"lr 1e-2; ours: U-Net small, 32 input channels, TV weight auto, ES-WMV 100/1000, lr 1e-3, "
           f"at most {args.our_max_iterations} iterations", flush=True)
     outcomes = []

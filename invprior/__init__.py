@@ -1,7 +1,7 @@
 """invprior: untrained neural networks for ill-posed inverse problems, with calibrated error bars.
 
 The public API is what this module exports; components are reached by name through
-:mod:`invprior.registry` or imported from their subpackages.
+``invprior.registry`` or imported from their subpackages.
 """
 
 from invprior import registry

@@ -9,7 +9,7 @@ from invprior.errors import MissingExtraError
 
 
 def require(module: str, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``invprior[extra]``."""
+    """Import ``module`` or raise ``MissingExtraError`` naming ``invprior[extra]``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -2,7 +2,7 @@
 then lin-DIP error bars around the DIP+TV image.
 
 Data are simulated on a 3x finer grid (no inverse crime). TV picks its weight by the discrepancy
-principle; DIP+TV takes a fraction of that weight (:class:`~invprior.methods.dip.DIP` ``weight="auto"``)
+principle; DIP+TV takes a fraction of that weight (``DIP`` ``weight="auto"``)
 and stops by ES-WMV, so nothing is tuned with the ground truth. The linearised Laplace posterior
 (scalable path, a short type-II fit and a few hundred Matheron samples, sized for two CPU cores)
 gives the std map and the calibration plot in ``uncertainty.png``.
@@ -35,7 +35,7 @@ DEMO = {
 QUICK = {"size": 64}
 
 def demo_config(quick: bool = False) -> dict:
-    """The demo's configuration; ``quick`` uses the image size in :data:`QUICK`."""
+    """The demo's configuration; ``quick`` uses the image size in ``QUICK``."""
     config = copy.deepcopy(DEMO)
     if quick:
         config["problem"]["size"] = QUICK["size"]

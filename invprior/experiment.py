@@ -77,7 +77,7 @@ def build_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torch.f
 
 
 def build_method(spec: ComponentSpec, where: str, **defaults: Any) -> Method:
-    """A registered reconstruction method (``defaults`` as in :func:`build`)."""
+    """A registered reconstruction method (``defaults`` as in ``build``)."""
     method = build("methods", spec, where, **defaults)
     if not hasattr(method, "reconstruct"):
         raise ConfigError(f"{where}: '{spec.name}' is not a reconstruction method")
@@ -105,7 +105,7 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
 
 
 def build_posterior(spec: ComponentSpec, where: str = "posterior", **defaults: Any) -> PosteriorApproximation:
-    """A registered posterior approximation (``defaults`` as in :func:`build`)."""
+    """A registered posterior approximation (``defaults`` as in ``build``)."""
     posterior = build("posteriors", spec, where, **defaults)
     if not isinstance(posterior, PosteriorApproximation):
         raise ConfigError(f"{where}: '{spec.name}' is not a posterior approximation")
@@ -135,7 +135,7 @@ def run(config: RunConfig, progress: bool = True, device: torch.device | str = "
 
 @dataclass
 class RunResult:
-    """What :func:`run` produced; ``posterior`` is ``None`` without a ``[posterior]`` section."""
+    """What ``run`` produced; ``posterior`` is ``None`` without a ``[posterior]`` section."""
 
     problem: InverseProblem
     baseline: Reconstruction

@@ -59,7 +59,7 @@ def uncertainty_figure(path: str | Path, x_true: Tensor, mean: Tensor, std: Tens
     The std and error maps share one colour scale, from 0 to the larger of the largest std and
     the 99.5th percentile of the error, so equal colours mean equal values (errors above it are
     clipped). The calibration plot shows the RMS error against the mean predicted std in
-    ``curve_bins`` quantile bins of the std (:func:`~invprior.analysis.calibration.calibration_curve`)
+    ``curve_bins`` quantile bins of the std (``calibration_curve``)
     on log-log axes, with the diagonal ``y = x`` of perfect calibration, and notes each method's
     coverage of the +-1.96 std interval (0.95 when calibrated) and its ``p = 1`` log-likelihood per
     pixel. ``label`` names the method in the legend; ``extra`` lists further ``(label, mean, std)``

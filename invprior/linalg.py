@@ -36,7 +36,7 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor 
 
     ``preconditioner`` applies ``P^{-1}`` (``P`` SPD, ``P ~ M``): CG then runs on ``P^{-1} M``.
     Stops when every image reaches ``||b - M x|| <= rtol ||b||`` or after ``max_iterations``;
-    the returned :class:`CGInfo` says which images converged (non-convergence is never silent).
+    the returned ``CGInfo`` says which images converged (non-convergence is never silent).
     With ``companion=True``, ``apply(p)`` returns ``(M p, L p)`` for a linear map ``L`` whose value
     comes for free with ``M p``; since ``x = sum_i alpha_i p_i``, ``L x = sum_i alpha_i L p_i`` is
     accumulated alongside and returned as ``info.companion`` (no extra application of ``L``).

@@ -73,7 +73,7 @@ def ssim(x: Tensor, x_true: Tensor, data_range: float | Tensor | None = None) ->
 
     ``SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))`` with local
     moments from a Gaussian window (sigma 1.5, 11 x 11), ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2`` and
-    ``R`` as in :func:`psnr`; the map is averaged over channels and pixels at least 5 from the border,
+    ``R`` as in ``psnr``; the map is averaged over channels and pixels at least 5 from the border,
     which equals ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False)``.
     """

@@ -6,10 +6,10 @@ An entry that fails to load is reported with its distribution and error; the oth
 Plugin API: a plugin distribution declares the version of this API it was written against in the
 group ``invprior.api`` (one entry pointing at a version string, e.g. ``api =
 "my_plugin:INVPRIOR_API"`` with ``INVPRIOR_API = "1.0"``). Its components load only when the major
-version equals :data:`PLUGIN_API`'s; a plugin that declares none is loaded with a warning. What the
-API covers: the five interfaces and their documented methods, :class:`~invprior.core.problem.InverseProblem`,
-:class:`~invprior.core.reconstruction.Reconstruction`, :class:`~invprior.core.noise.GaussianNoise`,
-the :class:`~invprior.methods.base.Method` base class and this module's functions.
+version equals ``PLUGIN_API``'s; a plugin that declares none is loaded with a warning. What the
+API covers: the five interfaces and their documented methods, ``InverseProblem``,
+``Reconstruction``, ``GaussianNoise``,
+the ``Method`` base class and this module's functions.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def patch_log_likelihood(x: Tensor, mean: Tensor, covariance: Tensor | None = No
       ``C_patch = 1/S sum_s (s - mean)(s - mean)^T`` (no dense covariance is ever formed).
 
     ``jitter`` is a relative diagonal jitter: ``jitter * mean(diag C_patch) * I`` is added to every
-    patch covariance. It defaults to :data:`SAMPLE_JITTER` (1e-6) on the samples path, so a singular
+    patch covariance. It defaults to ``SAMPLE_JITTER`` (1e-6) on the samples path, so a singular
     sample covariance (``S < p^2``, constant pixels) still gives a finite number, and to 0 on the
     covariance path (the given covariance is used as it is). With ``S`` not much larger than ``p^2``
     the sample covariance is noisy and the log-likelihood is biased low (roughly
@@ -160,7 +160,7 @@ def calibration_summary(x: Tensor, mean: Tensor, std: Tensor, samples: Tensor | 
     Returns ``{"ll_p<p>": patch log-likelihood per pixel for each p in patches, "coverage_95":
     coverage at z = 1.96 (0.95 when calibrated), "mean_std": mean predicted std, "rmse": RMS error}``.
     The patch log-likelihoods use ``samples`` or ``covariance`` (at most one of them, see
-    :func:`patch_log_likelihood`); with neither, ``ll_p1`` is the independent Gaussian with ``std``
+    ``patch_log_likelihood``); with neither, ``ll_p1`` is the independent Gaussian with ``std``
     and larger patches are left out, since ``std`` says nothing about correlations. Patches larger
     than the image are left out too.
     """
@@ -195,7 +195,7 @@ def expected_coverage(z: float) -> float:
 
 
 def posterior_calibration(posterior: object, x: Tensor, patches: tuple[int, ...] = (1, 2, 10)) -> dict[str, float]:
-    """:func:`calibration_summary` of a fitted posterior for one image: its stored samples when it keeps
+    """``calibration_summary`` of a fitted posterior for one image: its stored samples when it keeps
     them, else its dense covariance when it has one, else the independent Gaussian of its ``std``."""
     structure: dict[str, Tensor] = {}
     for name in ("samples", "covariance"):

@@ -1,7 +1,7 @@
 """Spectra of generator Jacobians without forming them: randomised SVD through jvp/vjp.
 
 ``J = dG(theta; z)/dtheta`` (``n`` pixels x ``P`` weights) is reached only through ``J v`` and
-``J^T u``. :func:`randomized_svd` is the range finder of Halko, Martinsson & Tropp (SIAM Rev. 2011,
+``J^T u``. ``randomized_svd`` is the range finder of Halko, Martinsson & Tropp (SIAM Rev. 2011,
 Alg. 4.4 with ``q`` power iterations, then Alg. 5.1): ``Y = (J J^T)^q J Omega``, ``Q = orth(Y)``,
 ``B = Q^T J``, ``B = U_B S V^T`` and ``U = Q U_B``; its error is within a small factor of
 ``sigma_{k+1}`` (tighter with more power iterations).
@@ -55,7 +55,7 @@ def jacobian_svd(generator: Generator, z: Tensor, k: int, parameters: list[str] 
                  oversample: int = 10, power_iterations: int = 2, seed: int = 0
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Leading ``k`` singular values/vectors of ``dG(theta; z)/dtheta`` at the current weights, over
-    ``parameters`` (default: every convolution kernel, see :class:`Linearization`), for one input ``z``.
+    ``parameters`` (default: every convolution kernel, see ``Linearization``), for one input ``z``.
 
     Returns ``U (n, k)`` (left singular vectors as flat images), ``S (k,)`` and ``V (P, k)``.
     """

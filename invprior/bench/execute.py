@@ -1,7 +1,7 @@
 """Run a suite: every run in its own worker process (a process pool, or a Dask cluster), one JSON
 record per run written atomically under ``<out>/runs/<key>.json``; finished runs are skipped.
 
-The same function, :func:`run_one`, executes a run on either executor: it simulates the problem,
+The same function, ``run_one``, executes a run on either executor: it simulates the problem,
 runs the method (and the posterior when configured) and returns the row, or the error with its
 traceback when the run fails, so a failing run never stops the suite.
 """

@@ -1,6 +1,6 @@
 """The generator, regularizer, stopping-rule and posterior interfaces.
 
-(:class:`~invprior.core.operator.ForwardOperator` lives in its own module.)
+(``ForwardOperator`` lives in its own module.)
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class StoppingRule(ABC):
         return copy.deepcopy(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what ``state_dict`` returned."""
         vars(self).update(copy.deepcopy(state))
 
 

@@ -1,4 +1,4 @@
-"""The :class:`ForwardOperator` interface and its algebra (composition, scaling, sums, adjoints).
+"""The ``ForwardOperator`` interface and its algebra (composition, scaling, sums, adjoints).
 
 Operators act on batches: ``x`` has shape ``(B, *domain_shape)`` and ``A(x)`` has shape
 ``(B, *range_shape)``. They follow the device and dtype of their input; tensors an operator
@@ -21,7 +21,7 @@ Shape = tuple[int, ...]
 
 
 def check_batch(x: object, shape: Shape, what: str, owner: str) -> Tensor:
-    """Raise :class:`ShapeError` unless ``x`` is a real floating tensor of shape ``(B, *shape)``."""
+    """Raise ``ShapeError`` unless ``x`` is a real floating tensor of shape ``(B, *shape)``."""
     if not isinstance(x, Tensor):
         raise ShapeError(f"{owner} expects a torch.Tensor as {what}, got {type(x).__name__}")
     if not (x.is_floating_point() and not x.is_complex()):
@@ -57,8 +57,8 @@ def linear_apply(x: Tensor, apply: Callable[[Tensor], Tensor], transpose: Callab
 class ForwardOperator(ABC):
     """A map ``A: x -> y`` between batched tensors; linear operators also have an exact adjoint.
 
-    Subclasses implement :meth:`forward` (and :meth:`_adjoint` when linear), without shape
-    checks: :meth:`__call__` and :meth:`adjoint` validate their inputs first.
+    Subclasses implement ``forward`` (and ``_adjoint`` when linear), without shape
+    checks: ``__call__`` and ``adjoint`` validate their inputs first.
     """
 
     is_linear: bool = False

@@ -1,4 +1,4 @@
-"""The :class:`InverseProblem` container: operator, measurement, noise level, optional truth."""
+"""The ``InverseProblem`` container: operator, measurement, noise level, optional truth."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The :class:`Reconstruction` result every method returns."""
+"""The ``Reconstruction`` result every method returns."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def ct_slice(
     then mapped to ``clip((HU - lo) / (hi - lo), 0, 1)`` for ``window = (lo, hi)``; the default
     window (-1000, 1000) HU maps air to 0 and water to 0.5 and clips only the densest bone
     (the slice spans about -900 to 1170 HU). The slice shows a vertebra with the patient's back at
-    ``y = -1``. ``size != 128`` resamples with :func:`invprior.data.resample.resize`.
+    ``y = -1``. ``size != 128`` resamples with ``invprior.data.resample.resize``.
     Needs ``pydicom`` (extra ``data``).
     """
     check_request(size, n, dtype, "ct_slice")
@@ -64,7 +64,7 @@ def ct_slice(
 def camera(size: int = 128, n: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
     """The 512 x 512 cameraman ``skimage.data.camera()`` divided by 255, shape ``(n, 1, size, size)``.
 
-    ``size != 512`` resamples with :func:`invprior.data.resample.resize`. Needs ``scikit-image``
+    ``size != 512`` resamples with ``invprior.data.resample.resize``. Needs ``scikit-image``
     (extra ``data``).
     """
     check_request(size, n, dtype, "camera")

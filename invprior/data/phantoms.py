@@ -108,7 +108,7 @@ def random_ellipse_parameters(
     axis_range: tuple[float, float] = (0.05, 0.4),
     background: float | tuple[float, float] | None = None,
 ) -> list[Tensor]:
-    """The continuous random-ellipse objects behind :func:`random_ellipses`: ``n`` tensors of shape ``(K_i, 6)``.
+    """The continuous random-ellipse objects behind ``random_ellipses``: ``n`` tensors of shape ``(K_i, 6)``.
 
     ``background`` (an intensity range) puts a body ellipse first in every object: semi-axes uniform on
     ``[0.7, 1.5]``, so it often fills the image as a CT slice does, and the other ellipses add to it (a
@@ -161,11 +161,11 @@ def random_ellipses(
     Per image, the count ``K`` is uniform on the integers of ``num_ellipses`` (a number fixes it),
     intensities ``v`` uniform on ``intensity_range``, semi-axes uniform on ``axis_range``, centres
     uniform on ``[-0.6, 0.6]^2`` and rotations uniform on ``[0, pi)``; ``background`` adds a body ellipse
-    under them (see :func:`random_ellipse_parameters`). The objects are drawn in
+    under them (see ``random_ellipse_parameters``). The objects are drawn in
     continuous coordinates from a generator seeded with ``seed``, so a seed gives the same object
     at every ``size`` (render the truth finer than the reconstruction grid to avoid the inverse
     crime). ``supersample`` averages that many sub-samples per pixel axis; see
-    :func:`rasterize_ellipses` and the module docstring for the axis convention.
+    ``rasterize_ellipses`` and the module docstring for the axis convention.
     """
     check_request(size, n, dtype, "ellipses")
     _check_supersample(supersample, "ellipses")

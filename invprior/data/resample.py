@@ -10,7 +10,7 @@ from invprior.errors import ConfigError
 
 
 def check_request(size: int, n: int, dtype: torch.dtype, dataset: str) -> None:
-    """Raise :class:`ConfigError` unless ``size >= 1``, ``n >= 1`` and ``dtype`` is floating point."""
+    """Raise ``ConfigError`` unless ``size >= 1``, ``n >= 1`` and ``dtype`` is floating point."""
     for key, value in (("size", size), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{dataset}: '{key}' must be an integer >= 1, got {value!r}")

@@ -3,7 +3,7 @@
 Pair ``i`` is ``(A^+ y_i, x_i)`` with ``x_i`` a random-ellipse phantom, ``y_i = A x_i + eta_i`` under the
 target noise model and ``A^+`` the network-input map (FBP for CT, pseudo-inverse, or scaled adjoint).
 Everything is drawn from ``(seed, i)``, so a pair is the same whenever and in whatever batch it is made:
-no files are needed, and :meth:`SyntheticPairs.cache` can keep a generated set on disk.
+no files are needed, and ``SyntheticPairs.cache`` can keep a generated set on disk.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SyntheticPairs(Dataset):
     input (``"fbp"``/``"pseudo_inverse"`` or ``"adjoint"``); ``fine_factor > 1`` renders and projects the
     phantom on a finer grid (operators with ``on_grid``, e.g. CT) so that the pairs avoid the inverse
     crime as the real data do. ``num_ellipses``, ``intensity_range``, ``axis_range`` and ``background`` (a body
-    ellipse under the others, for CT-like slices) shape the phantoms (:func:`random_ellipse_parameters`).
+    ellipse under the others, for CT-like slices) shape the phantoms (``random_ellipse_parameters``).
     """
 
     def __init__(self, operator: ForwardOperator, count: int, noise: GaussianNoise, seed: int = 0,

@@ -1,4 +1,4 @@
-"""P1 finite elements on a :class:`~invprior.eit.mesh.Mesh`: gradients, stiffness assembly, boundary terms.
+"""P1 finite elements on a ``Mesh``: gradients, stiffness assembly, boundary terms.
 
 With barycentric basis functions ``phi_i`` the stiffness matrix of an element-wise conductivity is
 ``K(sigma)_ij = sum_e sigma_e |T_e| grad phi_i . grad phi_j``; it is linear in ``sigma``, so its CSR

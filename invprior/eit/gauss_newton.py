@@ -4,7 +4,7 @@ Each step solves ``(J^T J + lam R) d = J^T r - lam R x`` with ``r = y - A(x)``, 
 ``R = D^T W D`` (``D`` forward differences; ``W = I`` for the smoothness prior, ``W = diag(1 /
 sqrt((Dx)^2 + eps^2))`` for TV by lagged diffusivity), then backtracks on
 ``||r||^2 + lam P(x)`` (``P = ||Dx||^2`` or ``2 sum sqrt((Dx)^2 + eps^2)``). ``lam = weight tr(J^T J) /
-tr(D^T D)`` at the start, so ``weight`` does not depend on the scale of the data. :class:`OneStepGN` is the classical linearised difference-imaging
+tr(D^T D)`` at the start, so ``weight`` does not depend on the scale of the data. ``OneStepGN`` is the classical linearised difference-imaging
 baseline: one step from the background, against a reference measurement when one is given.
 """
 

@@ -1,13 +1,13 @@
 """Triangular meshes of 2D EIT domains with electrodes as marked boundary edges.
 
-A :class:`Mesh` holds nodes ``(N, 2)``, counter-clockwise triangles ``(E, 3)`` and the boundary
-edges ``(B, 2)`` with the electrode each belongs to (``-1`` for the gaps). :func:`disc_mesh` and
-:func:`polygon_mesh` generate one with Shewchuk's Triangle (the ``triangle`` package, extra
+A ``Mesh`` holds nodes ``(N, 2)``, counter-clockwise triangles ``(E, 3)`` and the boundary
+edges ``(B, 2)`` with the electrode each belongs to (``-1`` for the gaps). ``disc_mesh`` and
+``polygon_mesh`` generate one with Shewchuk's Triangle (the ``triangle`` package, extra
 ``eit``): a constrained Delaunay triangulation with a minimum-angle bound and an area bound
 ``sqrt(3)/4 h^2``, on a boundary polygon whose vertices lie on the true boundary, electrode ends
 included, at spacing about ``h``. Triangle is chosen for its quality guarantees (no angle below
 the bound, here 30 degrees), exact placement of electrode ends and a small wheel with no system
-dependencies; any other generator can be used through :meth:`Mesh.from_arrays`.
+dependencies; any other generator can be used through ``Mesh.from_arrays``.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Mesh:
 
     @classmethod
     def load(cls, path: str | Path) -> Mesh:
-        """Read a mesh written by :meth:`save`."""
+        """Read a mesh written by ``save``."""
         with np.load(Path(path)) as data:
             return cls.from_arrays(data["nodes"], data["elements"], data["boundary"], data["edge_electrode"])
 
@@ -178,7 +178,7 @@ def polygon_mesh(corners: Sequence[tuple[float, float]], electrodes: Sequence[tu
                  min_angle: float = 30.0, refinement: float = 0.1, cache: str | Path | None = None) -> Mesh:
     """A simple polygon (corners counter-clockwise) with electrodes ``(t0, t1)`` given as fractions of
     the perimeter measured from the first corner, counter-clockwise; the other settings as in
-    :func:`disc_mesh`."""
+    ``disc_mesh``."""
     corners_arr = np.asarray(corners, dtype=np.float64)
     if corners_arr.ndim != 2 or corners_arr.shape[1] != 2 or len(corners_arr) < 3:
         raise ShapeError(f"polygon_mesh: corners must be (K >= 3, 2), got shape {corners_arr.shape}")

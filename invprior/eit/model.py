@@ -47,7 +47,7 @@ class Solution:
 class EITModel:
     """Voltages ``V[p, m] = (Q U_p)_m`` for element conductivities ``sigma`` and contact impedances ``z``.
 
-    ``currents`` and ``measurements`` are protocols (see :mod:`invprior.eit.protocol`);
+    ``currents`` and ``measurements`` are protocols (see ``invprior.eit.protocol``);
     ``electrode_model`` is ``"cem"`` (contact impedances ``z``, one per electrode) or ``"point"``
     (each electrode is the boundary node nearest its midpoint; ``z`` is ignored). With
     ``exclude_driven`` the measurements that involve an electrode carrying current in a pattern are
@@ -224,7 +224,7 @@ class EITModel:
 
     def cached_jacobian(self, sigma: np.ndarray, z: np.ndarray | None = None,
                         solution: Solution | None = None) -> np.ndarray:
-        """:meth:`jacobian`, kept with the solution (forward-mode products at a fixed point reuse it)."""
+        """``jacobian``, kept with the solution (forward-mode products at a fixed point reuse it)."""
         solution = solution if solution is not None else self.solve(sigma, z)
         if solution.jacobian is None:
             solution.jacobian = self.jacobian(sigma, z, solution)

@@ -2,7 +2,7 @@
 
 Images have shape ``(B, 1, n, n)`` on the bounding square of the mesh (``[-1, 1]^2`` for the unit
 disc; ``x[b, 0, i, j]`` is the value at ``(x_i, y_j)`` as everywhere in invprior). The image is
-sampled bilinearly at the element centroids (:class:`PixelToMesh`, differentiable) and mapped to a
+sampled bilinearly at the element centroids (``PixelToMesh``, differentiable) and mapped to a
 positive conductivity by the ``parametrization``: ``"identity"`` (the image is ``sigma``),
 ``"exp"`` (``sigma = background * exp(x)``) or ``"softplus"`` (``sigma = background * softplus(x) / log 2``,
 so ``x = 0`` is the background). Voltages have shape ``(B, P, M)``: current pattern by measurement.
@@ -78,8 +78,8 @@ class EIT(ForwardOperator):
     """Electrical impedance tomography on a mesh (default: unit disc, ``h``, ``electrodes`` of the
     boundary fraction ``width``), with the complete electrode model (``contact_impedance``, a number
     or one per electrode) or point electrodes, and any current/measurement protocol
-    (:mod:`invprior.eit.protocol`); measurements on driven electrodes are left out unless
-    ``exclude_driven=False`` (see :class:`~invprior.eit.model.EITModel`). Nonlinear; its derivatives
+    (``invprior.eit.protocol``); measurements on driven electrodes are left out unless
+    ``exclude_driven=False`` (see ``EITModel``). Nonlinear; its derivatives
     are the adjoint method's.
     """
 

@@ -32,7 +32,7 @@ class TwoLayerGenerator(Generator):
     ``U`` is the fixed circulant convolution with kernel ``u`` (default: a periodic Gaussian of
     std ``kernel_width`` samples, ``||u|| = 1``), ``v = [1, ..., 1, -1, ..., -1] / sqrt(k)`` fixed,
     and ``C in R^{n x k}`` the trained weights, initialised i.i.d. ``N(0, init_scale^2)``
-    (seeded). The network has no input: :meth:`make_input` returns an empty tensor.
+    (seeded). The network has no input: ``make_input`` returns an empty tensor.
     """
 
     def __init__(self, size: int | tuple[int, int] = 32, out_channels: int = 1, width: int = 128,

@@ -48,7 +48,7 @@ class UNet(Generator):
     bilinear upsampling to the skip's size, concatenation with ``skip_channels[i]`` 1x1-projected
     encoder features, and two 3x3 convolutions. Every convolution is followed by GroupNorm
     (``norm_groups`` groups, 0 disables it) and LeakyReLU. The output is a 1x1 convolution,
-    optionally through a sigmoid (:meth:`forward_pre_sigmoid` gives the value before it).
+    optionally through a sigmoid (``forward_pre_sigmoid`` gives the value before it).
 
     Input: ``input="noise"`` (``input_channels`` channels of ``input_scale * N(0, 1)``, seeded) or
     an image from the measurement (``"fbp"``/``"pseudo_inverse"``, ``"adjoint"``).

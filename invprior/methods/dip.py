@@ -1,4 +1,4 @@
-"""Deep Image Prior: fit ``x = G_theta(z)`` to ``y`` by Adam, stopped by a :class:`StoppingRule`.
+"""Deep Image Prior: fit ``x = G_theta(z)`` to ``y`` by Adam, stopped by a ``StoppingRule``.
 
 Loss: ``mean((A G(z) - y)^2) + weight * R(G(z))`` (the mean runs over the entries of ``y``,
 ``R`` is summed over pixels, e.g. anisotropic TV).
@@ -59,7 +59,7 @@ class DIP(Method):
 
     ``generator``, ``regularizer`` and ``stopping`` are registry names (with ``*_params``) or
     built objects. ``weight`` multiplies the regularizer: a number, or ``"auto"`` (from TV least
-    squares with the discrepancy principle, see :meth:`_weights`). ``optimizer`` is ``"adam"`` (the
+    squares with the discrepancy principle, see ``_weights``). ``optimizer`` is ``"adam"`` (the
     default) or ``"gd"`` (plain gradient descent, as in the theory of DIP), with step ``lr``; ``input_noise`` adds ``N(0, input_noise^2)``
     to the input at every iteration; ``grad_clip`` clips the gradient norm. The fit ends when the
     rule says so or after ``max_iterations``. Each image of a batch gets its own network.

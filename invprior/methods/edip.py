@@ -2,9 +2,9 @@
 
 Barbano, Leuschner, Schmidt, Denker, Hauptmann, Maass & Jin (IEEE TCI 2022): a U-Net is first trained
 supervised to map ``A^+ y_i -> x_i`` on random ellipses pushed through the same operator
-(:func:`~invprior.methods.pretrain.pretrain`), then fitted to the one real measurement with the DIP+TV
+(``pretrain``), then fitted to the one real measurement with the DIP+TV
 loss from those weights, with ``A^+ y`` as the network input. Everything after initialisation is
-:class:`~invprior.methods.dip.DIP` (loss, stopping rules, checkpoints).
+``DIP`` (loss, stopping rules, checkpoints).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ _DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "background", "fi
 class EDIP(DIP):
     """DIP initialised from a pretrained generator (file ``pretrained``), or pretrained first.
 
-    ``pretrained``: a model file from :func:`~invprior.methods.pretrain.pretrain`. When it does not exist
+    ``pretrained``: a model file from ``pretrain``. When it does not exist
     and ``pretrain`` is given (a table of settings: ``count``, ``validation_count``, ``epochs``,
     ``batch_size``, ``lr``, ``schedule``, ``seed``, ``generator``, ``generator_params``, phantom keys and
-    ``fine_factor``; defaults :data:`PRETRAIN_DEFAULTS`), the model is trained on the problem's operator and
+    ``fine_factor``; defaults ``PRETRAIN_DEFAULTS``), the model is trained on the problem's operator and
     noise level and written to ``pretrained`` for the next run. A model trained for another operator,
     geometry, image size or noise level (beyond ``noise_tolerance``) is refused. The other arguments
-    are those of :class:`DIP`; the generator is the pretrained one.
+    are those of ``DIP``; the generator is the pretrained one.
     """
 
     name = "edip"

@@ -1,6 +1,6 @@
 """Supervised pretraining of a generator on synthetic pairs (the first half of Educated DIP).
 
-Minimises ``mean ||G_theta(A^+ y_i) - x_i||^2`` over :class:`~invprior.data.synthetic.SyntheticPairs`
+Minimises ``mean ||G_theta(A^+ y_i) - x_i||^2`` over ``SyntheticPairs``
 with Adam under a one-cycle or cosine learning-rate schedule, reports the validation PSNR on held-out
 pairs after every epoch (next to the PSNR of the input ``A^+ y`` itself), checkpoints every epoch
 atomically and resumes from the checkpoint (bit-identically on the CPU: the random state of dropout,
@@ -97,7 +97,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     to map ``A^+ y`` to ``x``. With ``out`` the model is written there (atomically) and a checkpoint
     ``<out>.partial`` after every epoch; with ``resume`` a matching checkpoint is continued.
     ``amp``: mixed precision (``"auto"``: where the device computes in reduced precision natively, see
-    :func:`autocast_dtype`). Returns the :class:`Pretrained` model.
+    ``autocast_dtype``). Returns the ``Pretrained`` model.
     """
     if not isinstance(training, SyntheticPairs) or not isinstance(validation, SyntheticPairs):
         raise ConfigError("pretrain: training and validation must be SyntheticPairs")
@@ -179,7 +179,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
 def _train(network, optimizer, scheduler, autocast, scaler, training: SyntheticPairs, validation: SyntheticPairs,
            history: dict[str, list[float]], first: int, epochs: int, batch_size: int, seed: int,
            device: torch.device, checkpoint: Path | None, fingerprint: str, progress: bool) -> None:
-    """Epochs ``first .. epochs - 1`` of :func:`pretrain`, each ending with validation and a checkpoint."""
+    """Epochs ``first .. epochs - 1`` of ``pretrain``, each ending with validation and a checkpoint."""
     steps_per_epoch = math.ceil(len(training) / batch_size)
     bar = tqdm(total=epochs * steps_per_epoch, initial=first * steps_per_epoch, desc="pretrain",
                disable=not progress, leave=False)

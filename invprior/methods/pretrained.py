@@ -1,8 +1,8 @@
 """Pretrained-model files: weights plus what they were trained for, refused for any other problem.
 
 A file holds the generator (registry name, parameters, weights) and the metadata of its training set
-(:attr:`SyntheticPairs.metadata <invprior.data.synthetic.SyntheticPairs.metadata>`: operator and
-geometry, image shape, noise model, input map), the operator's signature and the training history. :func:`check_compatible`
+(``SyntheticPairs.metadata <invprior.data.synthetic.SyntheticPairs.metadata>``: operator and
+geometry, image shape, noise model, input map), the operator's signature and the training history. ``check_compatible``
 compares that with a problem before a fine-tuning run uses the weights.
 """
 
@@ -45,7 +45,7 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Read a file written by :meth:`Pretrained.save` (the generator is rebuilt from the registry, in
+    """Read a file written by ``Pretrained.save`` (the generator is rebuilt from the registry, in
     eval mode; only tensors and plain containers are unpickled)."""
     path = Path(path)
     if not path.is_file():
@@ -92,7 +92,7 @@ def _relative_difference(a: Tensor, b: Tensor) -> float:
 def check_compatible(pretrained: Pretrained, problem: InverseProblem, noise_tolerance: float = 2.0) -> None:
     """Refuse weights trained for another operator, geometry, input map, image size or noise level.
 
-    The operator is compared by what it does (:func:`~invprior.data.synthetic.operator_signature`: its
+    The operator is compared by what it does (``operator_signature``: its
     action on a fixed phantom and the input map's, to 1e-3 relative), so a different geometry, seed,
     mask or FBP filter is refused while another backend of the same operator is accepted. The noise
     level (relative, or the std when the model was trained with an absolute std) must lie within a

@@ -27,7 +27,7 @@ def _num_measurements(n: int, m: int | None, ratio: float | None) -> int:
 class GaussianCS(ForwardOperator):
     """``A x = M vec(x)`` with a seeded dense ``M`` of i.i.d. ``N(0, 1/m)`` entries, range ``(m,)``.
 
-    Storage and cost are ``O(m n)``; use :class:`SubsampledDCT` for large images.
+    Storage and cost are ``O(m n)``; use ``SubsampledDCT`` for large images.
     """
 
     is_linear = True

@@ -51,7 +51,7 @@ class CTGeometry:
     ``sqrt(2) (r_s + r_d) / r_s`` for fan beams). Fan beams have the source at distance
     ``src_radius`` (default 4) from the rotation centre and the detector at ``det_radius``
     (default 4) on the other side. ``num_detectors=None`` is resolved per grid by
-    :meth:`resolve` (Nyquist sampling, as ODL's default geometries); everything else is
+    ``resolve`` (Nyquist sampling, as ODL's default geometries); everything else is
     independent of the pixel grid, so one geometry serves several grids.
     """
 
@@ -191,12 +191,12 @@ def _sparse_apply(matrix: Tensor, x: Tensor, out_shape: tuple[int, ...]) -> Tens
 
 
 class CTOperator(ForwardOperator):
-    """The 2D ray transform ``A`` of a :class:`CTGeometry` on a ``size x size`` grid of ``[-1, 1]^2``.
+    """The 2D ray transform ``A`` of a ``CTGeometry`` on a ``size x size`` grid of ``[-1, 1]^2``.
 
     ``A`` is ASTRA's discretisation (``'linear'`` projector for parallel, ``'line_fanflat'`` for
     fan beams): ``(A x)_k = sum_p W_kp x_p`` with ``W_kp`` the length of ray ``k`` weighted by
     pixel ``p``'s interpolation kernel. ``A^T`` is the exact transpose ``W^T``.
-    :meth:`pseudo_inverse` is filtered back-projection ``A^* F`` (ODL's ``fbp_op``; ``F`` the
+    ``pseudo_inverse`` is filtered back-projection ``A^* F`` (ODL's ``fbp_op``; ``F`` the
     ramp filter times ``filter_type``, cut off at ``frequency_scaling`` of the Nyquist frequency).
     """
 
@@ -295,7 +295,7 @@ class CTOperator(ForwardOperator):
 class ParallelBeamCT(CTOperator):
     """Parallel-beam CT: ``num_angles`` directions over ``angle_range`` (default ``(0, pi)``).
 
-    See :class:`CTGeometry` for the geometry parameters and :class:`CTOperator` for the rest.
+    See ``CTGeometry`` for the geometry parameters and ``CTOperator`` for the rest.
     """
 
     _beam = "parallel"
@@ -312,7 +312,7 @@ class FanBeamCT(CTOperator):
     """Fan-beam CT with a flat detector: ``num_angles`` source positions over ``angle_range``
     (default ``(0, 2 pi)``), source at ``src_radius`` and detector at ``det_radius`` from the centre.
 
-    See :class:`CTGeometry` for the geometry parameters and :class:`CTOperator` for the rest.
+    See ``CTGeometry`` for the geometry parameters and ``CTOperator`` for the rest.
     """
 
     _beam = "fan"

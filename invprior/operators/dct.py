@@ -32,7 +32,7 @@ def dct(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def idct(coefficients: Tensor, dim: int = -1) -> Tensor:
-    """Inverse (= transpose) of :func:`dct` along ``dim``."""
+    """Inverse (= transpose) of ``dct`` along ``dim``."""
     c = coefficients.movedim(dim, -1)
     n = c.shape[-1]
     c = c / _scale(n, c)
@@ -53,5 +53,5 @@ def dct2(x: Tensor) -> Tensor:
 
 
 def idct2(c: Tensor) -> Tensor:
-    """Inverse of :func:`dct2`."""
+    """Inverse of ``dct2``."""
     return idct(idct(c, -2), -1)

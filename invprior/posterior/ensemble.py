@@ -23,13 +23,13 @@ from invprior.validation import positive_int
 class DeepEnsemble(SamplePredictive):
     """Predictive moments from ``members`` DIP fits that differ only in their seed.
 
-    Member 0 is the reconstruction given to :meth:`fit`; members ``k = 1..members-1`` are fresh fits
+    Member 0 is the reconstruction given to ``fit``; members ``k = 1..members-1`` are fresh fits
     of the same problem by a copy of its DIP with ``seed = dip.seed + seed_offset * k`` (new network
     weights, input and input noise) and no checkpoint, so the original's checkpoint files are never
-    read or overwritten. :meth:`sample` returns the member images, :meth:`log_likelihood` uses
-    independent Gaussians per pixel with the member moments and :attr:`covariance` is their sample
+    read or overwritten. ``sample`` returns the member images, ``log_likelihood`` uses
+    independent Gaussians per pixel with the member moments and ``covariance`` is their sample
     covariance (plus ``1e-10`` times its mean variance on the diagonal). ``wall_time`` is the time
-    :meth:`fit` took in seconds (the ``members - 1`` new fits).
+    ``fit`` took in seconds (the ``members - 1`` new fits).
     """
 
     _owner, _drawn, _more = "DeepEnsemble", "members were fitted", "members"

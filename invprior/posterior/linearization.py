@@ -1,7 +1,7 @@
 """Matrix-free Jacobian products of a generator with respect to a subset of its weights.
 
 ``h(theta) = G(theta*) + J (theta - theta*)`` with ``J = dG(theta; z)/dtheta`` at ``theta*``;
-:meth:`Linearization.jvp` gives ``J v`` and :meth:`Linearization.vjp` gives ``J^T u`` without
+``Linearization.jvp`` gives ``J v`` and ``Linearization.vjp`` gives ``J^T u`` without
 forming ``J`` (``torch.func``). The forward pass at ``theta*`` is run once: the pullback
 (``vjp``) and the traced tangent map (``linearize``) are kept and reused for every product, which
 makes a batch of products about 1.4-1.5x cheaper than re-running the network each time.
@@ -31,7 +31,7 @@ class Linearization:
 
     ``parameters`` names the weights that vary (default: all 3x3 and 1x1 convolution kernels);
     the others stay fixed. ``pre_sigmoid`` linearises the output before the generator's sigmoid
-    (when it has one). Vectors ``v`` are flat, concatenated in the order of :attr:`names`.
+    (when it has one). Vectors ``v`` are flat, concatenated in the order of ``names``.
     """
 
     def __init__(self, generator: Generator, z: Tensor, parameters: list[str] | None = None,

@@ -1,7 +1,7 @@
 """Linearised Laplace around a DIP reconstruction (lin-DIP).
 
 Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - theta*)`` and the
-zero-mean prior ``theta ~ N(0, Sigma)`` (:class:`MaternBlockPrior`). Then
+zero-mean prior ``theta ~ N(0, Sigma)`` (``MaternBlockPrior``). Then
 ``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of
 ``Sigma`` and ``s^2`` maximise ``log p(y)`` (type-II maximum likelihood, "MLL"), optionally plus the
 TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with mean ``x*`` and
@@ -53,7 +53,7 @@ class LinearizedLaplace(PosteriorApproximation):
     ``"scalable"`` is matrix-free: Hutchinson gradients with ``num_probes`` probes, CG preconditioned by a
     rank-``preconditioner_rank`` Nystrom approximation refreshed every ``precondition_every`` steps, and
     ``num_samples`` Matheron samples for the pixel-wise std (CG to ``cg_rtol`` for gradients, to
-    ``sample_cg_rtol`` for samples; any miss is reported by a ``RuntimeWarning``, and :attr:`cg_summary` keeps
+    ``sample_cg_rtol`` for samples; any miss is reported by a ``RuntimeWarning``, and ``cg_summary`` keeps
     the iteration counts per phase); ``"auto"`` picks exact up to ``max_pixels``. ``refresh_for_samples``
     recomputes the preconditioner at the fitted hyperparameters before sampling: ``preconditioner_rank``
     products that pay for themselves from about ``preconditioner_rank / 3`` samples on (it halves the CG

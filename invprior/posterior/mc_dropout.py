@@ -20,8 +20,8 @@ class MCDropout(SamplePredictive):
     """Predictive moments from ``num_samples`` forward passes with dropout active (seeded).
 
     Needs a DIP whose generator has dropout, e.g. ``generator_params={"dropout": 0.05}``.
-    :meth:`log_likelihood` uses independent Gaussians per pixel with the sample moments;
-    :attr:`covariance` is the sample covariance (plus ``1e-10`` times its mean variance on the
+    ``log_likelihood`` uses independent Gaussians per pixel with the sample moments;
+    ``covariance`` is the sample covariance (plus ``1e-10`` times its mean variance on the
     diagonal) for patch log-likelihoods on small images.
     """
 

@@ -15,10 +15,10 @@ from invprior.errors import ConfigError
 class SamplePredictive(PosteriorApproximation):
     """Moments, covariance, samples and log-likelihood from samples ``(S, B, *image)`` stored by ``fit``.
 
-    Subclasses implement :meth:`fit`, which sets ``_samples``, and name themselves in the messages
+    Subclasses implement ``fit``, which sets ``_samples``, and name themselves in the messages
     through ``_owner`` (the class name), ``_drawn`` (how the samples came about) and ``_more`` (the
-    parameter that gives more of them). :meth:`log_likelihood` uses independent Gaussians per pixel
-    with the sample moments (std clamped at ``1e-12``); :attr:`covariance` is the sample covariance
+    parameter that gives more of them). ``log_likelihood`` uses independent Gaussians per pixel
+    with the sample moments (std clamped at ``1e-12``); ``covariance`` is the sample covariance
     (plus ``1e-10`` times its mean variance on the diagonal) for patch log-likelihoods on small images.
     """
 
@@ -53,7 +53,7 @@ class SamplePredictive(PosteriorApproximation):
         return cov + 1e-10 * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
 
     def sample(self, n: int, seed: int = 0) -> Tensor:
-        """The first ``n`` stored samples (``seed`` is unused: the samples were drawn in :meth:`fit`)."""
+        """The first ``n`` stored samples (``seed`` is unused: the samples were drawn in ``fit``)."""
         samples = self._fitted()
         if n > samples.shape[0]:
             raise ConfigError(f"{self._owner}: {samples.shape[0]} {self._drawn}; ask for at most that many "

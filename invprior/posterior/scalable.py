@@ -107,7 +107,7 @@ class LinearModel:
     # -- preconditioned solves ---------------------------------------------------------
     def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
         """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current
-        hyperparameters, with the products of :attr:`sketch`."""
+        hyperparameters, with the products of ``sketch``."""
         sketch = self.sketch
         with torch.no_grad():
             self._basis, self._eigenvalues = nystrom(
@@ -125,11 +125,11 @@ class LinearModel:
 
     def solve(self, b: Tensor, rtol: float | None = None) -> Tensor:
         """``K^{-1} b`` by batched preconditioned CG (to ``rtol``, default ``cg_rtol``); every outcome is kept
-        in :attr:`reports` and summarised by :meth:`take_reports`."""
+        in ``reports`` and summarised by ``take_reports``."""
         return self._solve(b, rtol, companion=False)[0]
 
     def _solve(self, b: Tensor, rtol: float | None, companion: bool) -> tuple[Tensor, Tensor | None]:
-        """:meth:`solve`, and with ``companion`` also ``J Sigma J^T A^T K^{-1} b`` accumulated from CG's products."""
+        """``solve``, and with ``companion`` also ``J Sigma J^T A^T K^{-1} b`` accumulated from CG's products."""
         with torch.no_grad():
             x, info = conjugate_gradient(self._k_and_images if companion else self.k_apply, b,
                                          max_iterations=self.cg_iterations,

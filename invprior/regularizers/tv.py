@@ -21,7 +21,7 @@ def gradient(x: Tensor) -> Tensor:
 
 
 def divergence(p: Tensor) -> Tensor:
-    """Negative adjoint of :func:`gradient`: ``<gradient(x), p> = -<x, divergence(p)>``."""
+    """Negative adjoint of ``gradient``: ``<gradient(x), p> = -<x, divergence(p)>``."""
     ph, pw = p[:, 0], p[:, 1]
     out = torch.zeros_like(ph)
     out[:, :, :-1] += ph[:, :, :-1]

@@ -1,7 +1,7 @@
 """deepinv physics as invprior operators, and invprior operators as deepinv physics.
 
-:class:`DeepinvOperator` evaluates ``y = physics.A(x)`` (noise-free) through deepinv's own torch
-operations, so autograd differentiates it directly. :func:`to_deepinv` goes the other way. deepinv
+``DeepinvOperator`` evaluates ``y = physics.A(x)`` (noise-free) through deepinv's own torch
+operations, so autograd differentiates it directly. ``to_deepinv`` goes the other way. deepinv
 is imported only when one of them is used (``pip install 'invprior[deepinv]'``).
 """
 
@@ -66,7 +66,7 @@ def _converted_copy(physics: Physics, device: torch.device, dtype: torch.dtype) 
 
 
 class DeepinvOperator(ForwardOperator):
-    """A deepinv ``Physics`` as a :class:`ForwardOperator`: ``A(x) = physics.A(x)``, without noise.
+    """A deepinv ``Physics`` as a ``ForwardOperator``: ``A(x) = physics.A(x)``, without noise.
 
     The operator is linear iff ``physics`` is a ``deepinv.physics.LinearPhysics``; then
     ``A^T y = physics.A_adjoint(y)`` and ``A^dagger y = physics.A_dagger(y)``. The range shape is

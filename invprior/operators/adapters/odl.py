@@ -1,4 +1,4 @@
-"""Linear ODL operators as :class:`~invprior.core.operator.ForwardOperator` s.
+"""Linear ODL operators as ``ForwardOperator`` s.
 
 ODL is imported when an adapter is constructed, so this module imports without it.
 """

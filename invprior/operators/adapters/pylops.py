@@ -1,6 +1,6 @@
 """pylops linear operators as invprior operators (``pip install 'invprior[pylops]'``).
 
-pylops is imported only when :class:`PylopsOperator` is constructed.
+pylops is imported only when ``PylopsOperator`` is constructed.
 """
 
 from __future__ import annotations
