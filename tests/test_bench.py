@@ -7,7 +7,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from invprior.bench import expand_suite, load_suite, run_suite, write_results
 from invprior.cli import main
@@ -61,6 +63,12 @@ def test_runs_are_isolated_recorded_atomically_resumed_and_summarised(tmp_path):
     problem = build_problem(config.problem, config.seed)
     direct = float(psnr(build_method(config.method, "method").reconstruct(problem, False).image, problem.x_true))
     assert ok[0]["psnr"] == pytest.approx(direct, abs=1e-5)
+    # the run's saved images give its recorded PSNR; failed runs save none
+    with np.load(tmp_path / "runs" / f"{ok[0]['key']}.npz") as arrays:
+        saved = float(psnr(torch.from_numpy(arrays["x_hat"]), torch.from_numpy(arrays["x_true"])))
+    assert saved == pytest.approx(ok[0]["psnr"], abs=1e-5)
+    assert not any((tmp_path / "runs" / f"{r['key']}.npz").exists() for r in failed)
+    assert all("_images" not in r for r in records)
     assert ok[0]["peak_memory_mib"] > 10 and ok[0]["commit"] and ok[0]["torch"]
     # a rerun skips the finished runs and retries the failed ones
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
@@ -69,7 +77,8 @@ def test_runs_are_isolated_recorded_atomically_resumed_and_summarised(tmp_path):
         changed = stamps[f"{record['key']}.json"] != (tmp_path / "runs" / f"{record['key']}.json").stat().st_mtime_ns
         assert changed == (record["status"] == "failed")
     paths = write_results(again, tmp_path, "tiny")
-    assert {p.name for p in paths} >= {"results.csv", "summary.md", "psnr.png"}
+    assert {p.name for p in paths} >= {"results.csv", "summary.md", "psnr.png", "reconstructions.png"}
+    assert "calibration_ll.png" not in {p.name for p in paths}   # no run fitted a posterior
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 8 and {"psnr", "wall_time_s", "problem.noise.relative", "label", "key"} <= set(rows[0])
     summary = (tmp_path / "summary.md").read_text()
@@ -97,3 +106,22 @@ def test_the_smoke_suite_runs_from_the_command_line(tmp_path, capsys):
         by_label.setdefault(r["label"], []).append(r["psnr"])
     # TV is the best of the three on piecewise-constant phantoms
     assert min(by_label["TV"]) > max(by_label["DIP (200 steps)"])
+
+
+def test_summary_shows_posterior_calibration_when_runs_fitted_one():
+    from invprior.bench.report import summary_markdown
+
+    base = {"status": "ok", "problem.operator": "ct_parallel", "problem.image": "ellipses", "problem.size": 28,
+            "problem.noise.relative": 0.05, "setting": "s", "ssim": 0.5, "wall_time_s": 1.0}
+    records = [{**base, "label": "lin", "method_key": "a", "psnr": 20.0, "posterior_ll_p1": 1.0,
+                "posterior_coverage_95": 0.9},
+               {**base, "label": "lin", "method_key": "a", "psnr": 22.0, "posterior_ll_p1": 2.0,
+                "posterior_coverage_95": 0.8},
+               {**base, "label": "tv", "method_key": "b", "psnr": 21.0}]
+    lines = summary_markdown(records, "calibration").splitlines()
+    assert "| method | runs | PSNR | SSIM | LL p=1 | coverage 95 | time s |" in lines[4]
+    # mean +- standard error by hand: (1 + 2) / 2 = 1.5, se = sqrt(0.5 / 2) = 0.5; coverage 0.85 +- 0.05
+    assert "| lin | 2 | 21.00 +- 1.00 | 0.50 +- 0.00 | 1.50 +- 0.50 | 0.85 +- 0.05 | 1.00 +- 0.00 |" in lines[6]
+    assert lines[7].endswith("| tv | 1 | 21.00 | 0.50 | - | - | 1.00 |")
+    plain = summary_markdown([records[2]], "plain").splitlines()
+    assert "LL p=1" not in plain[4]

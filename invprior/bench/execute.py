@@ -1,5 +1,6 @@
 """Run a suite: every run in its own worker process (a process pool, or a Dask cluster), one JSON
-record per run written atomically under ``<out>/runs/<key>.json``; finished runs are skipped.
+record per run written atomically under ``<out>/runs/<key>.json`` (and its reconstruction and truth
+in ``<key>.npz``); finished runs are skipped.
 
 The same function, ``run_one``, executes a run on either executor: it simulates the problem,
 runs the method (and the posterior when configured) and returns the row, or the error with its
@@ -23,11 +24,13 @@ import torch
 
 from invprior.bench.suite import Run
 from invprior.errors import ConfigError
-from invprior.io import atomic_write
+from invprior.io import atomic_write, write_npz
 
 __all__ = ["EXECUTORS", "run_one", "run_suite", "git_commit"]
 
 EXECUTORS = ("local", "dask")
+#: Key of a record's images (reconstruction and truth), which ``run_suite`` stores in ``runs/<key>.npz``.
+IMAGES = "_images"
 
 
 def git_commit() -> str:
@@ -69,6 +72,7 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
         record.update(status="ok", psnr=float(psnr(result.image, problem.x_true).mean()),
                       ssim=float(ssim(result.image, problem.x_true).mean()), iterations=result.iterations,
                       stop_reason=result.stop_reason)
+        record[IMAGES] = {"x_hat": result.image.detach().cpu().numpy(), "x_true": problem.x_true.cpu().numpy()}
         if config.posterior is not None:
             posterior = build_posterior(config.posterior, progress=False, seed=config.seed).fit(result, problem)
             record.update({f"posterior_{k}": v for k, v in posterior_calibration(posterior, problem.x_true).items()})
@@ -110,6 +114,9 @@ def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", wor
     commit = git_commit()
 
     def store(record: dict[str, Any]) -> None:
+        images = record.pop(IMAGES, None)
+        if images is not None:  # before the record: a record marked ok always has its images
+            write_npz(folder / f"{record['key']}.npz", **images)
         text = json.dumps(record, indent=1, default=str)
         atomic_write(folder / f"{record['key']}.json", lambda f: f.write(text.encode()))
         records[record["key"]] = record
