@@ -91,7 +91,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     bench = sub.add_parser("bench", help="run a benchmark suite (problems x methods x seeds), resumable")
     bench.add_argument("suite", help="suite file (TOML), e.g. benchmarks/suites/smoke.toml")
-    bench.add_argument("--out", required=True, help="output folder (runs/, results.csv, summary.md, psnr.png)")
+    bench.add_argument("--out", required=True, help="output folder (runs/, results.csv, summary.md, figures)")
     bench.add_argument("--executor", default="local", choices=["local", "dask"],
                        help="process pool (default) or dask.distributed")
     bench.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
