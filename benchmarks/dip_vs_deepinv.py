@@ -59,7 +59,8 @@ from invprior.core.problem import InverseProblem
 from invprior.methods.classical import TVLeastSquares
 from invprior.demo import DEMO
 from invprior.methods.dip import DIP
-from invprior.methods.peers import DeepinvDIP, seeded_global_rng
+from invprior.methods.base import seeded_global_rng
+from invprior.methods.peers import DeepinvDIP
 from invprior.metrics import psnr
 from invprior.operators.adapters.deepinv import to_deepinv
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 from invprior.core.problem import InverseProblem
@@ -27,3 +30,13 @@ def quality(x: Tensor, problem: InverseProblem) -> dict[str, float]:
     if problem.x_true is not None:
         values["psnr"] = float(psnr(x, problem.x_true).mean())
     return values
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNGs (the CPU's, and ``device``'s when it is a GPU) for code that draws from
+    them (initialisation, dropout), and restore their previous state on exit: the caller's state is
+    untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

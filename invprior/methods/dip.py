@@ -24,7 +24,7 @@ from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.io import atomic_write
-from invprior.methods.base import Method
+from invprior.methods.base import Method, seeded_global_rng
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
 from invprior.regularizers.zero import NoRegularizer
@@ -117,8 +117,7 @@ class DIP(Method):
     def _build_generator(self, problem: InverseProblem) -> Generator:
         """A freshly initialised generator (weights drawn from ``seed``, global RNG untouched)."""
         c, h, w = problem.operator.domain_shape[-3:]
-        with torch.random.fork_rng(devices=_rng_devices(problem.y.device)):
-            torch.manual_seed(self.seed)
+        with seeded_global_rng(self.seed, problem.y.device):
             if isinstance(self.generator, Generator):
                 generator = copy.deepcopy(self.generator)  # every image starts from the same untrained network
             else:
@@ -188,8 +187,7 @@ class DIP(Method):
         rule = self.stopping
         rule.reset()
         # the global RNG (dropout, if any) is forked, seeded and restored: the caller's state is untouched
-        with torch.random.fork_rng(devices=_rng_devices(y.device)):
-            torch.manual_seed(self.seed + 2)
+        with seeded_global_rng(self.seed + 2, y.device):
             with torch.no_grad():
                 shape = tuple(generator(z).shape)
             if shape != (1, *op.domain_shape):
@@ -338,11 +336,6 @@ class DIP(Method):
         record.trace, record.generator_state = payload["trace"], payload["best_state"]
         record.extras["best_iteration"] = result["best_iteration"]
         return record
-
-
-def _rng_devices(device: torch.device) -> list[torch.device]:
-    """The accelerator whose RNG a fit on ``device`` uses, besides the CPU's."""
-    return [device] if device.type == "cuda" else []
 
 
 def _on_device(value: Any, device: torch.device, keep: tuple[str, ...] = ()) -> Any:

@@ -9,8 +9,6 @@ dtype for ``z``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -18,21 +16,9 @@ from torch import nn
 from invprior._optional import require
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
-from invprior.methods.base import Method
+from invprior.methods.base import Method, seeded_global_rng
 from invprior.operators.adapters.deepinv import to_deepinv
 from invprior.validation import positive_int, real
-
-
-@contextmanager
-def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNGs (CPU and ``device``) for code that draws from them, and restore their
-    previous state on exit (no global state changes outside the block)."""
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 class DeepinvDIP(Method):

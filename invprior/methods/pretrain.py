@@ -26,6 +26,7 @@ from invprior.core.interfaces import Generator
 from invprior.data.synthetic import SyntheticPairs, operator_signature
 from invprior.errors import ConfigError
 from invprior.io import atomic_write
+from invprior.methods.base import seeded_global_rng
 from invprior.methods.pretrained import Pretrained
 from invprior.metrics import psnr
 from invprior.validation import positive_int, real
@@ -126,9 +127,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     if "out_channels" in accepted:  # saved with the model, so loading rebuilds the same network
         params.setdefault("out_channels", training.channels)
     device = torch.device(device)
-    rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
+    with seeded_global_rng(seed, device):
         try:
             network: Generator = factory(**params)
         except TypeError as exc:
@@ -158,8 +157,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         history, first = state["history"], state["epoch"] + 1
-    with torch.random.fork_rng(devices=rng_devices):  # dropout draws from a seeded, checkpointed stream
-        torch.manual_seed(seed + 1)
+    with seeded_global_rng(seed + 1, device):  # dropout draws from a seeded, checkpointed stream
         if first > 0:
             torch.set_rng_state(state["torch_rng"])
             if device.type == "cuda" and state.get("cuda_rng") is not None:
