@@ -80,7 +80,7 @@ def posterior_specs(size: int, quick: bool, steps: int | None, samples: int | No
     lin = {"iterations": steps, "lr": 0.05, "solver": "scalable" if scalable else "exact"}
     if scalable:
         lin.update(variance="auto", num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
-                   num_samples=samples, sample_batch=8, sample_cg_rtol=1e-2, dtype="float32")
+                   num_samples=samples, sample_batch="auto", sample_cg_rtol=1e-2, dtype="float32")
     return {
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
         "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},

@@ -386,3 +386,44 @@ def test_one_factorisation_per_image_for_a_forward_and_backward_pass(monkeypatch
     x.requires_grad_()
     op(x).pow(2).sum().backward()
     assert count["n"] == 6 and torch.isfinite(x.grad).all()
+
+
+def _same_on(device: str) -> None:
+    """Forward, reverse and forward mode, Gauss-Newton, DIP and lin-DIP on ``device`` tensors agree
+    with the CPU run (the FEM solve itself runs on the CPU in float64)."""
+    from invprior.posterior.linearized_laplace import LinearizedLaplace
+    op = EIT(size=16, h=0.2, electrodes=8, parametrization="exp")
+    x = 0.1 * torch.randn(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v = torch.randn_like(x[:1])
+    outputs = {}
+    for where in ("cpu", device):
+        xd = x.to(where).detach().clone().requires_grad_()
+        y = op(xd)
+        y.pow(2).sum().backward()
+        _, tangent = torch.func.jvp(op, (x[:1].to(where),), (v.to(where),))
+        assert y.device.type == xd.grad.device.type == tangent.device.type == torch.device(where).type
+        outputs[where] = [t.detach().cpu() for t in (y, xd.grad, tangent)]
+    for ours, reference in zip(outputs[device], outputs["cpu"]):
+        assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-14)
+
+    problem = inclusion_problem(op, [(0.3, 0.2, 0.35, 3.0)], noise=GaussianNoise(relative=0.01), seed=1)
+    problem = problem.to(dtype=torch.float64)
+    images = {}
+    for where in ("cpu", device):
+        moved = problem.to(device=where)
+        gn = GaussNewton(iterations=3).reconstruct(moved, progress=False)
+        dip = DIP(generator_params={"preset": "small", "channels": 8}, lr=1e-2, stopping="fixed",
+                  stopping_params={"iterations": 100}, max_iterations=100, log_every=50, seed=0).reconstruct(moved, progress=False)
+        lin = LinearizedLaplace(solver="exact", iterations=5, lr=0.05, variance="auto", progress=False).fit(dip, moved)
+        assert gn.image.device.type == dip.image.device.type == lin.std.device.type == torch.device(where).type
+        assert dip.trace["residual"][-1] < dip.trace["residual"][0]
+        images[where] = [gn.image.cpu(), dip.image.cpu(), lin.std.cpu()]
+    assert torch.allclose(images[device][0], images["cpu"][0], rtol=1e-8, atol=1e-10)  # same arithmetic
+    # DIP and lin-DIP: cuDNN convolutions round differently, so the runs agree to a few per cent
+    for ours, reference in zip(images[device][1:], images["cpu"][1:]):
+        assert float((ours - reference).norm() / reference.norm()) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors():
+    _same_on("cuda")

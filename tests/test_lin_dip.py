@@ -586,3 +586,12 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     assert not torch.allclose(fixed.prior.log_variance, post.prior.log_variance)
     with pytest.raises(ConfigError):
         LinearizedLaplace(variance="big")
+
+
+def test_sample_batch_auto_is_8_on_a_cpu_and_32_on_a_gpu():
+    post = LinearizedLaplace()
+    assert post._batch(torch.device("cpu")) == 8 and post._batch(torch.device("cuda")) == 32
+    assert LinearizedLaplace(sample_batch=5)._batch(torch.device("cuda")) == 5
+    for bad in ("big", 0, 2.5):
+        with pytest.raises(ConfigError, match="sample_batch"):
+            LinearizedLaplace(sample_batch=bad)

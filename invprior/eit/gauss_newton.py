@@ -5,7 +5,8 @@ Each step solves ``(J^T J + lam R) d = J^T r - lam R x`` with ``r = y - A(x)``, 
 sqrt((Dx)^2 + eps^2))`` for TV by lagged diffusivity), then backtracks on
 ``||r||^2 + lam P(x)`` (``P = ||Dx||^2`` or ``2 sum sqrt((Dx)^2 + eps^2)``). ``lam = weight tr(J^T J) /
 tr(D^T D)`` at the start, so ``weight`` does not depend on the scale of the data. ``OneStepGN`` is the classical linearised difference-imaging
-baseline: one step from the background, against a reference measurement when one is given.
+baseline: one step from the background, against a reference measurement when one is given. Both
+work in float64 on the CPU (dense Jacobian) and return the image on the problem's device and dtype.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class GaussNewton(Method):
         residual = (y - operator(x)).ravel().numpy()
         self._log(trace, steps, float(residual @ residual) + lam * self._penalty(x.ravel().numpy(), difference, gram)[0],
                   float(np.linalg.norm(residual)), x, problem)
-        return Reconstruction(x.to(problem.y.dtype), self.name, params={"weight": self.weight, "lambda": lam,
+        return Reconstruction(x.to(problem.y), self.name, params={"weight": self.weight, "lambda": lam,
                                                                          "prior": self.prior},
                               trace=trace, iterations=steps, stop_reason=reason,
                               wall_time=time.perf_counter() - start)
@@ -178,7 +179,7 @@ class OneStepGN(GaussNewton):
         trace = {"iteration": [1], **{k: [v] for k, v in quality(x.to(problem.y.dtype), problem).items()}}
         if not math.isfinite(float(x.abs().max())):
             raise ConfigError(f"{self.name}: the step is not finite (raise weight)")
-        return Reconstruction(x.to(problem.y.dtype), self.name, params={"weight": self.weight, "lambda": lam,
+        return Reconstruction(x.to(problem.y), self.name, params={"weight": self.weight, "lambda": lam,
                                                                          "prior": self.prior},
                               trace=trace, iterations=1, stop_reason="one step",
                               wall_time=time.perf_counter() - start)

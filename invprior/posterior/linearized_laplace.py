@@ -52,7 +52,8 @@ class LinearizedLaplace(PosteriorApproximation):
     ``solver="exact"`` forms ``J`` and ``K`` densely (Cholesky; images up to ``max_pixels``);
     ``"scalable"`` is matrix-free: Hutchinson gradients with ``num_probes`` probes, CG preconditioned by a
     rank-``preconditioner_rank`` Nystrom approximation refreshed every ``precondition_every`` steps, and
-    ``num_samples`` Matheron samples for the pixel-wise std (CG to ``cg_rtol`` for gradients, to
+    ``num_samples`` Matheron samples for the pixel-wise std, ``sample_batch`` vectors per batch of products
+    (``"auto"``: 8 on a CPU, 32 on a GPU) (CG to ``cg_rtol`` for gradients, to
     ``sample_cg_rtol`` for samples; any miss is reported by a ``RuntimeWarning``, and ``cg_summary`` keeps
     the iteration counts per phase); ``"auto"`` picks exact up to ``max_pixels``. ``refresh_for_samples``
     recomputes the preconditioner at the fitted hyperparameters before sampling: ``preconditioner_rank``
@@ -73,7 +74,7 @@ class LinearizedLaplace(PosteriorApproximation):
                  parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
                  preconditioner_rank: int = 1000, precondition_every: int = 100, refresh_for_samples: bool = True,
-                 num_samples: int = 1000, sample_batch: int = 8,
+                 num_samples: int = 1000, sample_batch: int | str = "auto",
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4, seed: int = 0,
                  progress: bool = True) -> None:
         if solver not in SOLVERS:
@@ -101,7 +102,8 @@ class LinearizedLaplace(PosteriorApproximation):
         self.precondition_every = positive_int(precondition_every, "LinearizedLaplace: precondition_every")
         self.refresh_for_samples = bool(refresh_for_samples)
         self.num_samples = positive_int(num_samples, "LinearizedLaplace: num_samples")
-        self.sample_batch = positive_int(sample_batch, "LinearizedLaplace: sample_batch")
+        self.sample_batch = sample_batch if sample_batch == "auto" else positive_int(sample_batch,
+                                                                                      "LinearizedLaplace: sample_batch")
         self.tv_rate = None if tv_rate is None else real(tv_rate, "LinearizedLaplace: tv_rate", minimum=0.0, strict=True)
         self.tv_samples = positive_int(tv_samples, "LinearizedLaplace: tv_samples")
         self.seed, self.progress = int(seed), bool(progress)
@@ -158,7 +160,7 @@ class LinearizedLaplace(PosteriorApproximation):
             sketch = lin if dtype == torch.float32 else Linearization(
                 copy.deepcopy(network).float(), z.float(), self.parameters, self.pre_sigmoid)
             model = LinearModel(lin, tangent, prior, torch.zeros((), dtype=torch.float64), self.cg_iterations,
-                                self.cg_rtol, chunk=self.sample_batch, sketch=sketch)
+                                self.cg_rtol, chunk=self._batch(x_star.device), sketch=sketch)
             model_forward, images, pull = model.forward, model.images, model.transpose
         with torch.no_grad():
             # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
@@ -241,9 +243,16 @@ class LinearizedLaplace(PosteriorApproximation):
             energy = float(residual.double().pow(2).sum())
             prior.log_variance += math.log(max(energy - m * noise_variance, 0.01 * energy) / max(trace, 1e-300))
 
+    def _batch(self, device: torch.device) -> int:
+        """Vectors per batch of products: ``sample_batch``, or for ``"auto"`` 8 on a CPU and 32 on a GPU."""
+        if self.sample_batch != "auto":
+            return self.sample_batch
+        return 8 if device.type == "cpu" else 32
+
     def _matheron(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` Matheron samples ``x* + J (theta_s - theta*)``, drawn in batches of ``sample_batch``."""
-        batches = [min(self.sample_batch, n - start) for start in range(0, n, self.sample_batch)]
+        batch = self._batch(self._mean.device)
+        batches = [min(batch, n - start) for start in range(0, n, batch)]
         draws = [self._model.matheron_samples(size, generator, self.sample_cg_rtol)
                  for size in tqdm(batches, desc="lin-DIP samples", disable=not self.progress, leave=False)]
         self.cg_summary["samples"] = self._model.take_reports("LinearizedLaplace (Matheron samples)")
