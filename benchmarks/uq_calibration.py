@@ -72,14 +72,13 @@ def dip_params(size: int) -> dict:
             "max_iterations": 2000 if size <= 32 else 3000}
 
 
-def posterior_specs(size: int, quick: bool, steps: int | None, samples: int | None) -> dict[str, dict]:
+def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, samples: int | None) -> dict[str, dict]:
     """Registry name and parameters per method; the scalable lin-DIP path above 32x32 pixels."""
     scalable = size * size > 1024
-    steps = steps or (20 if quick else (300 if not scalable else 100))
     samples = samples or (64 if quick else 1000)
-    lin = {"iterations": steps, "lr": 0.05, "solver": "scalable" if scalable else "exact"}
+    lin = {"iterations": steps, "lr": 0.05, "variance": variance, "solver": "scalable" if scalable else "exact"}
     if scalable:
-        lin.update(variance="auto", num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
+        lin.update(num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
                    num_samples=samples, sample_batch="auto", sample_cg_rtol=1e-2, dtype="float32")
     return {
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
@@ -110,7 +109,7 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
     dip = build_method(config.method, "method").reconstruct(problem, progress=False)
     psnr = float(-10 * torch.log10(((dip.image - problem.x_true) ** 2).mean() / problem.x_true.max() ** 2))
     rows = []
-    specs = posterior_specs(size, quick, args.steps, args.samples)
+    specs = posterior_specs(size, quick, args.steps, args.variance, args.samples)
     for method in todo:
         spec = ComponentSpec(specs[method]["name"], specs[method]["params"])
         posterior = build_posterior(spec, progress=False, seed=seed)
@@ -167,7 +166,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("uq_calibration.jsonl"))
     parser.add_argument("--table", type=Path, help="also write the Markdown table here")
     parser.add_argument("--quick", action="store_true", help="a few steps and samples: checks the script runs")
-    parser.add_argument("--steps", type=int, help="lin-DIP type-II steps (default 300 exact, 100 scalable)")
+    parser.add_argument("--steps", type=int, default=20, help="lin-DIP type-II Adam steps (default 20)")
+    parser.add_argument("--variance", type=lambda v: v if v == "auto" else float(v), default="auto",
+                        help="lin-DIP's starting prior variance: 'auto' (default) or a number")
     parser.add_argument("--samples", type=int, help="posterior samples (default 1000)")
     args = parser.parse_args()
     rows = read_rows(args.out)
