@@ -1,4 +1,5 @@
-"""Atomic result files: written to a temporary file in the same folder, then renamed."""
+"""Atomic result files: written to a temporary file in the same folder, then renamed; and an
+exclusive lock for processes that would produce the same file."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks
+    fcntl = None  # type: ignore[assignment]
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -29,6 +36,22 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (POSIX ``flock``) on ``path`` + ``.lock`` for the block, so that
+    processes (or threads) about to produce the same file take turns; a no-op where ``flock`` is missing."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _strict(value: Any) -> Any:

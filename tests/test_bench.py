@@ -125,3 +125,22 @@ def test_summary_shows_posterior_calibration_when_runs_fitted_one():
     assert lines[7].endswith("| tv | 1 | 21.00 | 0.50 | - | - | 1.00 |")
     plain = summary_markdown([records[2]], "plain").splitlines()
     assert "LL p=1" not in plain[4]
+
+
+def test_metric_figure_with_one_noise_level_shows_means_and_standard_errors(tmp_path, monkeypatch):
+    """With a single noise level the figure is one dot per method (sorted by mean) with its standard
+    error over seeds, not a line plot of single points."""
+    import invprior.figures as figures
+    from invprior.bench.report import metric_figure
+    captured = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: captured.append(fig) or path)
+    records = [{"status": "ok", "label": label, "problem.operator": "op", "problem.image": "img", "setting": "abcdef0",
+                "problem.noise.relative": 0.05, "psnr": value}
+               for label, values in (("A", [30.0, 32.0]), ("B", [25.0, 26.0, 27.0])) for value in values]
+    assert metric_figure(records, tmp_path / "psnr.png", "tiny") == tmp_path / "psnr.png"
+    ax = captured[0].axes[0]
+    means = list(ax.lines[0].get_xdata())
+    assert means == pytest.approx([26.0, 31.0])                        # B first: sorted by mean
+    assert [t.get_text().split(" ")[0] for t in ax.get_yticklabels()] == ["B", "A"]
+    caps = sorted(x for line in ax.lines[1:] for x in line.get_xdata())   # error bar caps at mean -+ s.e.
+    assert caps == pytest.approx(sorted([26 - 1 / 3 ** 0.5, 26 + 1 / 3 ** 0.5, 30.0, 32.0]))

@@ -284,6 +284,36 @@ def test_edip_pretrains_once_from_a_config_then_reuses_the_file(tmp_path, monkey
         run(parse_config(raw), progress=False)
 
 
+def test_concurrent_runs_sharing_a_model_file_pretrain_it_once(tmp_path, monkeypatch):
+    """Two runs (threads here, processes in a benchmark suite) that both find no model file take turns
+    under the file's lock: one pretrains and saves, the other loads the saved model."""
+    import threading
+
+    import invprior.methods.edip as edip_module
+    calls = []
+    real_pretrain = edip_module.pretrain
+
+    def counted(*args, **kwargs):
+        calls.append(threading.get_ident())
+        return real_pretrain(*args, **kwargs)
+    monkeypatch.setattr(edip_module, "pretrain", counted)
+    problem = _problem(_ct(size=16, angles=5))
+    settings = {"count": 16, "validation_count": 4, "epochs": 1, "batch_size": 8,
+                "generator_params": {"preset": "small", "channels": 8}}
+    models = [None, None]
+
+    def prepare(slot: int) -> None:
+        models[slot] = EDIP(pretrained=tmp_path / "shared.pt", pretrain=settings).prepare(problem, progress=False)
+    threads = [threading.Thread(target=prepare, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and all(model is not None for model in models)
+    first, second = (m.generator.state_dict() for m in models)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_edip_argument_errors(tmp_path):
     with pytest.raises(ConfigError, match="give 'pretrained'"):
         EDIP()

@@ -43,12 +43,17 @@ def write_table(records: list[dict[str, Any]], out: Path) -> list[Path]:
     return paths
 
 
-def _mean_se(values: list[float]) -> str:
+def _mean_and_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error ``s / sqrt(n)`` (``None`` for a single value)."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mean:.2f}"
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-    return f"{mean:.2f} +- {se:.2f}"
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def _mean_se(values: list[float]) -> str:
+    mean, se = _mean_and_se(values)
+    return f"{mean:.2f}" if se is None else f"{mean:.2f} +- {se:.2f}"
 
 
 #: Posterior columns of the summary, shown when any run fitted a posterior: (header, record key).
@@ -91,7 +96,8 @@ METRIC_FIGURES = (("psnr.png", "psnr", "PSNR (dB)"),
 def metric_figure(records: list[dict[str, Any]], path: Path, name: str, key: str = "psnr",
                   label: str = "PSNR (dB)") -> Path | None:
     """Mean of ``key`` over seeds against the relative noise level, one line per method and problem
-    (operator, image, setting hash); ``None`` when no finished run has ``key``."""
+    (operator, image, setting hash); with a single noise level, one dot per method and problem with
+    its standard error instead. ``None`` when no finished run has ``key``."""
     from invprior.figures import new_figure, save_figure
 
     curves: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -102,19 +108,32 @@ def metric_figure(records: list[dict[str, Any]], path: Path, name: str, key: str
     if not curves:
         return None
     fig = new_figure()
-    fig.set_size_inches(6.0, 4.0)
     ax = fig.subplots()
-    for curve, points in sorted(curves.items()):
-        levels = sorted(points)
-        ax.plot([100 * v for v in levels], [sum(points[v]) / len(points[v]) for v in levels], "o-", lw=1.2,
-                label=curve)
-    if key == "posterior_coverage_95":
-        ax.axhline(0.95, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("relative noise (%)")
-    ax.set_ylabel(f"{label}, mean over seeds")
+    levels = {level for points in curves.values() for level in points}
+    if len(levels) == 1:  # one noise level: a dot per method and problem with its standard error, sorted
+        level = levels.pop()
+        names = sorted(curves, key=lambda c: _mean_and_se(curves[c][level])[0])
+        stats = [_mean_and_se(curves[c][level]) for c in names]
+        fig.set_size_inches(6.5, 1.2 + 0.28 * len(names))
+        ax.errorbar([m for m, _ in stats], range(len(names)), xerr=[se or 0.0 for _, se in stats], fmt="o",
+                    capsize=3, lw=1.2)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel(f"{label}, mean +- s.e. over seeds (noise {100 * level:g} %)")
+        if key == "posterior_coverage_95":
+            ax.axvline(0.95, color="k", ls="--", lw=0.8)
+    else:
+        fig.set_size_inches(6.0, 4.0)
+        for curve, points in sorted(curves.items()):
+            ordered = sorted(points)
+            ax.plot([100 * v for v in ordered], [sum(points[v]) / len(points[v]) for v in ordered], "o-", lw=1.2,
+                    label=curve)
+        if key == "posterior_coverage_95":
+            ax.axhline(0.95, color="k", ls="--", lw=0.8)
+        ax.set_xlabel("relative noise (%)")
+        ax.set_ylabel(f"{label}, mean over seeds")
+        ax.legend(fontsize=7)
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 

@@ -17,6 +17,7 @@ from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.data.synthetic import SyntheticPairs
 from invprior.errors import ConfigError
+from invprior.io import exclusive
 from invprior.methods.dip import DIP
 from invprior.methods.pretrain import pretrain
 from invprior.methods.pretrained import Pretrained, check_compatible, load_pretrained, problem_noise_level
@@ -65,14 +66,19 @@ class EDIP(DIP):
                             "pretrain": self.pretrain_settings})
 
     def prepare(self, problem: InverseProblem, progress: bool = True) -> Pretrained:
-        """The pretrained model for ``problem``: loaded from ``pretrained``, else trained (and saved)."""
-        if self.pretrained is not None and self.pretrained.exists():
-            model = load_pretrained(self.pretrained)
-        elif self.pretrain_settings is not None:
+        """The pretrained model for ``problem``: loaded from ``pretrained``, else trained (and saved there,
+        under a lock on the file so that concurrent runs pretrain it once)."""
+        if self.pretrained is None:
             model = self._pretrain(problem, progress)
         else:
-            raise ConfigError(f"edip: pretrained model {self.pretrained} does not exist and no 'pretrain' settings "
-                              "were given to train it")
+            with exclusive(self.pretrained):  # runs sharing the file take turns: the first trains, the rest load
+                if self.pretrained.exists():
+                    model = load_pretrained(self.pretrained)
+                elif self.pretrain_settings is not None:
+                    model = self._pretrain(problem, progress)
+                else:
+                    raise ConfigError(f"edip: pretrained model {self.pretrained} does not exist and no 'pretrain' "
+                                      "settings were given to train it")
         check_compatible(model, problem, self.noise_tolerance)
         return model
 
