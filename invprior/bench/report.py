@@ -112,8 +112,9 @@ def metric_figure(records: list[dict[str, Any]], path: Path, name: str, key: str
     levels = {level for points in curves.values() for level in points}
     if len(levels) == 1:  # one noise level: a dot per method and problem with its standard error, sorted
         level = levels.pop()
-        names = sorted(curves, key=lambda c: _mean_and_se(curves[c][level])[0])
-        stats = [_mean_and_se(curves[c][level]) for c in names]
+        summary = {c: _mean_and_se(points[level]) for c, points in curves.items()}
+        names = sorted(summary, key=lambda c: summary[c][0])
+        stats = [summary[c] for c in names]
         fig.set_size_inches(6.5, 1.2 + 0.28 * len(names))
         ax.errorbar([m for m, _ in stats], range(len(names)), xerr=[se or 0.0 for _, se in stats], fmt="o",
                     capsize=3, lw=1.2)

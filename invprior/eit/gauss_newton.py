@@ -176,10 +176,10 @@ class OneStepGN(GaussNewton):
         lam = self._lambda(jac, difference)
         change = np.linalg.solve(jac.T @ jac + lam * reg.toarray(), jac.T @ (y - reference).ravel().numpy())
         x = (x0.ravel() + torch.from_numpy(change)).view_as(x0)
-        trace = {"iteration": [1], **{k: [v] for k, v in quality(x.to(problem.y.dtype), problem).items()}}
         if not math.isfinite(float(x.abs().max())):
             raise ConfigError(f"{self.name}: the step is not finite (raise weight)")
-        return Reconstruction(x.to(problem.y), self.name, params={"weight": self.weight, "lambda": lam,
-                                                                         "prior": self.prior},
+        image = x.to(problem.y)
+        trace = {"iteration": [1], **{k: [v] for k, v in quality(image, problem).items()}}
+        return Reconstruction(image, self.name, params={"weight": self.weight, "lambda": lam, "prior": self.prior},
                               trace=trace, iterations=1, stop_reason="one step",
                               wall_time=time.perf_counter() - start)
