@@ -323,6 +323,7 @@ def test_edip_argument_errors(tmp_path):
         EDIP(pretrain={"epoch": 3})
     with pytest.raises(ConfigError, match="does not exist"):
         EDIP(pretrained=tmp_path / "missing.pt").reconstruct(_problem(_ct(size=16, angles=5)), progress=False)
+    assert list(tmp_path.iterdir()) == []     # nothing to train, so no lock file either
 
 
 # -- measures and figures ---------------------------------------------------------------------------

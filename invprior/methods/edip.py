@@ -70,15 +70,15 @@ class EDIP(DIP):
         under a lock on the file so that concurrent runs pretrain it once)."""
         if self.pretrained is None:
             model = self._pretrain(problem, progress)
+        elif self.pretrain_settings is None:
+            if not self.pretrained.exists():
+                raise ConfigError(f"edip: pretrained model {self.pretrained} does not exist and no 'pretrain' "
+                                  "settings were given to train it")
+            model = load_pretrained(self.pretrained)
         else:
             with exclusive(self.pretrained):  # runs sharing the file take turns: the first trains, the rest load
-                if self.pretrained.exists():
-                    model = load_pretrained(self.pretrained)
-                elif self.pretrain_settings is not None:
-                    model = self._pretrain(problem, progress)
-                else:
-                    raise ConfigError(f"edip: pretrained model {self.pretrained} does not exist and no 'pretrain' "
-                                      "settings were given to train it")
+                model = load_pretrained(self.pretrained) if self.pretrained.exists() else self._pretrain(problem,
+                                                                                                          progress)
         check_compatible(model, problem, self.noise_tolerance)
         return model
 
