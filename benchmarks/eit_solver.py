@@ -14,10 +14,11 @@ differences do not depend on the grounding), and the wall time (best of ``--repe
   with the stored factorisation),
 
 with ratios pyEIT / invprior. pyEIT is optional: ``pip install pyeit``. With ``--figure`` it also
-writes docs/figures/eit_inclusions.png (mesh, truth, Gauss-Newton and DIP on examples/eit_dip.toml).
+writes docs/figures/eit_inclusions.png (mesh, truth, Gauss-Newton, DIP and the mesh-free method on the
+problem of examples/eit_dip.toml and examples/eit_mesh_free.toml).
 
     python benchmarks/eit_solver.py
-    python benchmarks/eit_solver.py --sizes 0.1 --repeat 1 --figure
+    python benchmarks/eit_solver.py --meshes 1k --repeat 1 --figure
 """
 
 from __future__ import annotations
@@ -127,11 +128,15 @@ def figure(path: Path) -> None:
     raw = tomllib.loads(Path("examples/eit_dip.toml").read_text())
     config = parse_config(raw)
     problem = build_problem(config.problem, config.seed, dtype=torch.float64)
+    mesh_free = parse_config(tomllib.loads(Path("examples/eit_mesh_free.toml").read_text())).method
     gn = build_method(config.baseline, "baseline").reconstruct(problem, progress=False)
     dip = build_method(config.method, "method").reconstruct(problem, progress=False)
+    free = build_method(mesh_free, "method").reconstruct(problem, progress=False)
     from invprior.metrics import psnr
     panels = [("truth", problem.x_true)] + [(f"{r.method} ({float(psnr(r.image, problem.x_true)):.1f} dB)", r.image)
-                                            for r in (gn, dip)]
+                                            for r in (gn, dip, free)]
+    for r in (gn, dip, free):
+        print(f"{r.method}: {float(psnr(r.image, problem.x_true)):.2f} dB, {r.wall_time:.1f} s, {r.iterations} iterations")
     eit_figure(path, problem.operator, panels, title="EIT, 16 electrodes (CEM), 1 % noise, examples/eit_dip.toml")
     print(f"wrote {path}")
 

@@ -29,8 +29,8 @@ DEMO = {
         "stopping_params": {"window": 100, "patience": 1000}, "lr": 1e-3, "max_iterations": 3000, "log_every": 10}},
     "posterior": {"name": "linearized_laplace", "params": {
         "solver": "scalable", "variance": "auto", "iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 50,
-        "preconditioner_rank": 1200, "num_samples": 1000, "sample_batch": "auto", "sample_cg_rtol": 1e-2,
-        "dtype": "float32"}},
+        "cg_rtol": 3e-2, "preconditioner_rank": 1200, "num_samples": 1000, "sample_batch": "auto",
+        "sample_cg_rtol": 3e-2, "dtype": "float32"}},
 }
 QUICK = {"size": 64}
 

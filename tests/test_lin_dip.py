@@ -246,18 +246,23 @@ def test_preconditioned_cg_solves_ill_conditioned_systems_in_fewer_iterations():
 
 # -- 3. the Nystrom preconditioner of LinearModel ---------------------------------------------
 
-def test_full_rank_nystrom_preconditioner_whitens_k(fitted):
+def _small_model(fitted, noise: float = 1e-3) -> tuple[LinearModel, Linearization, MaternBlockPrior]:
+    """``LinearModel`` of the fitted 6x6 CT network with a Matern prior (variance 1, lengthscale 0.5)."""
     problem, result = fitted
     lin = _linearization(result)
     prior = MaternBlockPrior(lin.shapes, variance=1.0, lengthscale=0.5)
+    return LinearModel(lin, problem.operator, prior, torch.tensor(math.log(noise), dtype=F64)), lin, prior
+
+
+def test_full_rank_nystrom_preconditioner_whitens_k(fitted):
     noise = 1e-3
-    model = LinearModel(lin, problem.operator, prior, torch.tensor(math.log(noise), dtype=F64))
+    model, lin, prior = _small_model(fitted, noise)
     m = model.size
     assert m == 44
     eye = torch.eye(m, dtype=F64)
     with torch.no_grad():
         k = model.k_apply(eye)
-    aj = dense_operator(problem.operator) @ lin.jacobian()
+    aj = dense_operator(fitted[0].operator) @ lin.jacobian()
     dense_k = aj @ prior.dense().detach() @ aj.T + noise * eye
     assert torch.allclose(k, dense_k, rtol=1e-9, atol=1e-9 * dense_k.abs().max().item())
     assert torch.linalg.cond(k).item() > 1e4  # preconditioning has work to do
@@ -268,6 +273,25 @@ def test_full_rank_nystrom_preconditioner_whitens_k(fitted):
     # the same preconditioner at a low rank is not a whitener (the check above can fail)
     model.refresh_preconditioner(m // 4, _gen(0))
     assert (model.precondition(k) - noise * eye).abs().max().item() > 0.1 * noise
+
+
+def test_refresh_at_new_hyperparameters_reuses_the_pullbacks_and_whitens_the_new_k(fitted):
+    noise = 1e-3
+    model, _, prior = _small_model(fitted, noise)
+    m, eye = model.size, torch.eye(model.size, dtype=F64)
+    model.refresh_preconditioner(m, _gen(0))
+    with torch.no_grad():
+        prior.log_variance += torch.linspace(-1.0, 2.0, len(prior.log_variance), dtype=F64)
+        prior.log_lengthscale -= 0.7
+        k_new = model.k_apply(eye)
+    pullbacks = []
+    model.transpose = lambda u, lin=None: pullbacks.append(u) or LinearModel.transpose(model, u, lin)
+    model.refresh_preconditioner(m, _gen(1))   # same rank: J^T A^T Q is kept, only jvps are computed
+    assert pullbacks == []
+    assert torch.allclose(model.precondition(k_new), noise * eye, atol=1e-7 * noise)  # a sketch of the new K
+    model.release_sketch()
+    model.refresh_preconditioner(m, _gen(1))   # after release the next refresh pulls back again
+    assert len(pullbacks) == 1 and pullbacks[0].shape == (m, m)
 
 
 # -- 4. scalable vs exact ---------------------------------------------------------------------
@@ -575,7 +599,7 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     problem, result = fitted
     post = LinearizedLaplace(solver="exact", variance="auto", **FROZEN).fit(result, problem)
     lin = _linearization(result)
-    aj = dense_operator(problem.operator) @ lin.jacobian()
+    aj = dense_operator(fitted[0].operator) @ lin.jacobian()
     theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
     residual = problem.y.double().flatten() - dense_operator(problem.operator) @ lin.output.flatten() + aj @ theta_star
     m = residual.numel()

@@ -225,6 +225,7 @@ class LinearizedLaplace(PosteriorApproximation):
             model.log_noise = log_noise
             if self.refresh_for_samples:  # at the fitted hyperparameters: fewer CG iterations for every sample
                 model.refresh_preconditioner(self.preconditioner_rank, generator)
+            model.release_sketch()
             self._model = model
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start

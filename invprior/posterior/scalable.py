@@ -29,22 +29,25 @@ def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor
     return torch.cat([apply(part) for part in v.split(chunk)])
 
 
-@torch.no_grad()
-def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
-            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Randomised Nystrom approximation ``M ~ U diag(lam) U^T`` of a PSD map on row vectors ``(b, size)``.
+def orthonormal_test_matrix(size: int, rank: int, generator: torch.Generator,
+                            device: torch.device | str = "cpu") -> Tensor:
+    """A random ``(size, min(rank, size))`` matrix with orthonormal columns (QR of a Gaussian), float64."""
+    omega = torch.randn(size, min(rank, size), generator=generator, dtype=torch.float64).to(device)
+    return torch.linalg.qr(omega).Q
 
-    Stabilised with a small shift (Tropp et al. 2017): ``Y = M Q``, ``C = Q^T (Y + nu Q) = V D V^T``,
-    ``B = (Y + nu Q) V D^{-1/2}`` over the positive part of ``D``, ``U S W^T = B``, ``lam = max(S^2 - nu, 0)``.
-    The algebra runs in float64 whatever ``dtype`` the products of ``apply`` use, so ``nu`` is float64-sized
-    (a float32-sized shift would distort every eigenvalue below ``~ sqrt(size) eps_32 ||Y||``, i.e. the
-    tail that matters for preconditioning) and rounding noise in ``Y`` is absorbed by dropping
-    non-positive ``D``. Returns ``U`` as ``(r, size)`` rows and ``lam`` (``r <= rank``).
+
+@torch.no_grad()
+def nystrom_from_sketch(q: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Randomised Nystrom approximation ``M ~ U diag(lam) U^T`` from a test matrix ``q`` with orthonormal
+    columns ``(size, r)`` and its image ``y = M q`` (float64).
+
+    Stabilised with a small shift (Tropp et al. 2017): ``C = q^T (y + nu q) = V D V^T``,
+    ``B = (y + nu q) V D^{-1/2}`` over the positive part of ``D``, ``U S W^T = B``, ``lam = max(S^2 - nu, 0)``.
+    ``nu`` is float64-sized whatever dtype ``y`` was computed in (a float32-sized shift would distort every
+    eigenvalue below ``~ sqrt(size) eps_32 ||y||``, i.e. the tail that matters for preconditioning); rounding
+    noise in ``y`` is absorbed by dropping non-positive ``D``. Returns ``U`` as ``(r', size)`` rows and ``lam``.
     """
-    rank = min(rank, size)
-    omega = torch.randn(size, rank, generator=generator, dtype=torch.float64).to(device)
-    q = torch.linalg.qr(omega).Q                                       # (size, rank)
-    y = apply(q.T.to(dtype)).double().T                                # (size, rank)
+    size = q.shape[0]
     nu = math.sqrt(size) * torch.finfo(torch.float64).eps * float(y.norm())
     y_nu = y + nu * q
     core = q.T @ y_nu
@@ -53,6 +56,15 @@ def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: 
     b = (y_nu @ v[:, keep]) / d[keep].sqrt()
     u, s, _ = torch.linalg.svd(b, full_matrices=False)
     return u.T.contiguous(), (s ** 2 - nu).clamp_min(0.0)
+
+
+@torch.no_grad()
+def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
+            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """``nystrom_from_sketch`` for a PSD map ``apply`` on row vectors ``(b, size)`` whose products run in
+    ``dtype``, with a fresh random test matrix of ``rank`` columns. Returns ``U`` ``(r, size)`` and ``lam``."""
+    q = orthonormal_test_matrix(size, rank, generator, device)
+    return nystrom_from_sketch(q, apply(q.T.to(dtype)).double().T)
 
 
 class LinearModel:
@@ -73,6 +85,8 @@ class LinearModel:
         self.reports: list[CGInfo] = []
         self._basis: Tensor | None = None
         self._eigenvalues: Tensor | None = None
+        self._test: Tensor | None = None
+        self._pulled: Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -107,12 +121,22 @@ class LinearModel:
     # -- preconditioned solves ---------------------------------------------------------
     def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
         """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current
-        hyperparameters, with the products of ``sketch``."""
+        hyperparameters, with the products of ``sketch``.
+
+        ``Z = J^T A^T Q`` of the random test matrix ``Q`` does not depend on the hyperparameters, so it is
+        kept (``rank x P`` numbers) and a later refresh at the same rank costs one jvp per column instead of
+        a vjp and a jvp; ``release_sketch`` frees it."""
         sketch = self.sketch
         with torch.no_grad():
-            self._basis, self._eigenvalues = nystrom(
-                lambda v: self.forward(self.prior.apply(self.transpose(v, sketch)), sketch),
-                self.size, rank, generator, sketch.output.dtype, sketch.output.device)
+            if self._test is None or self._test.shape[1] != min(rank, self.size):
+                self._test = orthonormal_test_matrix(self.size, rank, generator, sketch.output.device)
+                self._pulled = self.transpose(self._test.T.to(sketch.output.dtype), sketch)
+            y = _chunked(lambda part: self.forward(self.prior.apply(part), sketch), self._pulled, self.chunk)
+            self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
+
+    def release_sketch(self) -> None:
+        """Forget the kept ``J^T A^T Q`` of the preconditioner's test matrix (memory); the preconditioner stays."""
+        self._test, self._pulled = None, None
 
     def precondition(self, v: Tensor) -> Tensor:
         """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
