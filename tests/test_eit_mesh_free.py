@@ -93,3 +93,6 @@ def test_inclusion_is_located_with_the_right_sign(inclusion):
     truth = problem.x_true[0, 0].double()
     assert float(torch.corrcoef(torch.stack([image.flatten(), truth.flatten()]))[0, 1]) > 0.4
     assert result.trace["data_misfit"][-1] < 0.2 * result.trace["data_misfit"][0]
+    # every logged quantity is logged at every logged step, the final state included (for the report figures)
+    assert result.trace["iteration"][-1] == 400
+    assert {len(v) for v in result.trace.values()} == {len(result.trace["iteration"])}

@@ -264,20 +264,25 @@ class MeshFreeEIT(Method):
         trace: dict[str, list[float]] = {"iteration": [], "loss": [], "data_misfit": [], "energy": []}
         stop_reason, steps = f"{self.iterations} iterations", self.iterations
         target = None if noise is None else (noise, (noise / float(y.norm())) ** 2)
-        bar = tqdm(range(self.iterations), desc=self.name, disable=not progress, leave=False)
-        for step in bar:
+        bar = tqdm(range(self.iterations + 1), desc=self.name, disable=not progress, leave=False)
+        for step in bar:   # the last pass only evaluates the final state
             terms, misfit = losses()
             growth = self.energy_growth ** (step / max(self.iterations - 1, 1))
             loss = sum(self.weights[k] * v * (growth if k == "energy" else 1.0) for k, v in terms.items())
-            if step % self.log_every == 0 or step == self.iterations - 1:
+            reached = target is not None and float(misfit) <= target[0] and float(terms["energy"]) <= target[1]
+            if step % self.log_every == 0 or step == self.iterations or reached:
                 trace["iteration"].append(step)
                 trace["loss"].append(float(loss.detach()))
                 trace["data_misfit"].append(float(terms["data"].detach()) ** 0.5)
                 trace["energy"].append(float(terms["energy"].detach()))
+                for key, value in quality(self._image(s_net, operator, radius).to(problem.y), problem).items():
+                    trace.setdefault(key, []).append(value)
                 bar.set_postfix(misfit=f"{trace['data_misfit'][-1]:.3g}", energy=f"{trace['energy'][-1]:.3g}")
-            if target is not None and float(misfit) <= target[0] and float(terms["energy"]) <= target[1]:
+            if reached:
                 stop_reason, steps = (f"discrepancy: misfit {float(misfit):.3g} <= tau * noise {target[0]:.3g} "
                                       f"and energy {float(terms['energy']):.3g} <= {target[1]:.3g}"), step
+                break
+            if step == self.iterations:
                 break
             if not torch.isfinite(loss):
                 raise ConfigError(f"{self.name}: the loss became non-finite at step {step + 1} (lower lr)")
@@ -286,8 +291,6 @@ class MeshFreeEIT(Method):
             optimizer.step()
             schedule.step()
         image = self._image(s_net, operator, radius).to(problem.y)
-        for key, value in quality(image, problem).items():
-            trace[key] = [value]
         return Reconstruction(image, self.name, params={"iterations": self.iterations, "lr": self.lr,
                                                         "sigma_lr": self.sigma_lr, "degree": self.degree},
                               trace=trace, iterations=steps, stop_reason=stop_reason,
