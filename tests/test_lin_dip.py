@@ -275,23 +275,44 @@ def test_full_rank_nystrom_preconditioner_whitens_k(fitted):
     assert (model.precondition(k) - noise * eye).abs().max().item() > 0.1 * noise
 
 
+def _change_hyperparameters(prior: MaternBlockPrior) -> None:
+    with torch.no_grad():
+        prior.log_variance += torch.linspace(-1.0, 2.0, len(prior.log_variance), dtype=F64)
+        prior.log_lengthscale -= 0.7
+
+
 def test_refresh_at_new_hyperparameters_reuses_the_pullbacks_and_whitens_the_new_k(fitted):
     noise = 1e-3
     model, _, prior = _small_model(fitted, noise)
     m, eye = model.size, torch.eye(model.size, dtype=F64)
-    model.refresh_preconditioner(m, _gen(0))
+    model.refresh_preconditioner(m, _gen(0), keep=True)
+    _change_hyperparameters(prior)
     with torch.no_grad():
-        prior.log_variance += torch.linspace(-1.0, 2.0, len(prior.log_variance), dtype=F64)
-        prior.log_lengthscale -= 0.7
         k_new = model.k_apply(eye)
     pullbacks = []
     model.transpose = lambda u, lin=None: pullbacks.append(u) or LinearModel.transpose(model, u, lin)
-    model.refresh_preconditioner(m, _gen(1))   # same rank: J^T A^T Q is kept, only jvps are computed
+    model.refresh_preconditioner(m, _gen(1))   # kept: J^T A^T Q is reused, only jvps are computed
     assert pullbacks == []
     assert torch.allclose(model.precondition(k_new), noise * eye, atol=1e-7 * noise)  # a sketch of the new K
-    model.release_sketch()
-    model.refresh_preconditioner(m, _gen(1))   # after release the next refresh pulls back again
+    model.refresh_preconditioner(m, _gen(1))   # the last refresh did not keep it: pulled back again
     assert len(pullbacks) == 1 and pullbacks[0].shape == (m, m)
+
+
+def test_low_rank_refresh_with_kept_pullbacks_equals_a_fresh_sketch_with_the_same_test_matrix(fitted):
+    """At rank m/2 (Nystrom not exact), the reused ``Q``, ``Z`` give the sketch that a new model drawing the
+    same ``Q`` makes from scratch at the new hyperparameters."""
+    reused, _, prior = _small_model(fitted)
+    reused.refresh_preconditioner(reused.size // 2, _gen(0), keep=True)
+    _change_hyperparameters(prior)
+    reused.refresh_preconditioner(reused.size // 2, _gen(7))
+    fresh, _, fresh_prior = _small_model(fitted)
+    _change_hyperparameters(fresh_prior)
+    fresh.refresh_preconditioner(fresh.size // 2, _gen(0))
+    assert torch.allclose(reused._eigenvalues, fresh._eigenvalues, rtol=1e-8)
+    assert torch.allclose((reused._basis.T @ reused._basis), (fresh._basis.T @ fresh._basis), atol=1e-8)
+    stale, _, _ = _small_model(fitted)        # and it differs from the sketch at the old hyperparameters
+    stale.refresh_preconditioner(stale.size // 2, _gen(0))
+    assert not torch.allclose(reused._eigenvalues, stale._eigenvalues, rtol=1e-2)
 
 
 # -- 4. scalable vs exact ---------------------------------------------------------------------
@@ -599,7 +620,7 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     problem, result = fitted
     post = LinearizedLaplace(solver="exact", variance="auto", **FROZEN).fit(result, problem)
     lin = _linearization(result)
-    aj = dense_operator(fitted[0].operator) @ lin.jacobian()
+    aj = dense_operator(problem.operator) @ lin.jacobian()
     theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
     residual = problem.y.double().flatten() - dense_operator(problem.operator) @ lin.output.flatten() + aj @ theta_star
     m = residual.numel()

@@ -18,7 +18,8 @@ electrodes, none between them). ``div(sigma grad v) = 0`` is trained in first-or
 estimated on points drawn afresh every step, plus the CEM condition on each electrode
 (``v + z_l J.n`` constant along electrode ``l``; its mean is the electrode potential ``U_l``), the
 data term ``||Q U - y||^2``, the known conductivity on the boundary (``log sigma = log background``)
-and TV of ``log sigma``. Every term is normalised by its background scale. The networks' derivatives
+and TV of ``log sigma``. The energy, electrode and data terms are normalised by their background
+scales (``int sigma_0 |grad u0|^2``, the largest current over ``sigma_0``, ``||y||^2``). The networks' derivatives
 in ``x`` are forward-mode (``torch.func.jvp``), the harmonics' analytic. The image is
 ``log(sigma / background)`` at the pixel centres, in the operator's parametrisation.
 """
@@ -90,9 +91,12 @@ class MeshFreeEIT(Method):
     the potential and current networks and ``sigma_lr`` for the conductivity network (both halved at 60 %
     and 85 %), with ``interior`` points drawn anew each step (seeded), ``boundary`` points per gap and
     ``quadrature`` fixed midpoints per electrode; ``weights`` overrides the loss weights (keys ``energy``,
-    ``robin``, ``data``, ``known_boundary``, ``tv``). With ``tau > 0`` and a known noise level it stops
-    when the data misfit and the energy both reach the noise (``||Q U - y|| <= tau * noise`` and
-    ``E / E0 <= (tau * noise / ||y||)^2``, the discrepancy principle on both).
+    ``robin``, ``data``, ``known_boundary``, ``tv``) and ``energy_growth`` multiplies the energy weight
+    geometrically up to that factor over the run (1: constant). The three networks are tanh MLPs of
+    ``depth`` hidden layers of ``width``, initialised from ``seed`` with a zero last layer. With ``tau > 0``
+    and a known noise level it stops when the data misfit and the energy both reach the noise
+    (``||Q U - y|| <= tau * noise`` and ``E / E0 <= (tau * noise / ||y||)^2``, the discrepancy principle on
+    both). The trace logs loss, misfit, energy, residual and PSNR every ``log_every`` steps and at the end.
     """
 
     name = "eit_mesh_free"
@@ -185,8 +189,9 @@ class MeshFreeEIT(Method):
             raise ConfigError(f"{self.name}: reconstruct one measurement at a time (problem.select(b))")
         model, dtype = operator.model, torch.float64
         radius, arcs = self._arcs(operator)
-        gaps = [(a0 + length, (arcs[(k + 1) % len(arcs)][0] - a0 - length) % (2 * math.pi))
-                for k, (a0, length) in enumerate(arcs)]
+        around = sorted(arcs)                        # gaps between neighbours on the circle, whatever the numbering
+        gaps = [(a0 + length, (around[(k + 1) % len(around)][0] - a0 - length) % (2 * math.pi))
+                for k, (a0, length) in enumerate(around)]
         currents = torch.from_numpy(model.currents).to(dtype)                      # (L, P)
         measure = torch.from_numpy(model.measurements).to(dtype)                   # (M, L)
         mask = torch.from_numpy(model.mask).to(dtype)                              # (P, M)
@@ -267,7 +272,7 @@ class MeshFreeEIT(Method):
         bar = tqdm(range(self.iterations + 1), desc=self.name, disable=not progress, leave=False)
         for step in bar:   # the last pass only evaluates the final state
             terms, misfit = losses()
-            growth = self.energy_growth ** (step / max(self.iterations - 1, 1))
+            growth = self.energy_growth ** (min(step, self.iterations - 1) / max(self.iterations - 1, 1))
             loss = sum(self.weights[k] * v * (growth if k == "energy" else 1.0) for k, v in terms.items())
             reached = target is not None and float(misfit) <= target[0] and float(terms["energy"]) <= target[1]
             if step % self.log_every == 0 or step == self.iterations or reached:
@@ -291,8 +296,9 @@ class MeshFreeEIT(Method):
             optimizer.step()
             schedule.step()
         image = self._image(s_net, operator, radius).to(problem.y)
-        return Reconstruction(image, self.name, params={"iterations": self.iterations, "lr": self.lr,
-                                                        "sigma_lr": self.sigma_lr, "degree": self.degree},
+        settings = ("iterations", "lr", "sigma_lr", "degree", "width", "depth", "interior", "boundary", "quadrature",
+                    "weights", "energy_growth", "tau", "seed")
+        return Reconstruction(image, self.name, params={key: getattr(self, key) for key in settings},
                               trace=trace, iterations=steps, stop_reason=stop_reason,
                               wall_time=time.perf_counter() - start)
 

@@ -190,8 +190,9 @@ class LinearizedLaplace(PosteriorApproximation):
                 objective = self.log_marginal_likelihood(aj, residual, prior, log_noise)
                 value = float(objective.detach())
             else:
-                if step % self.precondition_every == 0:
-                    model.refresh_preconditioner(self.preconditioner_rank, generator)
+                if step % self.precondition_every == 0:   # keep Z when another refresh will reuse it
+                    again = self.refresh_for_samples or step + self.precondition_every < self.iterations
+                    model.refresh_preconditioner(self.preconditioner_rank, generator, keep=again)
                 probes = (torch.randint(0, 2, (self.num_probes, residual.numel()), generator=generator) * 2 - 1
                           ).to(residual)
                 objective, value = model.mll_surrogate(residual, probes)  # gradient: that of log p(y)
@@ -225,7 +226,6 @@ class LinearizedLaplace(PosteriorApproximation):
             model.log_noise = log_noise
             if self.refresh_for_samples:  # at the fitted hyperparameters: fewer CG iterations for every sample
                 model.refresh_preconditioner(self.preconditioner_rank, generator)
-            model.release_sketch()
             self._model = model
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start

@@ -119,13 +119,14 @@ class LinearModel:
         return self.operator(images.to(self.lin.output)).flatten(1).to(u.dtype) + self.log_noise.exp() * u, images
 
     # -- preconditioned solves ---------------------------------------------------------
-    def refresh_preconditioner(self, rank: int, generator: torch.Generator) -> None:
+    def refresh_preconditioner(self, rank: int, generator: torch.Generator, keep: bool = False) -> None:
         """Recompute the rank-``rank`` Nystrom approximation of ``A J Sigma J^T A^T`` at the current
         hyperparameters, with the products of ``sketch``.
 
-        ``Z = J^T A^T Q`` of the random test matrix ``Q`` does not depend on the hyperparameters, so it is
-        kept (``rank x P`` numbers) and a later refresh at the same rank costs one jvp per column instead of
-        a vjp and a jvp; ``release_sketch`` frees it."""
+        ``Z = J^T A^T Q`` of the random test matrix ``Q`` does not depend on the hyperparameters. With ``keep``
+        it is kept (``rank x P`` numbers) and the next refresh at the same rank reuses ``Q`` and ``Z`` (without
+        drawing from ``generator``): one jvp per column instead of a vjp and a jvp. Without ``keep`` it is
+        freed once this sketch is made."""
         sketch = self.sketch
         with torch.no_grad():
             if self._test is None or self._test.shape[1] != min(rank, self.size):
@@ -133,10 +134,8 @@ class LinearModel:
                 self._pulled = self.transpose(self._test.T.to(sketch.output.dtype), sketch)
             y = _chunked(lambda part: self.forward(self.prior.apply(part), sketch), self._pulled, self.chunk)
             self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
-
-    def release_sketch(self) -> None:
-        """Forget the kept ``J^T A^T Q`` of the preconditioner's test matrix (memory); the preconditioner stays."""
-        self._test, self._pulled = None, None
+        if not keep:
+            self._test, self._pulled = None, None
 
     def precondition(self, v: Tensor) -> Tensor:
         """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
