@@ -127,11 +127,9 @@ class MeshFreeEIT(Method):
     @staticmethod
     def _arcs(operator) -> tuple[float, list[tuple[float, float]]]:
         """Disc radius and electrode arcs ``(start angle, length in radians)``, counter-clockwise."""
-        from invprior.eit.phantoms import _electrode_arcs
+        from invprior.eit.phantoms import _electrode_arcs, disc_radius
         mesh = operator.mesh
-        radius = float(np.linalg.norm(mesh.nodes, axis=1).max())
-        if not np.allclose(np.linalg.norm(mesh.nodes[np.unique(mesh.boundary)], axis=1), radius, rtol=1e-9):
-            raise ConfigError("eit_mesh_free: the operator's mesh must be a disc centred at the origin")
+        radius = disc_radius(mesh, "eit_mesh_free")
         arcs = [(2 * math.pi * t0, 2 * math.pi * ((t1 - t0) % 1.0)) for t0, t1 in _electrode_arcs(mesh)]
         return radius, arcs
 
@@ -310,9 +308,4 @@ class MeshFreeEIT(Method):
         with torch.no_grad():   # sigma lives on the disc: the background outside it
             log_ratio = torch.where(grid.norm(dim=1) <= radius, s_net(grid / radius)[:, 0], 0.0)
             log_ratio = log_ratio.view(1, 1, operator.size, operator.size)
-        if operator.parametrization == "exp":
-            return log_ratio
-        sigma = operator.background * torch.exp(log_ratio)
-        if operator.parametrization == "softplus":
-            return torch.log(torch.expm1(sigma / operator.background * math.log(2.0)))
-        return sigma
+        return operator.parameter(operator.background * torch.exp(log_ratio))

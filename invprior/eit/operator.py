@@ -164,6 +164,14 @@ class EIT(ForwardOperator):
             self._sampling_matrix = self.to_mesh.matrix()
         return self._sampling_matrix
 
+    def parameter(self, sigma: Tensor) -> Tensor:
+        """The image values ``v`` whose parametrisation gives conductivities ``sigma`` (inverse of ``sigma(v)``)."""
+        if self.parametrization == "exp":
+            return torch.log(sigma / self.background)
+        if self.parametrization == "softplus":
+            return torch.log(torch.expm1(sigma / self.background * math.log(2.0)))
+        return sigma
+
     def _slope(self, values: Tensor) -> Tensor:
         """``dsigma / dv`` of the parametrisation at element values ``v``."""
         if self.parametrization == "exp":

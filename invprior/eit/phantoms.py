@@ -93,21 +93,15 @@ def inclusion_problem(operator: EIT, inclusions: Sequence[Inclusion], background
     (``log(sigma / background)`` for ``"exp"``). The operator's mesh must be a disc centred at the origin."""
     mesh = operator.mesh
     fine_h = 0.5 * mesh.h if fine_h is None else float(fine_h)
-    radius = float(np.linalg.norm(mesh.nodes, axis=1).max())
-    if not np.allclose(np.linalg.norm(mesh.nodes[np.unique(mesh.boundary)], axis=1), radius, rtol=1e-9):
-        raise ConfigError("inclusion_problem: the operator's mesh must be a disc centred at the origin "
-                          "(simulate other domains with EITModel on a finer mesh of your own)")
+    radius = disc_radius(mesh, "inclusion_problem",
+                         " (simulate other domains with EITModel on a finer mesh of your own)")
     arcs = _electrode_arcs(mesh)
     fine = disc_mesh(h=fine_h, electrodes=arcs, radius=radius)
     model = EITModel(fine, operator.model.currents, operator.model.measurements, operator.model.electrode_model,
                      exclude_driven=bool((operator.model.mask == 0).any()))
     sigma = inclusion_values(fine.centroids, inclusions, background)
     clean = torch.from_numpy(model.voltages(sigma, operator.contact_impedance.numpy())).unsqueeze(0)
-    image = inclusion_image(operator, inclusions, background)
-    if operator.parametrization == "exp":
-        image = torch.log(image / operator.background)
-    elif operator.parametrization == "softplus":
-        image = torch.log(torch.expm1(image / operator.background * np.log(2.0)))
+    image = operator.parameter(inclusion_image(operator, inclusions, background))
     noise = noise if noise is not None else GaussianNoise(std=0.0)
     eta, std = noise.sample(clean, seed)
     eta = eta * torch.from_numpy(model.mask)  # left-out measurements stay exactly zero
@@ -115,6 +109,14 @@ def inclusion_problem(operator: EIT, inclusions: Sequence[Inclusion], background
                           metadata={"seed": seed, "noise": {"std": noise.std, "relative": noise.relative},
                                     "inclusions": [list(i) for i in inclusions], "background": background,
                                     "fine_h": fine_h})
+
+
+def disc_radius(mesh, where: str, hint: str = "") -> float:
+    """The radius of a disc mesh centred at the origin; ``ConfigError`` (from ``where``, plus ``hint``) otherwise."""
+    radius = float(np.linalg.norm(mesh.nodes, axis=1).max())
+    if not np.allclose(np.linalg.norm(mesh.nodes[np.unique(mesh.boundary)], axis=1), radius, rtol=1e-9):
+        raise ConfigError(f"{where}: the operator's mesh must be a disc centred at the origin{hint}")
+    return radius
 
 
 def _electrode_arcs(mesh) -> list[tuple[float, float]]:
