@@ -65,8 +65,8 @@ def names(kind: str) -> list[str]:
     return sorted(entries(kind))
 
 
-def load(kind: str, name: str) -> Any:
-    """The class or factory registered as ``name``; raises with close matches if unknown."""
+def require(kind: str, name: str) -> Entry:
+    """The entry registered as ``name`` (nothing is imported); raises with close matches if unknown."""
     known = entries(kind)
     if name not in known:
         close = difflib.get_close_matches(name, list(known), n=3)
@@ -74,7 +74,12 @@ def load(kind: str, name: str) -> Any:
         raise UnknownComponentError(
             f"no {kind} component named {name!r}.{hint} Registered: {', '.join(sorted(known)) or 'none'}"
         )
-    entry = known[name]
+    return known[name]
+
+
+def load(kind: str, name: str) -> Any:
+    """The class or factory registered as ``name``; raises with close matches if unknown."""
+    entry = require(kind, name)
     if entry.distribution != "invprior":
         _check_api(entry.distribution)
     try:

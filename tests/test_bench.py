@@ -43,6 +43,7 @@ def test_a_suite_expands_into_a_grid_of_valid_run_configurations():
     ({**TINY, "seeds": "0"}, "seeds"),
     ({**TINY, "problems": [{"operator": "no_such_operator", "image": "ellipses", "size": 8}]}, r"problems\[0\]"),
     ({**TINY, "methods": [{"params": {}}]}, "needs 'name'"),
+    ({**TINY, "methods": [{"name": "tikhonv"}]}, r"methods\[0\]: no methods component named 'tikhonv'\. Did you mean 'tikhonov'"),
 ])
 def test_bad_suites_are_refused(suite, match):
     with pytest.raises(ConfigError, match=match):

@@ -19,7 +19,7 @@ from invprior.posterior.fitted import kept_network
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
 from invprior.posterior.prior import MaternBlockPrior
-from invprior.posterior.scalable import LinearModel, nystrom
+from invprior.posterior.scalable import LinearModel, nystrom_from_sketch, orthonormal_test_matrix
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
 
@@ -150,6 +150,13 @@ def _psd_with_spectrum(eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
     n = eigenvalues.numel()
     q = torch.linalg.qr(torch.randn(n, n, generator=_gen(seed), dtype=F64)).Q
     return (q * eigenvalues) @ q.T
+
+
+def nystrom(apply, size: int, rank: int, generator: torch.Generator, dtype: torch.dtype = F64):
+    """The Nystrom approximation of the PSD map ``apply`` (on row vectors, products in ``dtype``) from a
+    fresh rank-``rank`` test matrix, as the preconditioner builds it."""
+    q = orthonormal_test_matrix(size, rank, generator)
+    return nystrom_from_sketch(q, apply(q.T.to(dtype)).double().T)
 
 
 def _reconstruct(u: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

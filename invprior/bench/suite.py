@@ -112,8 +112,10 @@ def _check_names(config) -> None:
     wanted = [("operators", config.problem.operator.name), ("datasets", config.problem.image.name),
               ("methods", config.method.name)] + ([("posteriors", config.posterior.name)] if config.posterior else [])
     for kind, name in wanted:
-        if name not in registry.entries(kind):
-            raise ConfigError(f"no {kind} component named {name!r}; registered: {', '.join(registry.names(kind))}")
+        try:
+            registry.require(kind, name)
+        except KeyError as exc:
+            raise ConfigError(exc.args[0]) from None
 
 
 def load_suite(path: str | Path) -> tuple[str, list[Run]]:

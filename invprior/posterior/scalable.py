@@ -58,15 +58,6 @@ def nystrom_from_sketch(q: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return u.T.contiguous(), (s ** 2 - nu).clamp_min(0.0)
 
 
-@torch.no_grad()
-def nystrom(apply: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
-            dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """``nystrom_from_sketch`` for a PSD map ``apply`` on row vectors ``(b, size)`` whose products run in
-    ``dtype``, with a fresh random test matrix of ``rank`` columns. Returns ``U`` ``(r, size)`` and ``lam``."""
-    q = orthonormal_test_matrix(size, rank, generator, device)
-    return nystrom_from_sketch(q, apply(q.T.to(dtype)).double().T)
-
-
 class LinearModel:
     """``A J`` and ``K`` of the linearised model as matrix-free maps on batches of vectors.
 
