@@ -63,12 +63,13 @@ class PeakMemory:
         return (self.peak - self.start) / 2 ** 20
 
 
-def dip_params(size: int) -> dict:
-    """DIP+TV with a 3-scale U-Net (dropout 0.05 so MC dropout can use the same fit); ES-WMV stopping."""
+def dip_params(size: int, patience: int = 500) -> dict:
+    """DIP+TV with a 3-scale U-Net (dropout 0.05 so MC dropout can use the same fit); ES-WMV stopping
+    (window 100, ``patience`` iterations)."""
     return {"generator": "unet", "generator_params": {"preset": "small", "scales": 3, "channels": 16 if size <= 32 else 32,
                                                       "dropout": 0.05},
             "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
-            "stopping_params": {"window": 100, "patience": 500}, "lr": 1e-2 if size <= 32 else 3e-3,
+            "stopping_params": {"window": 100, "patience": patience}, "lr": 1e-2 if size <= 32 else 3e-3,
             "max_iterations": 2000 if size <= 32 else 3000}
 
 
@@ -89,7 +90,7 @@ def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, s
 
 
 def key(row: dict) -> tuple:
-    return (row["size"], row["image"], row["angles"], row["noise"], row["seed"], row["method"])
+    return (row["size"], row["image"], row["angles"], row["noise"], row["seed"], row.get("patience", 500), row["method"])
 
 
 def run_setting(size: int, image: str, angles: int, noise: float, seed: int, methods: list[str], args: argparse.Namespace,
@@ -99,9 +100,10 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
         "seed": seed,
         "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": angles}, "image": image,
                     "size": size, "noise": {"relative": noise}},
-        "method": {"name": "dip", "params": {**dip_params(size), **({"max_iterations": 200} if quick else {})}},
+        "method": {"name": "dip", "params": {**dip_params(size, args.patience), **({"max_iterations": 200} if quick else {})}},
     })
-    base = {"size": size, "image": image, "angles": angles, "noise": noise, "seed": seed}
+    base = {"size": size, "image": image, "angles": angles, "noise": noise, "seed": seed,
+            **({"patience": args.patience} if args.patience != 500 else {})}
     todo = [m for m in methods if key({**base, "method": m}) not in done]
     if not todo:
         return []
@@ -170,6 +172,8 @@ def main() -> None:
     parser.add_argument("--variance", type=lambda v: v if v == "auto" else float(v), default="auto",
                         help="lin-DIP's starting prior variance: 'auto' (default) or a number")
     parser.add_argument("--samples", type=int, help="posterior samples (default 1000)")
+    parser.add_argument("--patience", type=int, default=500,
+                        help="ES-WMV patience of the DIP fits (default 500, the tables' protocol; the library's is 1000)")
     args = parser.parse_args()
     rows = read_rows(args.out)
     done = {key(row) for row in rows}
