@@ -3,6 +3,7 @@ exclusive lock for processes that would produce the same file."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -52,6 +53,12 @@ def exclusive(path: str | Path) -> Iterator[None]:
         finally:
             if fcntl is not None:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def content_hash(data: Any, digits: int = 16) -> str:
+    """The first ``digits`` hex digits of the SHA-256 of ``data`` in canonical JSON (sorted keys; other
+    objects by ``str``): equal for equal content, whatever the key order."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:digits]
 
 
 def _strict(value: Any) -> Any:

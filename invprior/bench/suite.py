@@ -23,9 +23,7 @@ on a rerun whatever the order of the grid.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 from invprior.config import parse_config
 from invprior.errors import ConfigError
+from invprior.io import content_hash
 
 __all__ = ["Run", "load_suite", "expand_suite"]
 
@@ -51,11 +50,6 @@ class Run:
     key: str
     setting: str = ""
     method: str = ""
-
-
-def content_hash(config: dict[str, Any]) -> str:
-    """SHA-256 (first 16 hex digits) of ``config`` in canonical JSON."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _grid(table: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,8 +12,6 @@ dependencies; any other generator can be used through ``Mesh.from_arrays``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import numpy as np
 
 from invprior._optional import require
 from invprior.errors import ConfigError, ShapeError
-from invprior.io import atomic_write
+from invprior.io import atomic_write, content_hash
 
 __all__ = ["Mesh", "disc_mesh", "polygon_mesh", "electrode_arcs"]
 
@@ -211,9 +209,9 @@ def _cached(cache: str | Path | None, settings: dict, h: float, arcs: list, min_
                           f"got {refinement!r}")
     if cache is None:
         return make()
-    key = json.dumps({**settings, "h": h, "electrodes": arcs, "min_angle": min_angle, "refinement": refinement,
-                      "grading": _GRADING}, sort_keys=True)
-    path = Path(cache) / f"mesh-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    key = content_hash({**settings, "h": h, "electrodes": arcs, "min_angle": min_angle, "refinement": refinement,
+                        "grading": _GRADING})
+    path = Path(cache) / f"mesh-{key}.npz"
     if path.exists():
         return Mesh.load(path)
     mesh = make()

@@ -10,9 +10,7 @@ if any, is seeded and checkpointed too).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
-import json
 import math
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from invprior import registry
 from invprior.core.interfaces import Generator
 from invprior.data.synthetic import SyntheticPairs, operator_signature
 from invprior.errors import ConfigError
-from invprior.io import atomic_write
+from invprior.io import atomic_write, content_hash
 from invprior.methods.base import seeded_global_rng
 from invprior.methods.pretrained import Pretrained
 from invprior.metrics import psnr
@@ -142,7 +140,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     precision = str(autocast_dtype(device, amp) or training.dtype).removeprefix("torch.")
     identity = {"settings": settings, "training": training.metadata, "validation": validation.metadata,
                 "device": device.type, "precision": precision}
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = content_hash(identity, digits=64)
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_psnr": [], "val_input_psnr": [],
                                        "seconds": []}
     checkpoint = None if out is None else Path(f"{out}.partial")
