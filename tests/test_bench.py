@@ -109,6 +109,22 @@ def test_the_smoke_suite_runs_from_the_command_line(tmp_path, capsys):
     assert min(by_label["TV"]) > max(by_label["DIP (200 steps)"])
 
 
+def test_a_run_on_images_too_small_for_ssim_keeps_its_psnr_and_shows_no_ssim():
+    from invprior.bench import run_one
+    from invprior.bench.report import summary_markdown
+
+    suite = {**TINY, "seeds": [0], "problems": [{**TINY["problems"][0], "size": 8, "noise": 0.05}],
+             "methods": TINY["methods"][:1]}
+    (run,) = expand_suite(suite)
+    record = run_one(run, commit="test")
+    assert record["status"] == "ok" and record["ssim"] is None
+    config = parse_config(run.config)
+    problem = build_problem(config.problem, config.seed)
+    direct = float(psnr(build_method(config.method, "method").reconstruct(problem, False).image, problem.x_true))
+    assert record["psnr"] == pytest.approx(direct, abs=1e-5)
+    assert "| Tikhonov | 1 | " in summary_markdown([record], "small") and " | - | " in summary_markdown([record], "small")
+
+
 def test_summary_shows_posterior_calibration_when_runs_fitted_one():
     from invprior.bench.report import summary_markdown
 

@@ -56,8 +56,7 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
     from invprior import __version__
     from invprior.analysis.calibration import posterior_calibration
     from invprior.config import parse_config
-    from invprior.experiment import build_method, build_posterior, build_problem
-    from invprior.metrics import psnr, ssim
+    from invprior.experiment import build_method, build_posterior, build_problem, scores
 
     torch.set_num_threads(threads)
     record: dict[str, Any] = {"key": run.key, "label": run.label, "setting": run.setting, "method_key": run.method,
@@ -69,9 +68,9 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
         config = parse_config(run.config)
         problem = build_problem(config.problem, config.seed)
         result = build_method(config.method, "method").reconstruct(problem, progress=False)
-        record.update(status="ok", psnr=float(psnr(result.image, problem.x_true).mean()),
-                      ssim=float(ssim(result.image, problem.x_true).mean()), iterations=result.iterations,
-                      stop_reason=result.stop_reason)
+        metrics = scores(result, problem)
+        record.update(status="ok", psnr=metrics["psnr_mean"], ssim=metrics.get("ssim_mean"),
+                      iterations=result.iterations, stop_reason=result.stop_reason)
         record[IMAGES] = {"x_hat": result.image.detach().cpu().numpy(), "x_true": problem.x_true.cpu().numpy()}
         if config.posterior is not None:
             posterior = build_posterior(config.posterior, progress=False, seed=config.seed).fit(result, problem)

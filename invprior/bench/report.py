@@ -80,7 +80,8 @@ def summary_markdown(records: list[dict[str, Any]], name: str) -> str:
         for (label, _), rows in sorted(groups[setting].items()):
             posterior = [_mean_se([r[key] for r in rows]) if all(key in r for r in rows) else "-" for _, key in extra]
             cells = [operator, image, size, noise, label, len(rows), _mean_se([r["psnr"] for r in rows]),
-                     _mean_se([r["ssim"] for r in rows]), *posterior, _mean_se([r["wall_time_s"] for r in rows])]
+                     _mean_se([r["ssim"] for r in rows]) if all(r.get("ssim") is not None for r in rows) else "-",
+                     *posterior, _mean_se([r["wall_time_s"] for r in rows])]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for record in failed:
         lines.append(f"\nfailed: {record['label']} {record['key']}: {record.get('error', '')}")
