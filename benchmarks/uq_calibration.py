@@ -8,7 +8,8 @@ patches (p = 1, 2, 10), 95 % coverage, mean std, RMSE, wall time of the uncertai
 ratio to the DIP fit) and its peak extra resident memory (sampled every 10 ms from /proc).
 
 Rows go to ``--out`` (JSON lines, appended atomically per row); a rerun skips the rows already
-there, so an interrupted benchmark resumes. At the end a Markdown table is printed.
+there, so an interrupted benchmark resumes. At the end a Markdown table is printed, then per setting lin-DIP's
+margin over the best baseline at p = 1, 2, 10 and the number of settings lin-DIP wins.
 
     python benchmarks/uq_calibration.py --sizes 28 --angles 5 10 20 30 --noise 0.05 0.1
     python benchmarks/uq_calibration.py --sizes 128 --images ct_slice --angles 30 --noise 0.025 --methods lin_mll
@@ -146,6 +147,38 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+LL_PATCHES = (1, 2, 10)
+
+
+def winners(rows: list[dict]) -> str:
+    """Per setting, lin-DIP's best test log-likelihood against the best baseline's at p = 1, 2, 10 (margin =
+    difference in nats per pixel), and in how many settings with both lin-DIP wins."""
+    settings: dict[tuple, list[dict]] = {}
+    for row in rows:
+        settings.setdefault(key(row)[:-1], []).append(row)
+    head = "| setting | " + " | ".join(f"p={p}: lin-DIP - best baseline" for p in LL_PATCHES) + " |"
+    lines, wins, counted = [head, "|" + "---|" * (head.count("|") - 1)], dict.fromkeys(LL_PATCHES, 0), 0
+    for setting, group in sorted(settings.items()):
+        lin = [r for r in group if r["method"].startswith("lin_")]
+        other = [r for r in group if not r["method"].startswith("lin_")]
+        if not lin or not other:
+            continue
+        counted += 1
+        cells = []
+        for p in LL_PATCHES:
+            best_lin = max(r.get(f"ll_p{p}", float("-inf")) for r in lin)
+            best_other = max(other, key=lambda r: r.get(f"ll_p{p}", float("-inf")))
+            margin = best_lin - best_other.get(f"ll_p{p}", float("-inf"))
+            wins[p] += margin > 0
+            cells.append(f"{margin:+.3g}" + ("" if margin > 0 else f" ({best_other['method']})"))
+        size, image, angles, noise, seed, patience = setting
+        label = f"{size} {image} {angles} angles {noise:.0%}" + (f" seed {seed}" if seed else "") + (
+            f" patience {patience}" if patience != 500 else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    counts = ", ".join(f"p = {p}: {wins[p]} of {counted}" for p in LL_PATCHES)
+    return "\n".join(lines) + f"\n\nlin-DIP has the best test log-likelihood in {counts} settings."
+
+
 def read_rows(path: Path) -> list[dict]:
     """The complete rows of an earlier run (a line cut short by a kill is dropped and rerun)."""
     rows = []
@@ -183,9 +216,10 @@ def main() -> None:
                 for noise in args.noise:
                     for seed in args.seeds:
                         rows += run_setting(size, image, angles, noise, seed, args.methods, args, done)
-    print(table(rows))
+    report = table(rows) + "\n\n" + winners(rows) + "\n"
+    print(report)
     if args.table:
-        text = (table(rows) + "\n").encode()
+        text = report.encode()
         atomic_write(args.table, lambda handle: handle.write(text))
 
 
