@@ -7,7 +7,7 @@ before sampling, ``--samples`` Matheron samples). Reported per size: the peak re
 lin-DIP adds above the fitted DIP (sampled every 10 ms), the process's peak, and lin-DIP's wall time.
 Then the least-squares line ``extra = a + b * pixels`` and each size's deviation from it.
 
-    python benchmarks/lin_dip_memory.py --sizes 32 64 128 256 --out lin_dip_memory.jsonl
+    python benchmarks/lin_dip_memory.py --sizes 32 64 128 192 --out lin_dip_memory.jsonl
 
 Rows go to ``--out`` (JSON lines, one per size); a rerun skips the sizes already there.
 """
@@ -83,10 +83,10 @@ def report(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 192])
     parser.add_argument("--angles", type=int, default=30)
     parser.add_argument("--rank", type=int, default=400, help="Nystrom preconditioner rank (demo: 1200)")
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="type-II Adam steps")
     parser.add_argument("--dip-iterations", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("lin_dip_memory.jsonl"))
