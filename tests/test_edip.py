@@ -24,9 +24,9 @@ from invprior.metrics import psnr
 
 SIZE, ANGLES, NOISE = 32, 10, GaussianNoise(relative=0.05)
 NET = {"preset": "small", "channels": 16}
-# EDIP reached the final PSNR of a 2000-iteration DIP at iteration 480 on this phantom (4.2x sooner; 480 and 20
-# on two others)
-SPEED_UP = 1.5  # measured on phantom 123: 4.0x on one CPU, 1.85x and 2.2x in two runs on another (docs/edip.md)
+# EDIP against DIP, iterations to the final PSNR of a 2000-iteration DIP on this phantom: 4.0x on one CPU, 1.85x
+# and 2.2x in two runs on another, where the pretrained network differs (docs/edip.md)
+SPEED_UP = 1.5
 
 
 def _ct(size: int = SIZE, angles: int = ANGLES, **options):
