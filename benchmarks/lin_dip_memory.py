@@ -30,6 +30,7 @@ from uq_calibration import PeakMemory, read_rows
 def measure(size: int, args: argparse.Namespace) -> dict:
     """One size, in this process: DIP fit, then lin-DIP inside the memory watcher."""
     from invprior.config import ComponentSpec, parse_config
+    from invprior.demo import DEMO
     from invprior.experiment import build_method, build_posterior, build_problem
 
     config = parse_config({
@@ -44,9 +45,8 @@ def measure(size: int, args: argparse.Namespace) -> dict:
     })
     problem = build_problem(config.problem, 0, torch.float32)
     dip = build_method(config.method, "method").reconstruct(problem, progress=False)
-    params = {"solver": "scalable", "variance": "auto", "iterations": args.steps, "lr": 0.05, "num_probes": 4,
-              "cg_iterations": 50, "cg_rtol": 3e-2, "preconditioner_rank": args.rank, "num_samples": args.samples,
-              "sample_batch": "auto", "sample_cg_rtol": 3e-2, "dtype": "float32"}
+    params = {**DEMO["posterior"]["params"], "iterations": args.steps, "preconditioner_rank": args.rank,
+              "num_samples": args.samples}
     posterior = build_posterior(ComponentSpec("linearized_laplace", params), progress=False, seed=0)
     with PeakMemory() as memory:
         start = time.perf_counter()
