@@ -1,4 +1,11 @@
-"""Batched conjugate gradients for symmetric positive definite systems, one system per image."""
+"""Matrix-free linear algebra: batched conjugate gradients for symmetric positive definite systems (one
+system per image) and a randomised SVD.
+
+``randomized_svd`` is the range finder of Halko, Martinsson & Tropp (SIAM Rev. 2011, Alg. 4.4 with ``q``
+power iterations, then Alg. 5.1): ``Y = (M M^T)^q M Omega``, ``Q = orth(Y)``, ``B = Q^T M``,
+``B = U_B S V^T`` and ``U = Q U_B``; its error is within a small factor of ``sigma_{k+1}`` (tighter with
+more power iterations).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from invprior.errors import ConfigError
+from invprior.validation import positive_int
 
 
 @dataclass
@@ -82,3 +92,34 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor 
     if companion and carried is None:  # b = 0 for every image: x = 0, L x = 0
         carried = torch.zeros_like(apply(p)[1])
     return x, CGInfo(iterations, relative, relative <= rtol, carried)
+
+
+def randomized_svd(matvec: Callable[[Tensor], Tensor], rmatvec: Callable[[Tensor], Tensor], shape: tuple[int, int],
+                   k: int, oversample: int = 10, power_iterations: int = 2, seed: int = 0,
+                   dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Leading ``k`` singular triplets of a matrix ``M`` (``shape = (rows, cols)``) given only
+    ``matvec: (b, cols) -> (b, rows)`` (``M v`` row-wise) and ``rmatvec: (b, rows) -> (b, cols)``.
+
+    Returns ``U (rows, k)``, ``S (k,)`` descending and ``V (cols, k)``. Each power iteration costs one
+    ``matvec`` and one ``rmatvec`` of ``k + oversample`` vectors; the algebra runs in float64.
+    """
+    rows, cols = (positive_int(s, "randomized_svd: shape") for s in shape)
+    k = positive_int(k, "randomized_svd: k")
+    if k > min(rows, cols):
+        raise ConfigError(f"randomized_svd: k = {k} exceeds min(shape) = {min(rows, cols)}")
+    if int(oversample) < 0 or int(power_iterations) < 0:
+        raise ConfigError(f"randomized_svd: oversample and power_iterations must be >= 0, got {oversample}, "
+                          f"{power_iterations}")
+    width = min(k + int(oversample), rows, cols)
+    gen = torch.Generator().manual_seed(int(seed))
+    omega = torch.randn(width, cols, generator=gen, dtype=torch.float64).to(device)
+    apply = lambda v: matvec(v.to(dtype)).double()     # noqa: E731
+    apply_t = lambda u: rmatvec(u.to(dtype)).double()  # noqa: E731
+    q = torch.linalg.qr(apply(omega).T).Q               # (rows, width)
+    for _ in range(int(power_iterations)):            # re-orthonormalise between products (stability)
+        w = torch.linalg.qr(apply_t(q.T).T).Q           # (cols, width)
+        q = torch.linalg.qr(apply(w.T).T).Q
+    b = apply_t(q.T)                                    # (width, cols) = Q^T M
+    u_b, s, vh = torch.linalg.svd(b, full_matrices=False)
+    return (q @ u_b)[:, :k], s[:k], vh[:k].T

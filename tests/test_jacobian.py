@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from invprior.analysis.jacobian import jacobian_svd, randomized_svd
+from invprior.analysis.jacobian import jacobian_svd
+from invprior.linalg import randomized_svd
 from invprior.analysis.two_layer import (empirical_gram, gram_error, predicted_gram, predicted_singular_values,
                                          relu_kernel)
 from invprior.errors import ConfigError

@@ -5,8 +5,9 @@ zero-mean prior ``theta ~ N(0, Sigma)`` (``MaternBlockPrior``). Then
 ``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of
 ``Sigma`` and ``s^2`` maximise ``log p(y)`` (type-II maximum likelihood, "MLL"), optionally plus the
 TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with mean ``x*`` and
-covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``. A nonlinear ``A`` is replaced by
-its tangent ``A'(x*)``.
+covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``, optionally plus ``eta^2 I``
+(``image_noise``: the observation noise seen in image space, see ``image_noise.py``). A nonlinear ``A``
+is replaced by its tangent ``A'(x*)``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, NonFiniteError, ShapeError
 from invprior.posterior.fitted import kept_network
+from invprior.posterior.image_noise import projected_noise_variance
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
 from invprior.posterior.scalable import LinearModel
@@ -36,6 +38,7 @@ SOLVERS = ("auto", "exact", "scalable")
 HYPERPRIORS = ("none", "tv_pred_cp")
 NOISE = ("learn", "known", "auto")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+IMAGE_NOISE = ("none", "projected")
 
 
 def dense_operator(operator: ForwardOperator, dtype: torch.dtype = torch.float64,
@@ -66,6 +69,10 @@ class LinearizedLaplace(PosteriorApproximation):
     Adam with ``lr`` runs ``iterations`` steps on the hyperparameters (stored as logarithms, so always valid),
     starting from ``variance`` and ``lengthscale``; ``variance="auto"`` starts from the variance at which the
     prior explains the evidence's energy, ``tr(A J Sigma J^T A^T) = ||r||^2 - m s^2``.
+    ``image_noise`` adds ``eta^2 I`` to the predictive covariance (independent pixel noise on every sample):
+    ``"none"``; ``"projected"``, ``eta^2 = s^2 / n sum_{i <= k} sigma_i(A)^{-2}`` over the
+    ``k = min(image_noise_rank, m / 2)`` largest singular values of ``A`` at the fitted ``s^2``; or a number,
+    ``eta`` itself.
     """
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
@@ -75,7 +82,8 @@ class LinearizedLaplace(PosteriorApproximation):
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
                  preconditioner_rank: int = 1000, precondition_every: int = 100, refresh_for_samples: bool = True,
                  num_samples: int = 1000, sample_batch: int | str = "auto",
-                 dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4, seed: int = 0,
+                 dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4,
+                 image_noise: str | float = "none", image_noise_rank: int = 100, seed: int = 0,
                  progress: bool = True) -> None:
         if solver not in SOLVERS:
             raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
@@ -106,6 +114,15 @@ class LinearizedLaplace(PosteriorApproximation):
                                                                                       "LinearizedLaplace: sample_batch")
         self.tv_rate = None if tv_rate is None else real(tv_rate, "LinearizedLaplace: tv_rate", minimum=0.0, strict=True)
         self.tv_samples = positive_int(tv_samples, "LinearizedLaplace: tv_samples")
+        if isinstance(image_noise, str):
+            if image_noise not in IMAGE_NOISE:
+                raise ConfigError(f"LinearizedLaplace: image_noise must be one of {IMAGE_NOISE} or a number >= 0 "
+                                  f"(eta), got {image_noise!r}")
+            self.image_noise: str | float = image_noise
+        else:
+            self.image_noise = real(image_noise, "LinearizedLaplace: image_noise", minimum=0.0)
+        self.image_noise_rank = positive_int(image_noise_rank, "LinearizedLaplace: image_noise_rank")
+        self.image_noise_variance = 0.0
         self.seed, self.progress = int(seed), bool(progress)
         self.history: list[float] = []
         self.cg_summary: dict[str, dict[str, float]] = {}
@@ -149,9 +166,11 @@ class LinearizedLaplace(PosteriorApproximation):
                                  self.lengthscale).to(x_star.device)
         generator = torch.Generator().manual_seed(self.seed)
 
+        a_dense = None
         if solver == "exact":
             jacobian = lin.jacobian()                                             # (n, P)
-            aj = dense_operator(tangent, dtype, x_star.device) @ jacobian         # (m, P)
+            a_dense = dense_operator(tangent, dtype, x_star.device)               # (m, n)
+            aj = a_dense @ jacobian                                               # (m, P)
             model_forward = lambda theta: theta @ aj.T                            # noqa: E731
             images = lambda theta: (theta @ jacobian.T).view(-1, *operator.domain_shape)  # noqa: E731
             pull = lambda u: u @ aj  # noqa: E731
@@ -214,6 +233,7 @@ class LinearizedLaplace(PosteriorApproximation):
         self.prior, self.noise_variance, self.solver_used = prior, float(log_noise.detach().exp()), solver
         self._mean = x_star.detach()
         log_noise = log_noise.detach()
+        self.image_noise_variance = self._image_noise_variance(tangent, a_dense, x_star.device)
         if solver == "exact":
             with torch.no_grad():
                 sigma_jt = prior.apply(jacobian).T                       # Sigma J^T, (P, n)
@@ -221,7 +241,8 @@ class LinearizedLaplace(PosteriorApproximation):
                 k = aj @ sigma_ajt + log_noise.exp() * torch.eye(aj.shape[0], dtype=torch.float64, device=aj.device)
                 cross = jacobian @ sigma_ajt                             # J Sigma (A J)^T, (n, m)
                 cov = jacobian @ sigma_jt - cross @ torch.linalg.solve(k, cross.T)
-            self._covariance = 0.5 * (cov + cov.T)
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+            self._covariance = 0.5 * (cov + cov.T) + self.image_noise_variance * eye
         else:
             model.log_noise = log_noise
             if self.refresh_for_samples:  # at the fitted hyperparameters: fewer CG iterations for every sample
@@ -230,6 +251,15 @@ class LinearizedLaplace(PosteriorApproximation):
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start
         return self
+
+    def _image_noise_variance(self, tangent: ForwardOperator, dense: Tensor | None, device: torch.device) -> float:
+        """``eta^2`` of the ``image_noise`` option at the fitted noise variance."""
+        if self.image_noise == "none":
+            return 0.0
+        if self.image_noise == "projected":
+            return projected_noise_variance(tangent, self.noise_variance, self.image_noise_rank, dense, self.seed,
+                                            device)
+        return float(self.image_noise) ** 2
 
     @staticmethod
     def _match_prior_energy(prior: MaternBlockPrior, pull, residual: Tensor, noise_variance: float,
@@ -251,13 +281,17 @@ class LinearizedLaplace(PosteriorApproximation):
         return 8 if device.type == "cpu" else 32
 
     def _matheron(self, n: int, generator: torch.Generator) -> Tensor:
-        """``n`` Matheron samples ``x* + J (theta_s - theta*)``, drawn in batches of ``sample_batch``."""
+        """``n`` Matheron samples ``x* + J (theta_s - theta*)`` (plus ``eta`` times white noise with
+        ``image_noise``), drawn in batches of ``sample_batch``."""
         batch = self._batch(self._mean.device)
         batches = [min(batch, n - start) for start in range(0, n, batch)]
-        draws = [self._model.matheron_samples(size, generator, self.sample_cg_rtol)
-                 for size in tqdm(batches, desc="lin-DIP samples", disable=not self.progress, leave=False)]
+        draws = torch.cat([self._model.matheron_samples(size, generator, self.sample_cg_rtol)
+                           for size in tqdm(batches, desc="lin-DIP samples", disable=not self.progress, leave=False)])
         self.cg_summary["samples"] = self._model.take_reports("LinearizedLaplace (Matheron samples)")
-        return self._mean + torch.cat(draws).unsqueeze(1)
+        if self.image_noise_variance > 0:
+            white = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
+            draws = draws + math.sqrt(self.image_noise_variance) * white
+        return self._mean + draws.unsqueeze(1)
 
     @staticmethod
     def log_marginal_likelihood(aj: Tensor, residual: Tensor, prior: MaternBlockPrior, log_noise: Tensor) -> Tensor:
