@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from invprior.config import ComponentSpec, parse_config
+from invprior.errors import ConvergenceWarning
 from invprior.experiment import build_method, build_posterior, build_problem
 from invprior.report import summary_lines, write_report
 
@@ -55,14 +56,14 @@ def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool 
     }
     posterior = build_posterior(config.posterior, progress=progress, seed=config.seed)
     with warnings.catch_warnings(record=True) as caught:  # the short demo budget leaves some CG solves loose
-        warnings.simplefilter("always", RuntimeWarning)
+        warnings.simplefilter("always", ConvergenceWarning)
         posterior.fit(results["dip_tv"], problem)
     metrics = write_report(out, problem, results, raw, title="CT slice, 30 angles, 2.5 % noise", posterior=posterior,
                            posterior_name="lin-DIP")
     print("\n".join(summary_lines(metrics, list(results))))
     print(f"DIP+TV: {results['dip_tv'].stop_reason}")
     for warning in caught:
-        if issubclass(warning.category, RuntimeWarning):
+        if issubclass(warning.category, ConvergenceWarning):
             print(f"note: {warning.message}")
     print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}, {out / 'uncertainty.png'}")
     return metrics

@@ -41,5 +41,10 @@ class FitDivergedError(InvpriorError, FloatingPointError):
         self.reconstruction = reconstruction
 
 
+class ConvergenceWarning(RuntimeWarning):
+    """An iterative solver (e.g. conjugate gradients) stopped before reaching its tolerance; its result is
+    still used, and the warning says how many solves missed and by how much."""
+
+
 class NonFiniteError(InvpriorError, FloatingPointError):
     """A quantity that must be finite (a Jacobian, a hyperparameter, a likelihood) is NaN or infinite."""

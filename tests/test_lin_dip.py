@@ -11,7 +11,7 @@ import torch
 
 from invprior import GaussianNoise, InverseProblem, registry
 from invprior.core.operator import ForwardOperator, TangentOperator, adjoint_mismatch
-from invprior.errors import ConfigError, NonFiniteError, ShapeError
+from invprior.errors import ConfigError, ConvergenceWarning, NonFiniteError, ShapeError
 from invprior.generators.unet import UNet
 from invprior.linalg import conjugate_gradient
 from invprior.methods import DIP
@@ -584,7 +584,7 @@ def test_cg_non_convergence_on_the_scalable_path_warns(fitted):
     problem, result = fitted
     post = LinearizedLaplace(solver="scalable", iterations=2, cg_iterations=1, cg_rtol=1e-14, sample_cg_rtol=1e-14,
                              preconditioner_rank=1, num_samples=4, progress=False)
-    with pytest.warns(RuntimeWarning, match="CG solves stopped at 1 iterations before reaching their tolerance"):
+    with pytest.warns(ConvergenceWarning, match="CG solves stopped at 1 iterations before reaching their tolerance"):
         post.fit(result, problem)
 
 
@@ -614,7 +614,7 @@ def test_refit_on_a_larger_image_forgets_the_dense_covariance(fitted):
 def test_scalable_float32_does_not_blow_up(fitted):
     problem, result = fitted
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a reported CG miss would be acceptable here
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a reported CG miss would be acceptable here
         try:
             post = LinearizedLaplace(solver="scalable", dtype="float32", num_samples=16, **FROZEN).fit(result, problem)
         except ConfigError:

@@ -57,7 +57,7 @@ class LinearizedLaplace(PosteriorApproximation):
     rank-``preconditioner_rank`` Nystrom approximation refreshed every ``precondition_every`` steps, and
     ``num_samples`` Matheron samples for the pixel-wise std, ``sample_batch`` vectors per batch of products
     (``"auto"``: 8 on a CPU, 32 on a GPU) (CG to ``cg_rtol`` for gradients, to
-    ``sample_cg_rtol`` for samples; any miss is reported by a ``RuntimeWarning``, and ``cg_summary`` keeps
+    ``sample_cg_rtol`` for samples; any miss is reported by a ``ConvergenceWarning``, and ``cg_summary`` keeps
     the iteration counts per phase); ``"auto"`` picks exact up to ``max_pixels``. ``refresh_for_samples``
     recomputes the preconditioner at the fitted hyperparameters before sampling: ``preconditioner_rank``
     products that pay for themselves from about ``preconditioner_rank / 3`` samples on (it halves the CG

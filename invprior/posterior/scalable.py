@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from invprior.core.operator import ForwardOperator
+from invprior.errors import ConvergenceWarning
 from invprior.linalg import CGInfo, conjugate_gradient
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
@@ -154,7 +155,7 @@ class LinearModel:
 
     def take_reports(self, what: str) -> dict[str, float]:
         """Summarise the CG solves since the last call (``solves``, ``mean_iterations``, ``max_iterations``,
-        ``max_relative_residual``), warn (``RuntimeWarning``) when any missed its tolerance, and forget them."""
+        ``max_relative_residual``), warn (``ConvergenceWarning``) when any missed its tolerance, and forget them."""
         reports, self.reports = self.reports, []
         if not reports:
             return {"solves": 0}
@@ -163,7 +164,7 @@ class LinearModel:
         if failed:
             warnings.warn(f"{what}: {len(failed)} of {len(reports)} CG solves stopped at {self.cg_iterations} "
                           f"iterations before reaching their tolerance (largest relative residual {worst:.2e}); "
-                          "raise cg_iterations or preconditioner_rank", RuntimeWarning, stacklevel=3)
+                          "raise cg_iterations or preconditioner_rank", ConvergenceWarning, stacklevel=3)
         iterations = [info.iterations for info in reports]
         return {"solves": len(reports), "mean_iterations": sum(iterations) / len(reports),
                 "max_iterations": max(iterations), "max_relative_residual": worst}
