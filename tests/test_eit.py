@@ -353,7 +353,8 @@ def test_inclusions_dataset_and_finer_grid_data(tmp_path):
 def test_lin_dip_error_bars_on_eit():
     """lin-DIP needs nothing EIT-specific: the exact path linearises A(G(theta)) through the operator's
     forward-mode derivative. Its pixel-wise std is informative: the test log-likelihood beats a
-    Gaussian with the same mean and the same average std everywhere (measured 0.99 against -0.92)."""
+    Gaussian with the same mean and the same average std everywhere (measured 1.03 against -0.09; 0.99
+    against -0.92 without the image-space noise term, which adds the same eta = 0.033 to every pixel)."""
     from invprior.analysis.calibration import calibration_summary, posterior_calibration
     from invprior.posterior.linearized_laplace import LinearizedLaplace
     op = EIT(size=16, h=0.15, electrodes=16, parametrization="exp")
@@ -366,7 +367,7 @@ def test_lin_dip_error_bars_on_eit():
     ours = posterior_calibration(posterior, problem.x_true, patches=(1,))
     flat = calibration_summary(problem.x_true, posterior.mean, torch.full_like(posterior.std, ours["mean_std"]),
                                patches=(1,))
-    assert ours["ll_p1"] > flat["ll_p1"] + 1.0
+    assert ours["ll_p1"] > flat["ll_p1"] + 0.5
     assert 0.7 < ours["coverage_95"] <= 1.0
 
 

@@ -41,6 +41,19 @@ def test_projected_variance_is_the_mean_diagonal_of_the_noise_through_the_pseudo
         s2 * float((top / s[:5] ** 2 @ top.T).diagonal().mean()), rel=1e-9)
 
 
+def test_directions_below_one_percent_of_the_largest_singular_value_are_left_out():
+    """A severely ill-posed spectrum (EIT-like, 1 down to 1e-6) keeps only the directions with sigma >= 0.01:
+    without the cut, sigma^-2 of the weakest would make eta 1e6 times the noise std."""
+    gen = torch.Generator().manual_seed(1)
+    u = torch.linalg.qr(torch.randn(40, 20, generator=gen, dtype=F64)).Q
+    v = torch.linalg.qr(torch.randn(20, 20, generator=gen, dtype=F64)).Q
+    sigma = torch.logspace(0, -6, 20, dtype=F64)
+    kept = sigma[sigma >= 1e-2]
+    assert 0 < kept.numel() < 20
+    eta2 = projected_noise_variance(_Matrix((u * sigma) @ v.T), 1.0, 100, dense=(u * sigma) @ v.T)
+    assert eta2 == pytest.approx(float(kept.pow(-2).sum()) / 20, rel=1e-9)
+
+
 def test_usable_rank_stays_on_half_the_measurements():
     assert usable_rank(100, 1000) == 100 and usable_rank(100, 120) == 60 and usable_rank(5, 1) == 1
     with pytest.raises(ConfigError, match="rank"):
@@ -82,8 +95,8 @@ def fitted():
 def test_exact_covariance_gains_exactly_the_projected_variance(fitted):
     problem, result = fitted
     settings = dict(solver="exact", iterations=3, lr=0.05, progress=False)
-    plain = LinearizedLaplace(**settings).fit(result, problem)
-    noisy = LinearizedLaplace(image_noise="projected", image_noise_rank=10, **settings).fit(result, problem)
+    plain = LinearizedLaplace(image_noise="none", **settings).fit(result, problem)
+    noisy = LinearizedLaplace(image_noise_rank=10, **settings).fit(result, problem)  # "projected" is the default
     sigma = torch.linalg.svdvals(dense_operator(problem.operator))[:10]
     eta2 = noisy.noise_variance * float(sigma.pow(-2).sum()) / 64
     assert noisy.image_noise_variance == pytest.approx(eta2, rel=1e-9) and plain.image_noise_variance == 0.0
@@ -97,7 +110,7 @@ def test_matheron_samples_gain_independent_pixel_noise_of_std_eta(fitted):
     problem, result = fitted
     settings = dict(solver="scalable", iterations=1, lr=0.05, num_samples=128, sample_batch=64,
                     preconditioner_rank=36, sample_cg_rtol=1e-6, cg_iterations=200, progress=False)
-    plain = LinearizedLaplace(**settings).fit(result, problem)
+    plain = LinearizedLaplace(image_noise="none", **settings).fit(result, problem)
     noisy = LinearizedLaplace(image_noise=0.02, **settings).fit(result, problem)
     extra = (noisy.samples - plain.samples).flatten()  # same seeds: the Matheron part is identical
     # 8192 draws of N(0, 0.02^2): mean within 5 standard errors, std within 5 of its standard error

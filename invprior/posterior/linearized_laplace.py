@@ -70,9 +70,9 @@ class LinearizedLaplace(PosteriorApproximation):
     starting from ``variance`` and ``lengthscale``; ``variance="auto"`` starts from the variance at which the
     prior explains the evidence's energy, ``tr(A J Sigma J^T A^T) = ||r||^2 - m s^2``.
     ``image_noise`` adds ``eta^2 I`` to the predictive covariance (independent pixel noise on every sample):
-    ``"none"``; ``"projected"``, ``eta^2 = s^2 / n sum_{i <= k} sigma_i(A)^{-2}`` over the
-    ``k = min(image_noise_rank, m / 2)`` largest singular values of ``A`` at the fitted ``s^2``; or a number,
-    ``eta`` itself.
+    ``"projected"`` (default), ``eta^2 = s^2 / n sum_{i <= k} sigma_i(A)^{-2}`` over the
+    ``k = min(image_noise_rank, m / 2)`` largest singular values of ``A`` at the fitted ``s^2``; a number,
+    ``eta`` itself; or ``"none"``.
     """
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
@@ -83,7 +83,7 @@ class LinearizedLaplace(PosteriorApproximation):
                  preconditioner_rank: int = 1000, precondition_every: int = 100, refresh_for_samples: bool = True,
                  num_samples: int = 1000, sample_batch: int | str = "auto",
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4,
-                 image_noise: str | float = "none", image_noise_rank: int = 100, seed: int = 0,
+                 image_noise: str | float = "projected", image_noise_rank: int = 100, seed: int = 0,
                  progress: bool = True) -> None:
         if solver not in SOLVERS:
             raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
