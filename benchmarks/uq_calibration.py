@@ -4,7 +4,9 @@ For every setting (image size x image x number of angles x noise level) one DIP+
 dropout p = 0.05 in its U-Net; then lin-DIP with plain type-II maximum likelihood ("MLL"), lin-DIP
 with the TV-PredCP hyperprior ("TV-MAP"), MC dropout on that network and a deep ensemble of DIP
 runs are fitted around it. lin-DIP keeps its default image-space noise term
-(``image_noise="projected"``); ``lin_mll_no_eta``, not run by default, is MLL without it. Each row:
+(``image_noise="projected"``) and chooses its mean by the discrepancy principle (``predictive_mean="auto"``);
+``lin_mll_no_eta`` and ``lin_mll_dip_mean``, not run by default, are MLL without the term and MLL around the DIP
+fit ``x*`` whatever its discrepancy. Each row:
 test log-likelihood of the ground truth per pixel on p x p patches (p = 1, 2, 10), 95 % coverage,
 mean std, RMSE, wall time of the uncertainty fit (with its ratio to the DIP fit) and its peak extra resident memory (sampled every 10 ms from /proc).
 
@@ -88,6 +90,7 @@ def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, s
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
         "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},
         "lin_mll_no_eta": {"name": "linearized_laplace", "params": {**lin, "image_noise": "none"}},
+        "lin_mll_dip_mean": {"name": "linearized_laplace", "params": {**lin, "predictive_mean": "network"}},
         "mc_dropout": {"name": "mc_dropout", "params": {"num_samples": samples}},
         "deep_ensemble": {"name": "deep_ensemble", "params": {"members": 5 if not quick else 2}},
     }
@@ -130,6 +133,8 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
                "peak_extra_mib": memory.extra_mib,
                "cg_warnings": len(caught) - len(others), "other_warnings": sorted({message[:200] for message in others}),
                "cg_summary": getattr(posterior, "cg_summary", {}),
+               **({"discrepancy": posterior.discrepancy, "mean_used": posterior.mean_used}
+                  if hasattr(posterior, "mean_used") else {}),
                **posterior_calibration(posterior, problem.x_true)}
         rows.append(row)
         with out.open("a") as handle:  # one complete line per row: a killed run loses at most the row in flight

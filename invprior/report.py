@@ -21,7 +21,7 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
 
     ``results`` maps a role (e.g. ``"baseline"``, ``"method"``) to a reconstruction; the last one is
     the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
-    With a fitted ``posterior`` its std map goes into the arrays (``std``), its calibration into
+    With a fitted ``posterior`` its mean and std maps go into the arrays (``posterior_mean``, ``std``), its calibration into
     ``metrics["posterior"]`` and the uncertainty panels into ``uncertainty.png``.
     """
     out = Path(out)
@@ -37,7 +37,7 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     write_json(out / "metrics.json", metrics)
     arrays = {"x_hat": main.image, "y": problem.y, **{role: r.image for role, r in results.items()}}
     if posterior is not None:
-        arrays["std"] = posterior.std
+        arrays["posterior_mean"], arrays["std"] = posterior.mean, posterior.std
     if problem.x_true is not None:
         arrays["x_true"] = problem.x_true
     write_npz(out / "reconstruction.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})

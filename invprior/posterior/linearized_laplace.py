@@ -4,10 +4,12 @@ Model: ``y | theta ~ N(A h(theta), s^2 I)`` with ``h(theta) = x* + J (theta - th
 zero-mean prior ``theta ~ N(0, Sigma)`` (``MaternBlockPrior``). Then
 ``y ~ N(A (x* - J theta*), K)`` with ``K = (A J) Sigma (A J)^T + s^2 I``; the hyperparameters of
 ``Sigma`` and ``s^2`` maximise ``log p(y)`` (type-II maximum likelihood, "MLL"), optionally plus the
-TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with mean ``x*`` and
-covariance ``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``, optionally plus ``eta^2 I``
+TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with covariance
+``J Sigma J^T - J Sigma (A J)^T K^{-1} (A J) Sigma J^T``, optionally plus ``eta^2 I``
 (``image_noise``: the observation noise seen in image space, see ``image_noise.py``). A nonlinear ``A``
-is replaced by its tangent ``A'(x*)``.
+is replaced by its tangent ``A'(x*)``. Its mean is ``x*``, or the linearised model's posterior mean
+``x* + J (theta_bar - theta*)``, ``theta_bar = Sigma (A J)^T K^{-1} r``, when the DIP fit under-fits the data
+(``predictive_mean``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ HYPERPRIORS = ("none", "tv_pred_cp")
 NOISE = ("learn", "known", "auto")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 IMAGE_NOISE = ("none", "projected")
+PREDICTIVE_MEANS = ("auto", "network", "linearized")
 
 
 def dense_operator(operator: ForwardOperator, dtype: torch.dtype = torch.float64,
@@ -73,6 +76,11 @@ class LinearizedLaplace(PosteriorApproximation):
     ``"projected"`` (default), ``eta^2 = s^2 / n sum_{i <= k} sigma_i(A)^{-2}`` over the
     ``k = min(image_noise_rank, m / 2)`` largest singular values of ``A`` at the fitted ``s^2``; a number,
     ``eta`` itself; or ``"none"``.
+    ``predictive_mean``: ``"network"`` keeps the DIP reconstruction ``x*``; ``"linearized"`` takes the posterior
+    mean of the linearised model, ``x* + J (theta_bar - theta*)`` with ``theta_bar = Sigma (A J)^T K^{-1} r``
+    (one more solve); ``"auto"`` (default) takes it when the DIP fit leaves more than noise in the data, by the
+    discrepancy principle: ``||y - A(x*)||^2 > tau m s^2`` with ``tau = 1 + 2 sqrt(2 / m)`` (two standard
+    deviations of ``chi^2_m / m``). ``discrepancy`` keeps ``||y - A(x*)||^2 / (m s^2)`` and ``mean_used`` the choice.
     """
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
@@ -83,8 +91,8 @@ class LinearizedLaplace(PosteriorApproximation):
                  preconditioner_rank: int = 1000, precondition_every: int = 100, refresh_for_samples: bool = True,
                  num_samples: int = 1000, sample_batch: int | str = "auto",
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4,
-                 image_noise: str | float = "projected", image_noise_rank: int = 100, seed: int = 0,
-                 progress: bool = True) -> None:
+                 image_noise: str | float = "projected", image_noise_rank: int = 100,
+                 predictive_mean: str = "auto", seed: int = 0, progress: bool = True) -> None:
         if solver not in SOLVERS:
             raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
         if hyperprior not in HYPERPRIORS:
@@ -123,6 +131,11 @@ class LinearizedLaplace(PosteriorApproximation):
             self.image_noise = real(image_noise, "LinearizedLaplace: image_noise", minimum=0.0)
         self.image_noise_rank = positive_int(image_noise_rank, "LinearizedLaplace: image_noise_rank")
         self.image_noise_variance = 0.0
+        if predictive_mean not in PREDICTIVE_MEANS:
+            raise ConfigError(f"LinearizedLaplace: predictive_mean must be one of {PREDICTIVE_MEANS}, "
+                              f"got {predictive_mean!r}")
+        self.predictive_mean = predictive_mean
+        self.discrepancy, self.mean_used = float("nan"), "network"
         self.seed, self.progress = int(seed), bool(progress)
         self.history: list[float] = []
         self.cg_summary: dict[str, dict[str, float]] = {}
@@ -231,9 +244,9 @@ class LinearizedLaplace(PosteriorApproximation):
             self.cg_summary["marginal_likelihood"] = model.take_reports("LinearizedLaplace (marginal likelihood)")
 
         self.prior, self.noise_variance, self.solver_used = prior, float(log_noise.detach().exp()), solver
-        self._mean = x_star.detach()
         log_noise = log_noise.detach()
         self.image_noise_variance = self._image_noise_variance(tangent, a_dense, x_star.device)
+        data_residual = y - operator(x_star)
         if solver == "exact":
             with torch.no_grad():
                 sigma_jt = prior.apply(jacobian).T                       # Sigma J^T, (P, n)
@@ -243,14 +256,39 @@ class LinearizedLaplace(PosteriorApproximation):
                 cov = jacobian @ sigma_jt - cross @ torch.linalg.solve(k, cross.T)
             eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
             self._covariance = 0.5 * (cov + cov.T) + self.image_noise_variance * eye
+            self._mean = self._predictive_mean(x_star, data_residual, residual, theta_star,
+                                               lambda b: torch.linalg.solve(k, b.T).T, pull, images, prior)
         else:
             model.log_noise = log_noise
-            if self.refresh_for_samples:  # at the fitted hyperparameters: fewer CG iterations for every sample
+            if self.refresh_for_samples:  # at the fitted hyperparameters: fewer CG iterations for every solve
                 model.refresh_preconditioner(self.preconditioner_rank, generator)
             self._model = model
+            self._mean = self._predictive_mean(x_star, data_residual, residual, theta_star,
+                                               lambda b: model.solve(b, self.sample_cg_rtol), pull, images, prior)
+            if self.mean_used == "linearized":
+                self.cg_summary["mean"] = model.take_reports("LinearizedLaplace (posterior mean)")
             self._samples = self._matheron(self.num_samples, generator)
         self.wall_time = time.perf_counter() - start
         return self
+
+    def _predictive_mean(self, x_star: Tensor, data_residual: Tensor, residual: Tensor, theta_star: Tensor, solve,
+                         pull, images, prior: MaternBlockPrior) -> Tensor:
+        """``x*``, or ``x* + J (theta_bar - theta*)`` with ``theta_bar = Sigma (A J)^T K^{-1} r`` (``predictive_mean``);
+        ``data_residual`` is ``y - A(x*)``, ``residual`` the evidence's ``r``, ``solve`` applies ``K^{-1}``."""
+        m = data_residual.numel()
+        self.discrepancy = float(data_residual.double().pow(2).sum()) / (m * self.noise_variance)
+        under_fit = self.discrepancy > 1 + 2 * math.sqrt(2 / m)
+        self.mean_used = "linearized" if self.predictive_mean == "linearized" or (
+            self.predictive_mean == "auto" and under_fit) else "network"
+        if self.mean_used == "network":
+            return x_star
+        with torch.no_grad():
+            alpha = solve(residual.view(1, -1))
+            theta_bar = prior.apply(pull(alpha).to(theta_star))
+            shift = images(theta_bar - theta_star).to(x_star)
+        if not torch.isfinite(shift).all():
+            raise NonFiniteError("LinearizedLaplace: the linearised posterior mean is not finite")
+        return x_star + shift.view_as(x_star)
 
     def _image_noise_variance(self, tangent: ForwardOperator, dense: Tensor | None, device: torch.device) -> float:
         """``eta^2`` of the ``image_noise`` option at the fitted noise variance."""
@@ -310,7 +348,8 @@ class LinearizedLaplace(PosteriorApproximation):
 
     @property
     def mean(self) -> Tensor:
-        """The DIP reconstruction ``x* = G(theta*)``, ``(1, *image)``."""
+        """The predictive mean, ``(1, *image)``: the DIP reconstruction ``x* = G(theta*)`` or the linearised
+        model's posterior mean (``mean_used``)."""
         return self._fitted()
 
     @property
