@@ -32,6 +32,8 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     if posterior is not None:
         metrics["posterior"] = {"name": posterior_name or type(posterior).__name__,
                                 "wall_time_s": getattr(posterior, "wall_time", None),
+                                **({"mean_used": posterior.mean_used, "discrepancy": posterior.discrepancy}
+                                   if hasattr(posterior, "mean_used") else {}),
                                 **(posterior_calibration(posterior, problem.x_true) if problem.x_true is not None
                                    else {"mean_std": float(posterior.std.double().mean())})}
     write_json(out / "metrics.json", metrics)
@@ -69,5 +71,6 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         p = metrics["posterior"]
         calibration = "  ".join(f"{key} {p[key]:.3f}" for key in ("ll_p1", "ll_p2", "ll_p10", "coverage_95") if key in p)
         timing = f"  time {p['wall_time_s']:.2f} s" if p.get("wall_time_s") is not None else ""
-        lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.4f}{timing}")
+        mean = f"  mean {p['mean_used']} (discrepancy {p['discrepancy']:.3f})" if "mean_used" in p else ""
+        lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.4f}{mean}{timing}")
     return lines

@@ -157,6 +157,11 @@ def test_cli_run_writes_posterior_metrics_std_and_figure(tmp_path, capsys):
     arrays = np.load(out / "reconstruction.npz")
     assert {"std", "posterior_mean", "x_hat", "x_true"} <= set(arrays.files)
     std, mean, x_true = arrays["std"], arrays["posterior_mean"], arrays["x_true"]
+    m = arrays["y"].size  # the mean's choice by the discrepancy principle is recorded and printed
+    under_fit = posterior["discrepancy"] > 1 + 2 * math.sqrt(2 / m)
+    assert posterior["mean_used"] == ("linearized" if under_fit else "network")
+    assert f"mean {posterior['mean_used']} (discrepancy {posterior['discrepancy']:.3f})" in printed
+    assert np.allclose(mean, arrays["x_hat"], rtol=1e-4, atol=1e-5) == (not under_fit)
     assert std.shape == x_true.shape == (1, 1, 8, 8) and (std > 0).all()
     # independent recomputation from the saved arrays: mean per-pixel Normal log-density of the truth ...
     residual = (x_true - mean).astype(np.float64)
