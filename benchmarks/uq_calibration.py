@@ -35,6 +35,7 @@ from invprior.config import ComponentSpec, parse_config
 from invprior.errors import ConvergenceWarning
 from invprior.experiment import build_method, build_posterior, build_problem
 from invprior.io import atomic_write
+from invprior.report import mean_choice
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -133,8 +134,7 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
                "peak_extra_mib": memory.extra_mib,
                "cg_warnings": len(caught) - len(others), "other_warnings": sorted({message[:200] for message in others}),
                "cg_summary": getattr(posterior, "cg_summary", {}),
-               **({"discrepancy": posterior.discrepancy, "mean_used": posterior.mean_used}
-                  if hasattr(posterior, "mean_used") else {}),
+               **mean_choice(posterior),
                **posterior_calibration(posterior, problem.x_true)}
         rows.append(row)
         with out.open("a") as handle:  # one complete line per row: a killed run loses at most the row in flight

@@ -32,8 +32,7 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     if posterior is not None:
         metrics["posterior"] = {"name": posterior_name or type(posterior).__name__,
                                 "wall_time_s": getattr(posterior, "wall_time", None),
-                                **({"mean_used": posterior.mean_used, "discrepancy": posterior.discrepancy}
-                                   if hasattr(posterior, "mean_used") else {}),
+                                **mean_choice(posterior),
                                 **(posterior_calibration(posterior, problem.x_true) if problem.x_true is not None
                                    else {"mean_std": float(posterior.std.double().mean())})}
     write_json(out / "metrics.json", metrics)
@@ -57,6 +56,14 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
         uncertainty_figure(out / "uncertainty.png", problem.x_true, posterior.mean, posterior.std,
                            title=title, label=metrics["posterior"]["name"])
     return metrics
+
+
+def mean_choice(posterior: PosteriorApproximation) -> dict[str, Any]:
+    """Which predictive mean a posterior chose and the discrepancy it chose by (``mean_used``, ``discrepancy``:
+    lin-DIP's ``predictive_mean="auto"``); empty for posteriors without the choice."""
+    if not hasattr(posterior, "mean_used"):
+        return {}
+    return {"mean_used": posterior.mean_used, "discrepancy": posterior.discrepancy}
 
 
 def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:

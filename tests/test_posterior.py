@@ -101,7 +101,7 @@ def test_predictive_covariance_is_the_bayesian_linear_regression_posterior_plus_
     theta_bar = torch.linalg.solve(precision, (a @ j).T @ (misfit + a @ j @ theta_star)) / post.noise_variance
     m = y.numel()
     assert post.discrepancy == pytest.approx(float(misfit.pow(2).sum()) / (m * post.noise_variance), rel=1e-9)
-    assert post.discrepancy > 1 + 2 * math.sqrt(2 / m) and post.mean_used == "linearized"
+    assert post.discrepancy > max(1.1 ** 2, 1 + 2 * math.sqrt(2 / m)) and post.mean_used == "linearized"
     expected_mean = lin.output.flatten() + j @ (theta_bar - theta_star)
     assert torch.allclose(post.mean.flatten(), expected_mean, atol=1e-8)
     assert (post.mean.flatten() - lin.output.flatten()).abs().max() > 1e-3   # not x* itself
@@ -297,5 +297,10 @@ def test_an_under_fitted_dip_gets_the_linearised_posterior_mean():
     error = lambda post: float((post.mean - x.double()).pow(2).mean())  # noqa: E731
     assert 10 * math.log10(error(network) / error(auto)) > 0.2
     assert auto.log_likelihood(x).item() > network.log_likelihood(x).item() + 0.05
+    # Morozov's factor: a tau above the fit's discrepancy keeps x*
+    strict = LinearizedLaplace(iterations=300, lr=0.05, progress=False, discrepancy_tau=math.sqrt(auto.discrepancy) + 0.01)
+    assert strict.fit(result, problem).mean_used == "network"
     with pytest.raises(ConfigError, match="predictive_mean"):
         LinearizedLaplace(predictive_mean="posterior")
+    with pytest.raises(ConfigError, match="discrepancy_tau"):
+        LinearizedLaplace(discrepancy_tau=0.5)

@@ -79,8 +79,10 @@ class LinearizedLaplace(PosteriorApproximation):
     ``predictive_mean``: ``"network"`` keeps the DIP reconstruction ``x*``; ``"linearized"`` takes the posterior
     mean of the linearised model, ``x* + J (theta_bar - theta*)`` with ``theta_bar = Sigma (A J)^T K^{-1} r``
     (one more solve); ``"auto"`` (default) takes it when the DIP fit leaves more than noise in the data, by the
-    discrepancy principle: ``||y - A(x*)||^2 > tau m s^2`` with ``tau = 1 + 2 sqrt(2 / m)`` (two standard
-    deviations of ``chi^2_m / m``). ``discrepancy`` keeps ``||y - A(x*)||^2 / (m s^2)`` and ``mean_used`` the choice.
+    discrepancy principle: ``||y - A(x*)|| > discrepancy_tau * sqrt(m) s`` (Morozov's factor, 1.1 as in the
+    ``discrepancy`` stopping rule: model error also leaves misfit) and ``||y - A(x*)||^2 > (1 + 2 sqrt(2 / m)) m s^2``
+    (two standard deviations of ``chi^2_m / m``, which decides for small ``m``). ``discrepancy`` keeps
+    ``||y - A(x*)||^2 / (m s^2)`` and ``mean_used`` the choice.
     """
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
@@ -92,7 +94,8 @@ class LinearizedLaplace(PosteriorApproximation):
                  num_samples: int = 1000, sample_batch: int | str = "auto",
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4,
                  image_noise: str | float = "projected", image_noise_rank: int = 100,
-                 predictive_mean: str = "auto", seed: int = 0, progress: bool = True) -> None:
+                 predictive_mean: str = "auto", discrepancy_tau: float = 1.1, seed: int = 0,
+                 progress: bool = True) -> None:
         if solver not in SOLVERS:
             raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
         if hyperprior not in HYPERPRIORS:
@@ -135,6 +138,7 @@ class LinearizedLaplace(PosteriorApproximation):
             raise ConfigError(f"LinearizedLaplace: predictive_mean must be one of {PREDICTIVE_MEANS}, "
                               f"got {predictive_mean!r}")
         self.predictive_mean = predictive_mean
+        self.discrepancy_tau = real(discrepancy_tau, "LinearizedLaplace: discrepancy_tau", minimum=1.0)
         self.discrepancy, self.mean_used = float("nan"), "network"
         self.seed, self.progress = int(seed), bool(progress)
         self.history: list[float] = []
@@ -277,7 +281,7 @@ class LinearizedLaplace(PosteriorApproximation):
         ``data_residual`` is ``y - A(x*)``, ``residual`` the evidence's ``r``, ``solve`` applies ``K^{-1}``."""
         m = data_residual.numel()
         self.discrepancy = float(data_residual.double().pow(2).sum()) / (m * self.noise_variance)
-        under_fit = self.discrepancy > 1 + 2 * math.sqrt(2 / m)
+        under_fit = self.discrepancy > max(self.discrepancy_tau ** 2, 1 + 2 * math.sqrt(2 / m))
         self.mean_used = "linearized" if self.predictive_mean == "linearized" or (
             self.predictive_mean == "auto" and under_fit) else "network"
         if self.mean_used == "network":
