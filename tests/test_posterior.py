@@ -69,6 +69,16 @@ def _kept_linearization(result: Reconstruction) -> Linearization:
     return Linearization(network, z)
 
 
+def _linear_model_posterior_mean(problem: InverseProblem, lin: Linearization, post: LinearizedLaplace) -> torch.Tensor:
+    """``x* + J (theta_bar - theta*)`` with ``theta_bar`` the weight-space posterior mean of the linear model
+    ``y = A x* + A J (theta - theta*) + noise``, ``theta ~ N(0, Sigma)``, by a dense solve with the fitted prior."""
+    j, a = lin.jacobian(), dense_operator(problem.operator)
+    precision = torch.linalg.inv(post.prior.dense().detach()) + (a @ j).T @ (a @ j) / post.noise_variance
+    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
+    r = problem.y.double().flatten() - a @ lin.output.flatten() + a @ j @ theta_star
+    return lin.output.flatten() + j @ (torch.linalg.solve(precision, (a @ j).T @ r) / post.noise_variance - theta_star)
+
+
 @pytest.fixture(scope="module")
 def fitted():
     op = registry.get("operators", "ct_parallel", size=6, num_angles=4)
@@ -93,17 +103,13 @@ def test_predictive_covariance_is_the_bayesian_linear_regression_posterior_plus_
     assert post.image_noise_variance == pytest.approx(eta2, rel=1e-9) and eta2 > 0
     expected = j @ torch.linalg.solve(precision, j.T) + eta2 * torch.eye(36, dtype=torch.float64)
     assert torch.allclose(post.covariance, expected, atol=1e-8 * expected.abs().max().item(), rtol=1e-5)
-    # the mean: the weight-space posterior mean of the linear model y = A x* + A J (theta - theta*) + noise,
-    # theta ~ N(0, Sigma), taken because 50 DIP steps leave more than noise in the data (discrepancy principle)
-    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
-    y = problem.y.double().flatten()
-    misfit = y - a @ lin.output.flatten()
-    theta_bar = torch.linalg.solve(precision, (a @ j).T @ (misfit + a @ j @ theta_star)) / post.noise_variance
-    m = y.numel()
+    # the mean: the weight-space posterior mean of the linear model, taken because 50 DIP steps leave more than
+    # noise in the data (discrepancy principle)
+    misfit = problem.y.double().flatten() - a @ lin.output.flatten()
+    m = misfit.numel()
     assert post.discrepancy == pytest.approx(float(misfit.pow(2).sum()) / (m * post.noise_variance), rel=1e-9)
     assert post.discrepancy > max(1.1 ** 2, 1 + 2 * math.sqrt(2 / m)) and post.mean_used == "linearized"
-    expected_mean = lin.output.flatten() + j @ (theta_bar - theta_star)
-    assert torch.allclose(post.mean.flatten(), expected_mean, atol=1e-8)
+    assert torch.allclose(post.mean.flatten(), _linear_model_posterior_mean(problem, lin, post), atol=1e-8)
     assert (post.mean.flatten() - lin.output.flatten()).abs().max() > 1e-3   # not x* itself
     network = LinearizedLaplace(iterations=30, progress=False, predictive_mean="network").fit(result, problem)
     assert torch.allclose(network.mean, lin.output) and torch.allclose(network.covariance, post.covariance)
@@ -227,13 +233,7 @@ def test_preconditioner_refreshed_for_samples_makes_their_solves_direct(fitted):
                                  progress=False).fit(result, problem)
         summaries[refresh] = post.cg_summary["samples"]
         if refresh:  # the linearised posterior mean, by CG, against the dense weight-space formula
-            lin = _kept_linearization(result)
-            j, a = lin.jacobian(), dense_operator(problem.operator)
-            precision = torch.linalg.inv(post.prior.dense().detach()) + (a @ j).T @ (a @ j) / post.noise_variance
-            theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
-            r = problem.y.double().flatten() - a @ lin.output.flatten() + a @ j @ theta_star
-            expected = lin.output.flatten() + j @ (torch.linalg.solve(precision, (a @ j).T @ r) / post.noise_variance
-                                                   - theta_star)
+            expected = _linear_model_posterior_mean(problem, _kept_linearization(result), post)
             assert post.mean_used == "linearized" and post.cg_summary["mean"]["solves"] == 1
             assert (post.mean.flatten() - expected).abs().max() < 1e-4 * expected.abs().max()  # CG to rtol 1e-6
             centred = (post.samples - post.mean).flatten(1)

@@ -200,7 +200,8 @@ class LinearizedLaplace(PosteriorApproximation):
             model_forward, images, pull = model.forward, model.images, model.transpose
         with torch.no_grad():
             # zero-mean weight prior: y - A h(0) = y - A(x*) + A J theta*
-            residual = ((y - operator(x_star)).flatten() + model_forward(theta_star).flatten()).detach().double()
+            data_residual = y - operator(x_star)
+            residual = (data_residual.flatten() + model_forward(theta_star).flatten()).detach().double()
         known = problem.noise_std is not None
         if self.noise == "known" and not known:
             raise ConfigError("LinearizedLaplace: noise='known' needs the noise level on the problem (noise_std)")
@@ -250,7 +251,6 @@ class LinearizedLaplace(PosteriorApproximation):
         self.prior, self.noise_variance, self.solver_used = prior, float(log_noise.detach().exp()), solver
         log_noise = log_noise.detach()
         self.image_noise_variance = self._image_noise_variance(tangent, a_dense, x_star.device)
-        data_residual = y - operator(x_star)
         if solver == "exact":
             with torch.no_grad():
                 sigma_jt = prior.apply(jacobian).T                       # Sigma J^T, (P, n)
