@@ -154,8 +154,9 @@ def test_bad_settings_are_refused(problem):
         with pytest.raises(ConfigError):
             DIP(**bad)
     bare = InverseProblem(problem.operator, problem.y)
-    with pytest.raises(ConfigError, match="noise level"):
-        DIP(stopping="discrepancy").reconstruct(bare, progress=False)
+    for rule, params in (("discrepancy", {}), ("eswmv", {"discrepancy_tau": 1.1})):
+        with pytest.raises(ConfigError, match="noise level"):
+            DIP(stopping=rule, stopping_params=params).reconstruct(bare, progress=False)
 
 
 def test_seeded_runs_repeat_and_leave_the_global_rng_alone(problem):

@@ -58,6 +58,40 @@ def test_eswmv_finds_the_flat_stretch_and_waits_for_patience():
     assert rule.best_value == 0.0
 
 
+def _under_fitted_trace() -> list[IterationState]:
+    """A flat stretch (k = 21..40) while the residual is still 3 delta, jitter, the data reached at k = 51
+    (residual delta), then a second flat stretch from k = 61."""
+    values = ([20 * (1 - 1 / k) for k in range(1, 21)] + [19.5] * 20 + [19.5 + (-1) ** k * 0.5 for k in range(41, 61)]
+              + [30.0] * 40)
+    return [_state(k, image=v, residual=3.0 if k <= 50 else 1.0) for k, v in enumerate(values, start=1)]
+
+
+def test_eswmv_with_discrepancy_tau_waits_until_the_data_are_fitted():
+    plain = ESWMV(window=5, patience=15)
+    assert _run(plain, _under_fitted_trace()) == 40 and plain.best_iteration == 25  # the under-fitted stretch
+    rule = ESWMV(window=5, patience=15, discrepancy_tau=1.1)
+    assert rule.requires_noise_level and not plain.requires_noise_level
+    # 3 > 1.1 delta up to k = 50: no stop; the watch restarts at k = 51 and the window 61..65 is the new minimum
+    assert _run(rule, _under_fitted_trace()) == 80
+    assert rule.fitted_iteration == 51 and rule.best_iteration == 65 and rule.best[0, 0, 0, 0].item() == 30.0
+    assert "iteration 51" in rule.reason
+    # a fit that never reaches tau delta never stops and keeps its least-variance iterate
+    rule.reset()
+    never = [_state(s.iteration, image=float(s.image[0, 0, 0, 0]), residual=3.0) for s in _under_fitted_trace()]
+    assert _run(rule, never) is None and rule.fitted_iteration is None and rule.best_iteration == 25
+    # tau = 3 is met from the start: the plain rule's stop
+    loose = ESWMV(window=5, patience=15, discrepancy_tau=3.0)
+    assert _run(loose, _under_fitted_trace()) == 40 and loose.fitted_iteration == 1
+
+
+def test_eswmv_discrepancy_tau_is_validated_and_needs_the_noise_level():
+    for tau in (1.0, 0.5, float("nan")):
+        with pytest.raises(ConfigError, match="discrepancy_tau"):
+            ESWMV(discrepancy_tau=tau)
+    with pytest.raises(ConfigError, match="noise level"):
+        ESWMV(window=2, discrepancy_tau=1.1).update(_state(1, delta=None))
+
+
 def test_eswmv_variance_is_the_windowed_variance_of_the_iterates():
     rule = ESWMV(window=3, patience=100)
     for k, v in enumerate([1.0, 2.0, 4.0], start=1):

@@ -88,13 +88,22 @@ class ESWMV(_Improvement):
     the kept iterate is ``x_t`` at the smallest ``VAR_t`` seen so far (so the kept image and the
     network weights that produced it belong together); the fit stops when that minimum has not
     improved for ``patience`` iterations. Needs no noise level.
+
+    ``discrepancy_tau`` (needs the noise norm ``delta`` on the problem) starts the watch only once the fit has
+    reached the data, ``||A x_k - y|| <= tau delta`` (Morozov): before that the moving variance measures the
+    optimiser's jitter, not the onset of noise fitting, and an early minimum would stop an under-fitted run.
+    Until then the least-variance iterate is kept provisionally and the rule never stops; at the first such
+    ``k`` the minimum is forgotten and ES-WMV starts afresh.
     """
 
-    def __init__(self, window: int = 100, patience: int = 1000) -> None:
+    def __init__(self, window: int = 100, patience: int = 1000, discrepancy_tau: float | None = None) -> None:
         self.window = positive_int(window, "ESWMV: window")
         if self.window < 2:
             raise ConfigError("ESWMV: window must be >= 2 (the variance of a single iterate is always 0)")
         self.patience = positive_int(patience, "ESWMV: patience")
+        self.discrepancy_tau = None if discrepancy_tau is None else real(
+            discrepancy_tau, "ESWMV: discrepancy_tau", minimum=1.0, strict=True)
+        self.requires_noise_level = self.discrepancy_tau is not None
         self.reset()
 
     def reset(self) -> None:
@@ -103,12 +112,27 @@ class ESWMV(_Improvement):
         self._sum: torch.Tensor | None = None  # running sums over the window, float64: sum x_i, sum ||x_i||^2
         self._sum_squares = 0.0
         self._updates = 0
+        self.fitted_iteration: int | None = None  # first k with ||A x_k - y|| <= tau delta (discrepancy_tau)
 
     def _add(self, image: torch.Tensor, sign: float) -> None:
         self._sum = sign * image if self._sum is None else self._sum + sign * image
         self._sum_squares += sign * float(image.pow(2).sum())
 
+    def _reached_data(self, state: IterationState) -> bool:
+        """Whether the discrepancy condition holds by now (always, without ``discrepancy_tau``); the first
+        iterate that meets it restarts the watch."""
+        if self.discrepancy_tau is None or self.fitted_iteration is not None:
+            return True
+        if state.noise_norm is None or bool((state.noise_norm <= 0).any()):
+            raise ConfigError("ESWMV: discrepancy_tau needs a positive noise level delta on the problem")
+        if float(state.residual_norm.max()) <= self.discrepancy_tau * float(state.noise_norm.max()):
+            self.fitted_iteration = state.iteration
+            self.best_value, self._since_best = math.inf, 0
+            return True
+        return False
+
     def update(self, state: IterationState) -> bool:
+        reached = self._reached_data(state)
         image = state.image.detach().double()
         self._buffer.append(image)
         self._add(image, 1.0)
@@ -122,9 +146,11 @@ class ESWMV(_Improvement):
             return False
         # sum_i ||x_i - mean||^2 = sum_i ||x_i||^2 - ||sum_i x_i||^2 / W
         variance = max(self._sum_squares - float(self._sum.pow(2).sum()) / self.window, 0.0) / self.window
-        if self._watch(state, variance):
+        if self._watch(state, variance) and reached:
+            since = "" if self.discrepancy_tau is None else (
+                f" since the fit reached ||Ax - y|| <= {self.discrepancy_tau:g} delta at iteration {self.fitted_iteration}")
             self.reason = (f"ES-WMV: the moving variance (window {self.window}) has not decreased for "
-                           f"{self.patience} iterations; kept iteration {self.best_iteration}")
+                           f"{self.patience} iterations{since}; kept iteration {self.best_iteration}")
             return True
         return False
 
