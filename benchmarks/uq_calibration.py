@@ -131,8 +131,8 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
             seconds = time.perf_counter() - start
         others = [str(w.message) for w in caught if not issubclass(w.category, ConvergenceWarning)]
         row = {**base, "method": method, "dip_psnr": psnr, "dip_seconds": dip.wall_time,
-               "dip_iterations": dip.iterations, "dip_kept_iteration": dip.extras["best_iteration"], "seconds": seconds, "time_ratio_to_dip": seconds / dip.wall_time,
-               "peak_extra_mib": memory.extra_mib,
+               "dip_iterations": dip.iterations, "dip_kept_iteration": dip.extras["best_iteration"],
+               "seconds": seconds, "time_ratio_to_dip": seconds / dip.wall_time, "peak_extra_mib": memory.extra_mib,
                "cg_warnings": len(caught) - len(others), "other_warnings": sorted({message[:200] for message in others}),
                "cg_summary": getattr(posterior, "cg_summary", {}),
                **mean_choice(posterior),

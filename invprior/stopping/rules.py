@@ -12,6 +12,14 @@ from invprior.errors import ConfigError
 from invprior.validation import positive_int, real
 
 
+def _residual_and_noise(state: IterationState, needs: str) -> tuple[float, float]:
+    """``(||A x_k - y||, delta)`` of the worst batch item; ``needs`` names the caller in the error raised when the
+    problem carries no positive noise level ``delta``."""
+    if state.noise_norm is None or bool((state.noise_norm <= 0).any()):
+        raise ConfigError(f"{needs} needs a positive noise level delta on the problem")
+    return float(state.residual_norm.max()), float(state.noise_norm.max())
+
+
 class FixedBudget(StoppingRule):
     """Stop after ``iterations`` iterations and keep the last iterate."""
 
@@ -41,14 +49,12 @@ class DiscrepancyPrinciple(StoppingRule):
         self.reset()
 
     def update(self, state: IterationState) -> bool:
-        if state.noise_norm is None or bool((state.noise_norm <= 0).any()):
-            raise ConfigError("the discrepancy principle needs a positive noise level delta on the problem")
+        residual, delta = _residual_and_noise(state, "the discrepancy principle")
         self._keep(state)
-        residual, bound = float(state.residual_norm.max()), self.tau * float(state.noise_norm.max())
-        self.statistic = residual / float(state.noise_norm.max())
-        if residual <= bound:
+        self.statistic = residual / delta
+        if residual <= self.tau * delta:
             self.reason = (f"discrepancy principle: ||Ax - y|| = {residual:.4g} <= tau * delta = "
-                           f"{self.tau:g} * {bound / self.tau:.4g} at iteration {state.iteration}")
+                           f"{self.tau:g} * {delta:.4g} at iteration {state.iteration}")
             return True
         return False
 
@@ -123,9 +129,8 @@ class ESWMV(_Improvement):
         iterate that meets it restarts the watch."""
         if self.discrepancy_tau is None or self.fitted_iteration is not None:
             return True
-        if state.noise_norm is None or bool((state.noise_norm <= 0).any()):
-            raise ConfigError("ESWMV: discrepancy_tau needs a positive noise level delta on the problem")
-        if float(state.residual_norm.max()) <= self.discrepancy_tau * float(state.noise_norm.max()):
+        residual, delta = _residual_and_noise(state, "ESWMV: discrepancy_tau")
+        if residual <= self.discrepancy_tau * delta:
             self.fitted_iteration = state.iteration
             self.best_value, self._since_best = math.inf, 0
             return True
