@@ -12,7 +12,9 @@ mean std, RMSE, wall time of the uncertainty fit (with its ratio to the DIP fit)
 
 Rows go to ``--out`` (JSON lines, appended atomically per row); a rerun skips the rows already
 there, so an interrupted benchmark resumes. At the end a Markdown table is printed, then per setting lin-DIP's
-margin over the best baseline at p = 1, 2, 10 and the number of settings lin-DIP wins.
+margin over the best baseline at p = 1, 2, 10 and the number of settings lin-DIP wins. ``lin_mixture``
+(not run by default) is lin-DIP around each of the deep ensemble's fits, an equal-weight Gaussian mixture
+(``LaplaceMixture``); it is scored against the baselines in a table of its own.
 
     python benchmarks/uq_calibration.py --sizes 28 --angles 5 10 20 30 --noise 0.05 0.1
     python benchmarks/uq_calibration.py --sizes 128 --images ct_slice --angles 30 --noise 0.025 --methods lin_mll
@@ -88,13 +90,16 @@ def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, s
     if scalable:
         lin.update(num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
                    num_samples=samples, sample_batch="auto", sample_cg_rtol=1e-2, dtype="float32")
+    members = 2 if quick else 5
+    per_member = {"num_samples": max(1, samples // members)} if scalable else {}  # the pool holds ``samples``
     return {
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
         "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},
         "lin_mll_no_eta": {"name": "linearized_laplace", "params": {**lin, "image_noise": "none"}},
         "lin_mll_dip_mean": {"name": "linearized_laplace", "params": {**lin, "predictive_mean": "network"}},
         "mc_dropout": {"name": "mc_dropout", "params": {"num_samples": samples}},
-        "deep_ensemble": {"name": "deep_ensemble", "params": {"members": 5 if not quick else 2}},
+        "deep_ensemble": {"name": "deep_ensemble", "params": {"members": members}},
+        "lin_mixture": {"name": "laplace_mixture", "params": {"members": members, "laplace": {**lin, **per_member}}},
     }
 
 
@@ -161,16 +166,23 @@ def table(rows: list[dict]) -> str:
 LL_PATCHES = (1, 2, 10)
 
 
-def winners(rows: list[dict]) -> str:
-    """Per setting, lin-DIP's best test log-likelihood against the best baseline's at p = 1, 2, 10 (margin =
-    difference in nats per pixel), and in how many settings with both lin-DIP wins."""
+CONTENDERS = {  # the lin-DIP around the one DIP fit, and the mixture around the ensemble's fits
+    "lin-DIP": lambda method: method.startswith("lin_") and method != "lin_mixture",
+    "lin-DIP mixture": lambda method: method == "lin_mixture",
+}
+
+
+def winners(rows: list[dict], contender: str = "lin-DIP") -> str:
+    """Per setting, the contender's best test log-likelihood (``CONTENDERS``) against the best baseline's (MC
+    dropout, deep ensemble) at p = 1, 2, 10 (margin = difference in nats per pixel), and in how many settings
+    with both it wins; empty when no setting has both."""
     settings: dict[tuple, list[dict]] = {}
     for row in rows:
         settings.setdefault(key(row)[:-1], []).append(row)
-    head = "| setting | " + " | ".join(f"p={p}: lin-DIP - best baseline" for p in LL_PATCHES) + " |"
+    head = "| setting | " + " | ".join(f"p={p}: {contender} - best baseline" for p in LL_PATCHES) + " |"
     lines, wins, counted = [head, "|" + "---|" * (head.count("|") - 1)], dict.fromkeys(LL_PATCHES, 0), 0
     for setting, group in sorted(settings.items()):
-        lin = [r for r in group if r["method"].startswith("lin_")]
+        lin = [r for r in group if CONTENDERS[contender](r["method"])]
         other = [r for r in group if not r["method"].startswith("lin_")]
         if not lin or not other:
             continue
@@ -186,8 +198,10 @@ def winners(rows: list[dict]) -> str:
         label = f"{size} {image} {angles} angles {noise:.0%}" + (f" seed {seed}" if seed else "") + (
             f" patience {patience}" if patience != 500 else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not counted:
+        return ""
     counts = ", ".join(f"p = {p}: {wins[p]} of {counted}" for p in LL_PATCHES)
-    return "\n".join(lines) + f"\n\nlin-DIP has the best test log-likelihood in {counts} settings."
+    return "\n".join(lines) + f"\n\n{contender} has the best test log-likelihood in {counts} settings.\n"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -227,7 +241,7 @@ def main() -> None:
                 for noise in args.noise:
                     for seed in args.seeds:
                         rows += run_setting(size, image, angles, noise, seed, args.methods, args, done)
-    report = table(rows) + "\n\n" + winners(rows) + "\n"
+    report = "\n\n".join([table(rows), *filter(None, (winners(rows, c) for c in CONTENDERS))])
     print(report)
     if args.table:
         text = report.encode()

@@ -52,21 +52,28 @@ class DeepEnsemble(SamplePredictive):
         member.stopping = copy.deepcopy(method.stopping)  # the original's rule keeps what it recorded
         return member
 
-    def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> DeepEnsemble:
+    def fit_members(self, reconstruction: Reconstruction, problem: InverseProblem,
+                    owner: str = "DeepEnsemble") -> list[Reconstruction]:
+        """``reconstruction`` and the ``members - 1`` new DIP fits (in ``owner``'s name in errors)."""
         method = reconstruction.extras.get("method")
         if not isinstance(method, DIP):
-            raise ConfigError(f"DeepEnsemble: the ensemble needs a DIP reconstruction (one whose extras['method'] "
+            raise ConfigError(f"{owner}: the ensemble needs a DIP reconstruction (one whose extras['method'] "
                               f"is the DIP that fitted it), got one from method {reconstruction.method!r}")
-        start = time.perf_counter()
-        images = [reconstruction.image.detach()]
-        with tqdm(total=self.members, initial=1, desc="DeepEnsemble", disable=not self.progress, leave=False) as bar:
+        fits = [reconstruction]
+        with tqdm(total=self.members, initial=1, desc=owner, disable=not self.progress, leave=False) as bar:
             for k in range(1, self.members):
-                image = self._member(method, k).reconstruct(problem, progress=False).image.detach()
-                if image.shape != images[0].shape:
-                    raise ShapeError(f"DeepEnsemble: member {k} has shape {tuple(image.shape)}, but the given "
-                                     f"reconstruction {tuple(images[0].shape)}; fit on the problem it was made from")
-                images.append(image.to(images[0]))
+                fit = self._member(method, k).reconstruct(problem, progress=False)
+                if fit.image.shape != reconstruction.image.shape:
+                    raise ShapeError(f"{owner}: member {k} has shape {tuple(fit.image.shape)}, but the given "
+                                     f"reconstruction {tuple(reconstruction.image.shape)}; fit on the problem it was "
+                                     "made from")
+                fits.append(fit)
                 bar.update(1)
-        self._samples = torch.stack(images)
+        return fits
+
+    def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> DeepEnsemble:
+        start = time.perf_counter()
+        images = [fit.image.detach() for fit in self.fit_members(reconstruction, problem)]
+        self._samples = torch.stack([image.to(images[0]) for image in images])
         self.wall_time = time.perf_counter() - start
         return self

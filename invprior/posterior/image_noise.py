@@ -43,6 +43,7 @@ def leading_singular_values(operator: ForwardOperator, k: int, dense: Tensor | N
         raise ConfigError(f"image noise: {operator.name} is nonlinear; pass its tangent operator.linearized(x)")
     domain, measured = operator.domain_shape, operator.range_shape
     n, m = math.prod(domain), math.prod(measured)
+    k = min(k, m, n)  # as many as there are (the dense path's svdvals stop there too)
     matvec = lambda v: operator(v.view(-1, *domain)).reshape(v.shape[0], m)             # noqa: E731
     rmatvec = lambda u: operator.adjoint(u.view(-1, *measured)).reshape(u.shape[0], n)  # noqa: E731
     _, s, _ = randomized_svd(matvec, rmatvec, (m, n), k, oversample=2 * k, power_iterations=3,

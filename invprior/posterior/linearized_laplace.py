@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, NonFiniteError, ShapeError
 from invprior.posterior.fitted import kept_network
+from invprior.posterior.gaussian_predictive import GaussianPredictive
 from invprior.posterior.image_noise import projected_noise_variance
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
@@ -52,7 +52,7 @@ def dense_operator(operator: ForwardOperator, dtype: torch.dtype = torch.float64
     return operator(basis).reshape(n, -1).T
 
 
-class LinearizedLaplace(PosteriorApproximation):
+class LinearizedLaplace(GaussianPredictive):
     """lin-DIP: a Gaussian predictive over images from the linearised network.
 
     ``solver="exact"`` forms ``J`` and ``K`` densely (Cholesky; images up to ``max_pixels``);
@@ -84,6 +84,8 @@ class LinearizedLaplace(PosteriorApproximation):
     (two standard deviations of ``chi^2_m / m``, which decides for small ``m``). ``discrepancy`` keeps
     ``||y - A(x*)||^2 / (m s^2)`` and ``mean_used`` the choice.
     """
+
+    _owner = "LinearizedLaplace"
 
     def __init__(self, solver: str = "auto", hyperprior: str = "none", noise: str = "auto", iterations: int = 200,
                  lr: float = 0.01,
@@ -345,40 +347,11 @@ class LinearizedLaplace(PosteriorApproximation):
         return -0.5 * (residual @ alpha.flatten()) - torch.log(torch.diagonal(factor)).sum() - 0.5 * m * math.log(2 * math.pi)
 
     # -- predictive -----------------------------------------------------------------------
-    def _fitted(self) -> Tensor:
-        if self._mean is None:
-            raise ConfigError("LinearizedLaplace: call fit(reconstruction, problem) first")
-        return self._mean
-
     @property
     def mean(self) -> Tensor:
         """The predictive mean, ``(1, *image)``: the DIP reconstruction ``x* = G(theta*)`` or the linearised
         model's posterior mean (``mean_used``)."""
         return self._fitted()
-
-    @property
-    def covariance(self) -> Tensor:
-        """Predictive covariance over the pixels, ``(n, n)`` (exact path only)."""
-        self._fitted()
-        if self._covariance is None:
-            raise ConfigError("LinearizedLaplace: the scalable path forms no dense covariance; use .samples "
-                              "(e.g. for patch log-likelihoods)")
-        return self._covariance
-
-    @property
-    def samples(self) -> Tensor:
-        """Posterior samples drawn during fit (scalable path), ``(num_samples, 1, *image)``."""
-        self._fitted()
-        if self._samples is None:
-            raise ConfigError("LinearizedLaplace: the exact path keeps no samples; use .covariance or sample(n)")
-        return self._samples
-
-    @property
-    def std(self) -> Tensor:
-        mean = self._fitted()
-        if self._covariance is not None:
-            return self._covariance.diagonal().clamp_min(0).sqrt().view_as(mean)
-        return (self._samples - mean).pow(2).mean(dim=0).sqrt()
 
     def sample(self, n: int, seed: int = 0) -> Tensor:
         mean = self._fitted()
