@@ -70,6 +70,14 @@ def test_randomised_spectrum_of_a_ct_operator_matches_its_dense_svd():
     assert projected_noise_variance(op, 1e-4, 40, seed=1) == pytest.approx(exact, rel=1e-3)
 
 
+def test_asking_for_more_singular_values_than_exist_returns_all_of_them():
+    op = registry.get("operators", "ct_parallel", size=6, num_angles=12)  # n = 36 pixels < m measurements
+    truth = torch.linalg.svdvals(dense_operator(op))
+    found = leading_singular_values(op, 100, seed=1)
+    assert found.shape == truth.shape == (36,)
+    assert torch.allclose(found, truth, rtol=1e-6, atol=1e-9 * float(truth[0]))
+
+
 def test_bad_image_noise_settings_are_refused():
     for value, match in (("pinv", "image_noise must be one of"), (-0.1, "image_noise"), (math.nan, "image_noise")):
         with pytest.raises(ConfigError, match=match):
