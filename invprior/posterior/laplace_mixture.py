@@ -48,9 +48,6 @@ class LaplaceMixture(GaussianPredictive):
         self._component()  # bad lin-DIP settings fail here, before any fit
         self.components: list[LinearizedLaplace] = []
         self.wall_time = 0.0
-        self._mean: Tensor | None = None
-        self._covariance: Tensor | None = None
-        self._samples: Tensor | None = None
 
     def _component(self) -> LinearizedLaplace:
         return LinearizedLaplace(**self.laplace, seed=self.seed, progress=False)

@@ -146,9 +146,6 @@ class LinearizedLaplace(GaussianPredictive):
         self.history: list[float] = []
         self.cg_summary: dict[str, dict[str, float]] = {}
         self.wall_time = 0.0
-        self._mean: Tensor | None = None
-        self._covariance: Tensor | None = None
-        self._samples: Tensor | None = None
         self._model: LinearModel | None = None
 
     # -- fitting ------------------------------------------------------------------------
