@@ -1,10 +1,10 @@
 """DIP+TV with automatic stopping beats the best classical baseline (automatic weights) on small problems.
 
 Nothing here uses the ground truth to tune or stop: the TV weight of DIP comes from the
-discrepancy principle (weight="auto"), the iterate from ES-WMV (window 100, patience 1000, at
-most 3000 iterations), and every baseline picks its weight by the discrepancy principle.
-Measured margins (64x64, 2 threads): denoising +1.68 dB, inpainting +0.38 dB, CT +1.02 dB; the
-asserted gaps are about half of that.
+discrepancy principle (weight="auto"), the iterate from ES-WMV (window 50, patience 500, at
+most 1500 iterations of Adam with step 3e-3), and every baseline picks its weight by the
+discrepancy principle. Measured margins (64x64, 2 threads): denoising +1.08 dB, inpainting
++0.85 dB, CT +1.36 dB; the asserted gaps are about half of that.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ def _problem(task: str) -> InverseProblem:
     return InverseProblem.simulate(op, registry.get("datasets", "ct_slice", size=SIZE), GaussianNoise(relative=0.025), seed=0)
 
 
-@pytest.mark.parametrize("task, gap", [("denoising", 0.8), ("inpainting", 0.2), ("ct", 0.4)])
+@pytest.mark.parametrize("task, gap", [("denoising", 0.5), ("inpainting", 0.4), ("ct", 0.7)])
 def test_dip_tv_with_automatic_stopping_beats_the_best_classical_baseline(task, gap):
     problem = _problem(task)
     baselines = {"tv": TVLeastSquares(), "tikhonov": Tikhonov(), "pseudo_inverse": PseudoInverse()}
     scores = {name: psnr(m.reconstruct(problem, progress=False).image, problem.x_true).item()
               for name, m in baselines.items()}
     dip = DIP(generator_params={"preset": "small", "input_channels": 32}, weight="auto", stopping="eswmv",
-              stopping_params={"window": 100, "patience": 1000}, lr=1e-3, max_iterations=3000, log_every=50)
+              stopping_params={"window": 50, "patience": 500}, lr=3e-3, max_iterations=1500, log_every=50)
     result = dip.reconstruct(problem, progress=False)
     ours = psnr(result.image, problem.x_true).item()
     best = max(scores, key=scores.get)
