@@ -116,8 +116,11 @@ def test_a_run_on_images_too_small_for_ssim_keeps_its_psnr_and_shows_no_ssim():
     suite = {**TINY, "seeds": [0], "problems": [{**TINY["problems"][0], "size": 8, "noise": 0.05}],
              "methods": TINY["methods"][:1]}
     (run,) = expand_suite(suite)
-    record = run_one(run, commit="test")
+    threads = torch.get_num_threads()
+    record = run_one(run, commit="test", threads=threads + 1)
     assert record["status"] == "ok" and record["ssim"] is None
+    # the run used its own thread count and gave the caller's back
+    assert record["threads"] == threads + 1 and torch.get_num_threads() == threads
     config = parse_config(run.config)
     problem = build_problem(config.problem, config.seed)
     direct = float(psnr(build_method(config.method, "method").reconstruct(problem, False).image, problem.x_true))

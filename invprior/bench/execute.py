@@ -52,15 +52,17 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
-    """Execute ``run`` and return its record: settings, metrics, timings, peak memory, versions."""
+    """Execute ``run`` on ``threads`` torch threads (the caller's count is restored) and return its record:
+    settings, metrics, timings, peak memory, versions."""
     from invprior import __version__
     from invprior.analysis.calibration import posterior_calibration
     from invprior.config import parse_config
     from invprior.experiment import build_method, build_posterior, build_problem, scores
 
+    caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     record: dict[str, Any] = {"key": run.key, "label": run.label, "setting": run.setting, "method_key": run.method,
-                              "commit": commit, "invprior": __version__,
+                              "commit": commit, "invprior": __version__, "threads": threads,
                               "torch": torch.__version__, "python": platform.python_version()}
     _flatten("", run.config, record)
     start = time.perf_counter()
@@ -77,6 +79,8 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
             record.update({f"posterior_{k}": v for k, v in posterior_calibration(posterior, problem.x_true).items()})
     except Exception as exc:  # recorded, never raised: one failing run must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+    finally:  # a run in the caller's process must not leave its thread count behind
+        torch.set_num_threads(caller_threads)
     record["wall_time_s"] = time.perf_counter() - start
     record["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return record
