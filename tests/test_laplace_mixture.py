@@ -10,6 +10,7 @@ from invprior.analysis.calibration import posterior_calibration
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.methods import DIP
+from invprior.posterior.ensemble import DeepEnsemble
 from invprior.posterior.laplace_mixture import LaplaceMixture
 from invprior.posterior.linearized_laplace import LinearizedLaplace
 
@@ -48,6 +49,17 @@ def test_the_mixture_moments_are_those_of_its_components(fitted):
             .mean(dim=0) - 1e-15).all()
     summary = posterior_calibration(mixture, problem.x_true)
     assert set(summary) >= {"ll_p1", "ll_p2", "coverage_95"}
+
+
+def test_fit_around_a_fitted_ensembles_members_gives_the_same_mixture(fitted):
+    problem, result, mixture = fitted
+    ensemble = DeepEnsemble(members=3, seed_offset=100, progress=False).fit(result, problem)
+    assert len(ensemble.fits) == 3 and ensemble.fits[0] is result
+    assert torch.equal(torch.stack([f.image for f in ensemble.fits]), ensemble.samples)
+    again = LaplaceMixture(members=3, laplace=LAPLACE, progress=False).fit_around(ensemble.fits, problem)
+    assert torch.allclose(again.mean, mixture.mean) and torch.allclose(again.covariance, mixture.covariance)
+    with pytest.raises(ConfigError, match="needs 3 member fits"):
+        LaplaceMixture(members=3, laplace=LAPLACE, progress=False).fit_around(ensemble.fits[:2], problem)
 
 
 def test_mixture_samples_have_the_mixture_moments(fitted):

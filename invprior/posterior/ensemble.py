@@ -28,8 +28,9 @@ class DeepEnsemble(SamplePredictive):
     weights, input and input noise) and no checkpoint, so the original's checkpoint files are never
     read or overwritten. ``sample`` returns the member images, ``log_likelihood`` uses
     independent Gaussians per pixel with the member moments and ``covariance`` is their sample
-    covariance (plus ``1e-10`` times its mean variance on the diagonal). ``wall_time`` is the time
-    ``fit`` took in seconds (the ``members - 1`` new fits).
+    covariance (plus ``1e-10`` times its mean variance on the diagonal). ``fits`` keeps the member
+    reconstructions (for ``LaplaceMixture.fit_around``) and ``wall_time`` the seconds ``fit`` took (the
+    ``members - 1`` new fits).
     """
 
     _owner, _drawn, _more = "DeepEnsemble", "members were fitted", "members"
@@ -41,6 +42,7 @@ class DeepEnsemble(SamplePredictive):
         self.seed_offset = positive_int(seed_offset, "DeepEnsemble: seed_offset")
         self.progress = bool(progress)
         self.wall_time = 0.0
+        self.fits: list[Reconstruction] = []
         self._samples: Tensor | None = None
 
     def _member(self, method: DIP, k: int) -> DIP:
@@ -73,7 +75,8 @@ class DeepEnsemble(SamplePredictive):
 
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> DeepEnsemble:
         start = time.perf_counter()
-        images = [fit.image.detach() for fit in self.fit_members(reconstruction, problem)]
+        self.fits = self.fit_members(reconstruction, problem)
+        images = [fit.image.detach() for fit in self.fits]
         self._samples = torch.stack([image.to(images[0]) for image in images])
         self.wall_time = time.perf_counter() - start
         return self

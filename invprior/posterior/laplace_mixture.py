@@ -32,7 +32,8 @@ class LaplaceMixture(GaussianPredictive):
     ``covariance`` is the mixture's dense covariance when every component has one (the exact path);
     on the scalable path ``samples`` pools every component's samples (``members * num_samples``), whose
     second moments around ``mean`` are the mixture's. ``components`` keeps the fitted lin-DIPs and
-    ``wall_time`` the seconds ``fit`` took.
+    ``wall_time`` the seconds ``fit`` (or ``fit_around``) took. ``fit_around`` takes member fits made
+    elsewhere, e.g. a fitted ``DeepEnsemble``'s ``fits``, and adds only the lin-DIPs.
     """
 
     _owner = "LaplaceMixture"
@@ -54,8 +55,16 @@ class LaplaceMixture(GaussianPredictive):
 
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> LaplaceMixture:
         start = time.perf_counter()
+        self.fit_around(self._ensemble.fit_members(reconstruction, problem, owner="LaplaceMixture"), problem)
+        self.wall_time = time.perf_counter() - start
+        return self
+
+    def fit_around(self, fits: list[Reconstruction], problem: InverseProblem) -> LaplaceMixture:
+        """The mixture of lin-DIPs around ``fits``: ``members`` DIP reconstructions of ``problem`` (no new DIP fit)."""
+        if len(fits) != self.members:
+            raise ConfigError(f"LaplaceMixture: fit_around needs {self.members} member fits (members), got {len(fits)}")
+        start = time.perf_counter()
         self._mean = self._covariance = self._samples = None
-        fits = self._ensemble.fit_members(reconstruction, problem, owner="LaplaceMixture")
         self.components = [self._component().fit(fit, problem)
                            for fit in tqdm(fits, desc="LaplaceMixture lin-DIP", disable=not self.progress, leave=False)]
         means = torch.stack([c.mean for c in self.components])
