@@ -5,7 +5,8 @@
 forming ``J`` (``torch.func``). The forward pass at ``theta*`` is run once: the pullback
 (``vjp``) and the traced tangent map (``linearize``) are kept and reused for every product, which
 makes a K product (one jvp and one vjp) about 1.2x cheaper than re-running the network each time
-(``benchmarks/jacobian_products.py``).
+(``benchmarks/jacobian_products.py``). GroupNorm layers are linearised with their own tangent rule
+(``lean_norm.py``), which makes a ``J v`` of the demo's U-Net about 1.2x cheaper again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.func import functional_call, linearize, vjp
 
 from invprior.core.interfaces import Generator
 from invprior.errors import ConfigError, NonFiniteError, ShapeError
+from invprior.posterior.lean_norm import with_lean_group_norms
 
 
 def conv_weights(generator: nn.Module) -> list[str]:
@@ -33,10 +35,12 @@ class Linearization:
     ``parameters`` names the weights that vary (default: all 3x3 and 1x1 convolution kernels);
     the others stay fixed. ``pre_sigmoid`` linearises the output before the generator's sigmoid
     (when it has one). Vectors ``v`` are flat, concatenated in the order of ``names``.
+    ``lean_norms`` takes ``J v`` through a copy of the generator whose ``nn.GroupNorm`` layers use the tangent
+    rule of ``LeanGroupNorm`` (same products up to rounding, fewer operations); ``J^T u`` keeps torch's rules.
     """
 
     def __init__(self, generator: Generator, z: Tensor, parameters: list[str] | None = None,
-                 pre_sigmoid: bool = False) -> None:
+                 pre_sigmoid: bool = False, lean_norms: bool = True) -> None:
         available = dict(generator.named_parameters())
         names = conv_weights(generator) if parameters is None else list(parameters)
         unknown = [n for n in names if n not in available]
@@ -47,7 +51,10 @@ class Linearization:
         if pre_sigmoid and not hasattr(generator, "forward_pre_sigmoid"):
             raise ConfigError(f"Linearization: {type(generator).__name__} has no pre-sigmoid output")
         self.generator, self.z = generator, z.detach()
+        # the pullback uses torch's rules; the tangent map optionally GroupNorm's lean one
         self._module: nn.Module = _PreSigmoid(generator) if pre_sigmoid else generator
+        tangent_generator = with_lean_group_norms(generator) if lean_norms else generator
+        self._tangent_module = _PreSigmoid(tangent_generator) if pre_sigmoid else tangent_generator
         self._prefix = "generator." if pre_sigmoid else ""
         self.names = names
         self.shapes = [tuple(available[n].shape) for n in names]
@@ -59,15 +66,15 @@ class Linearization:
             raise NonFiniteError("Linearization: the generator output at theta* is not finite")
         with warnings.catch_warnings():  # torch.fx notes constants it stores as attributes of the traced graph
             warnings.simplefilter("ignore", UserWarning)
-            _, self._tangent = linearize(self._apply, self.theta)
+            _, self._tangent = linearize(lambda theta: self._apply(theta, self._tangent_module), self.theta)
 
     @property
     def num_parameters(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
-    def _apply(self, theta: list[Tensor]) -> Tensor:
+    def _apply(self, theta: list[Tensor], module: nn.Module | None = None) -> Tensor:
         weights = {**self._fixed, **{self._prefix + n: t for n, t in zip(self.names, theta)}}
-        return functional_call(self._module, weights, (self.z,))
+        return functional_call(self._module if module is None else module, weights, (self.z,))
 
     def split(self, v: Tensor) -> list[Tensor]:
         """A flat vector as one tensor per linearised parameter."""
