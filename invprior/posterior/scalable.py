@@ -27,7 +27,20 @@ from invprior.posterior.prior import MaternBlockPrior
 
 
 def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor:
-    return torch.cat([apply(part) for part in v.split(chunk)])
+    """``apply`` over chunks of rows of ``v``, written into one output allocated up front (collecting the chunks'
+    outputs and concatenating them leaves them scattered between the products' temporaries, which kept about
+    1.8 GiB of freed memory resident during a 128x128 sketch)."""
+    if v.shape[0] <= chunk:
+        return apply(v)
+    parts = v.split(chunk)
+    first = apply(parts[0])
+    out = first.new_empty((v.shape[0], *first.shape[1:]))
+    out[:first.shape[0]] = first
+    start = first.shape[0]
+    for part in parts[1:]:
+        out[start:start + part.shape[0]] = apply(part)
+        start += part.shape[0]
+    return out
 
 
 def orthonormal_test_matrix(size: int, rank: int, generator: torch.Generator,
