@@ -3,9 +3,10 @@
 With ``x_hat = (x - mean_g x) / sqrt(var_g x + eps)`` per group ``g``, GroupNorm's derivative is a
 projection: ``d y = gamma / sqrt(var_g + eps) * (dx - mean_g(dx) - x_hat mean_g(x_hat dx)) + x_hat d gamma + d beta``.
 It is symmetric in ``dx``, so the pullback is the same projection applied after ``gamma``.
-Written out like this a tangent costs two reductions and a few element-wise passes; torch's
-generic forward-mode rule for ``group_norm`` costs about twice that (the norms of the demo's U-Net
-took more than half of a ``J v``, ``benchmarks/jacobian_products.py``). Outputs and pullbacks are torch's own.
+Written out like this a tangent costs two reductions and two fused multiply-adds; torch's generic
+forward-mode rule for ``group_norm`` took four times as long (39.8 against 9.4 ms for a batch of 8
+tangents of a 32 x 128 x 128 layer), and the norms of the demo's U-Net more than half of a ``J v``
+(``benchmarks/jacobian_products.py``). Outputs and pullbacks are torch's own.
 """
 
 from __future__ import annotations
