@@ -90,6 +90,7 @@ def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, s
     lin = {"iterations": steps, "lr": 0.05, "variance": variance, "solver": "scalable" if scalable else "exact"}
     if scalable:
         lin.update(num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
+                   sample_preconditioner_rank=2000 if size >= 128 else 1200,
                    num_samples=samples, sample_batch="auto", sample_cg_rtol=1e-2, dtype="float32")
     members = 2 if quick else 5
     per_member = {"num_samples": max(1, samples // members)} if scalable else {}  # the pool holds ``samples``

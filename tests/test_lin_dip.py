@@ -323,6 +323,28 @@ def test_low_rank_refresh_with_kept_pullbacks_equals_a_fresh_sketch_with_the_sam
     assert not torch.allclose(reused._eigenvalues, stale._eigenvalues, rtol=1e-2)
 
 
+def test_refresh_at_a_higher_rank_pulls_back_only_the_new_columns(fitted):
+    """Kept ``Q``, ``Z`` at rank m/2, then a refresh at rank m: m/2 new pullbacks, ``Q`` stays orthonormal, and the
+    full-rank sketch of the new ``K`` whitens it exactly; a lower rank afterwards draws a new ``Q``."""
+    noise = 1e-3
+    model, _, prior = _small_model(fitted, noise)
+    m, eye = model.size, torch.eye(model.size, dtype=F64)
+    model.refresh_preconditioner(m // 2, _gen(0), keep=True)
+    first = model._test.clone()
+    _change_hyperparameters(prior)
+    with torch.no_grad():
+        k_new = model.k_apply(eye)
+    pullbacks = []
+    model.transpose = lambda u, lin=None: pullbacks.append(u) or LinearModel.transpose(model, u, lin)
+    model.refresh_preconditioner(m, _gen(1), keep=True)
+    assert [tuple(u.shape) for u in pullbacks] == [(m - m // 2, m)]
+    assert torch.equal(model._test[:, :m // 2], first)
+    assert torch.allclose(model._test.T @ model._test, eye, atol=1e-12)
+    assert torch.allclose(model.precondition(k_new), noise * eye, atol=1e-7 * noise)
+    model.refresh_preconditioner(m // 4, _gen(2))
+    assert len(pullbacks) == 2 and pullbacks[1].shape == (m // 4, m)
+
+
 # -- 4. scalable vs exact ---------------------------------------------------------------------
 
 FROZEN = dict(iterations=1, lr=1e-8, progress=False)  # one Adam step of size ~1e-8: hyperparameters unchanged
@@ -640,6 +662,31 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     assert not torch.allclose(fixed.prior.log_variance, post.prior.log_variance)
     with pytest.raises(ConfigError):
         LinearizedLaplace(variance="big")
+
+
+def test_sample_preconditioner_rank_defaults_to_the_type_ii_rank_and_rejects_bad_values():
+    assert LinearizedLaplace(preconditioner_rank=300).sample_preconditioner_rank == 300
+    assert LinearizedLaplace(preconditioner_rank=300, sample_preconditioner_rank=500).sample_preconditioner_rank == 500
+    for bad in (0, -3, 2.5, "big"):
+        with pytest.raises(ConfigError, match="sample_preconditioner_rank"):
+            LinearizedLaplace(sample_preconditioner_rank=bad)
+
+
+def test_a_higher_sample_preconditioner_rank_keeps_the_draws_and_cuts_cg_iterations(fitted):
+    """Only CG's speed changes with the rank of the refresh before sampling: the same samples (solved tightly),
+    fewer CG iterations per batch, and at full rank about one iteration."""
+    problem, result = fitted
+    m = math.prod(problem.operator.range_shape)
+    fits = {rank: LinearizedLaplace(solver="scalable", num_samples=64, sample_batch=16, sample_cg_rtol=1e-9,
+                                    cg_iterations=200, preconditioner_rank=m // 4, sample_preconditioner_rank=rank,
+                                    **FROZEN).fit(result, problem)
+            for rank in (m // 4, m // 2, m)}
+    low = fits[m // 4].samples
+    for rank in (m // 2, m):
+        assert torch.allclose(fits[rank].samples, low, atol=1e-6 * low.abs().max().item())
+    iterations = [fits[rank].cg_summary["samples"]["mean_iterations"] for rank in (m // 4, m // 2, m)]
+    assert iterations[0] > iterations[1] > iterations[2]
+    assert iterations[2] <= 3   # full rank: P^{-1} K = I up to rounding (one step in exact arithmetic)
 
 
 def test_sample_batch_auto_is_8_on_a_cpu_and_32_on_a_gpu():

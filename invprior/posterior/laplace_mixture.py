@@ -41,7 +41,7 @@ class LaplaceMixture(GaussianPredictive):
     def __init__(self, members: int = 5, seed_offset: int = 1000, laplace: dict | None = None, seed: int = 0,
                  progress: bool = True) -> None:
         self._ensemble = DeepEnsemble(members, seed_offset, progress)
-        self.members, self.seed, self.progress = self._ensemble.members, int(seed), bool(progress)
+        self.seed, self.progress = int(seed), bool(progress)
         self.laplace = dict(laplace or {})
         clash = {"seed", "progress"} & set(self.laplace)
         if clash:
@@ -49,6 +49,11 @@ class LaplaceMixture(GaussianPredictive):
         self._component()  # bad lin-DIP settings fail here, before any fit
         self.components: list[LinearizedLaplace] = []
         self.wall_time = 0.0
+
+    @property
+    def members(self) -> int:
+        """Number of DIP fits (and lin-DIPs) in the mixture."""
+        return self._ensemble.members
 
     def _component(self) -> LinearizedLaplace:
         return LinearizedLaplace(**self.laplace, seed=self.seed, progress=False)

@@ -44,9 +44,13 @@ def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor
 
 
 def orthonormal_test_matrix(size: int, rank: int, generator: torch.Generator,
-                            device: torch.device | str = "cpu") -> Tensor:
-    """A random ``(size, min(rank, size))`` matrix with orthonormal columns (QR of a Gaussian), float64."""
+                            device: torch.device | str = "cpu", against: Tensor | None = None) -> Tensor:
+    """A random ``(size, min(rank, size))`` matrix with orthonormal columns (QR of a Gaussian), float64;
+    with ``against`` (orthonormal columns) also orthogonal to those (``rank <= size - against.shape[1]``)."""
     omega = torch.randn(size, min(rank, size), generator=generator, dtype=torch.float64).to(device)
+    if against is not None:
+        for _ in range(2):  # twice is enough (Kahan): one pass leaves O(eps kappa) of ``against`` behind
+            omega = omega - against @ (against.T @ omega)
     return torch.linalg.qr(omega).Q
 
 
@@ -91,7 +95,7 @@ class LinearModel:
         self._basis: Tensor | None = None
         self._eigenvalues: Tensor | None = None
         self._test: Tensor | None = None
-        self._pulled: Tensor | None = None
+        self._pulled: list[Tensor] = []   # Z = J^T A^T Q in blocks of rows, one per refresh that added columns
 
     @property
     def size(self) -> int:
@@ -129,18 +133,23 @@ class LinearModel:
         hyperparameters, with the products of ``sketch``.
 
         ``Z = J^T A^T Q`` of the random test matrix ``Q`` does not depend on the hyperparameters. With ``keep``
-        it is kept (``rank x P`` numbers) and the next refresh at the same rank reuses ``Q`` and ``Z`` (without
-        drawing from ``generator``): one jvp per column instead of a vjp and a jvp. Without ``keep`` it is
-        freed once this sketch is made."""
-        sketch = self.sketch
+        it is kept (``rank x P`` numbers) and the next refresh reuses ``Q`` and ``Z``: one jvp per column instead
+        of a vjp and a jvp. A next refresh at a higher rank pulls back only the new columns (drawn from
+        ``generator`` orthogonal to ``Q``), one at a lower rank starts afresh. Without ``keep`` ``Q`` and ``Z``
+        are freed once this sketch is made."""
+        sketch, rank = self.sketch, min(rank, self.size)
         with torch.no_grad():
-            if self._test is None or self._test.shape[1] != min(rank, self.size):
-                self._test = orthonormal_test_matrix(self.size, rank, generator, sketch.output.device)
-                self._pulled = self.transpose(self._test.T.to(sketch.output.dtype), sketch)
-            y = _chunked(lambda part: self.forward(self.prior.apply(part), sketch), self._pulled, self.chunk)
+            kept = 0 if self._test is None or self._test.shape[1] > rank else self._test.shape[1]
+            if kept < rank:
+                extra = orthonormal_test_matrix(self.size, rank - kept, generator, sketch.output.device,
+                                                against=self._test if kept else None)
+                self._test = extra if not kept else torch.cat([self._test, extra], dim=1)
+                self._pulled = [*(self._pulled if kept else []), self.transpose(extra.T.to(sketch.output.dtype), sketch)]
+            y = torch.cat([_chunked(lambda part: self.forward(self.prior.apply(part), sketch), pulled, self.chunk)
+                           for pulled in self._pulled])
             self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
         if not keep:
-            self._test, self._pulled = None, None
+            self._test, self._pulled = None, []
 
     def precondition(self, v: Tensor) -> Tensor:
         """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
