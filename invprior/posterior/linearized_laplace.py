@@ -66,7 +66,7 @@ class LinearizedLaplace(GaussianPredictive):
     products that pay for themselves from about ``preconditioner_rank / 3`` samples on (it halves the CG
     iterations per sample), at rank ``sample_preconditioner_rank`` (default ``preconditioner_rank``): a higher
     one adds only the extra test columns (a vjp and a jvp each) and cuts the CG iterations per sample batch
-    again (at 128x128 rank 2000 instead of 1200: 1.3 instead of 2 per batch, the whole fit 0.76x with 1000
+    again (at 128x128 rank 2000 instead of 1200: 1.3 instead of 2 per batch, the whole fit 0.75x with 1000
     samples).
     ``hyperprior="tv_pred_cp"`` adds the TV-PredCP hyperprior on the lengthscales (TV-MAP).
     ``noise="learn"`` fits the noise variance with the prior; ``"known"`` holds it at the problem's noise
