@@ -139,12 +139,14 @@ class LinearModel:
         are freed once this sketch is made."""
         sketch, rank = self.sketch, min(rank, self.size)
         with torch.no_grad():
-            kept = 0 if self._test is None or self._test.shape[1] > rank else self._test.shape[1]
+            if self._test is not None and self._test.shape[1] > rank:   # a lower rank starts afresh
+                self._test, self._pulled = None, []
+            kept = 0 if self._test is None else self._test.shape[1]
             if kept < rank:
                 extra = orthonormal_test_matrix(self.size, rank - kept, generator, sketch.output.device,
-                                                against=self._test if kept else None)
-                self._test = extra if not kept else torch.cat([self._test, extra], dim=1)
-                self._pulled = [*(self._pulled if kept else []), self.transpose(extra.T.to(sketch.output.dtype), sketch)]
+                                                against=self._test)
+                self._test = extra if self._test is None else torch.cat([self._test, extra], dim=1)
+                self._pulled.append(self.transpose(extra.T.to(sketch.output.dtype), sketch))
             y = torch.cat([_chunked(lambda part: self.forward(self.prior.apply(part), sketch), pulled, self.chunk)
                            for pulled in self._pulled])
             self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
