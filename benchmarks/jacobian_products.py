@@ -9,6 +9,7 @@ interleaved, on the demo's U-Net (3 scales, 32 channels, 32 input channels) for 
 weight/image vectors, and their results are compared.
 
     python benchmarks/jacobian_products.py --size 128 --batch 8 --repeats 9
+    python benchmarks/jacobian_products.py --size 128 --batch 8 --repeats 9 --reuse-freed-memory
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch.func import jvp, vjp, vmap
 
+from invprior.allocator import reuse_freed_memory
 from invprior.generators.unet import UNet
 from invprior.posterior.linearization import Linearization
 
@@ -58,7 +60,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="let the C heap keep freed memory first (invprior.allocator); run with and without it")
     args = parser.parse_args()
+    reused = args.reuse_freed_memory and reuse_freed_memory()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     network = UNet(preset="small", input_channels=32).to(dtype).eval()
@@ -69,7 +74,7 @@ def main() -> None:
     u = torch.randn(args.batch, *lin.output.shape[1:], dtype=dtype)
     direct_jvps, direct_vjps = direct_products(plain)
     print(f"{args.size}x{args.size}, {lin.num_parameters} weights, batches of {args.batch}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads; ms per batch, median of {args.repeats} interleaved repeats")
+          f"{torch.get_num_threads()} threads, {'heap keeps freed memory' if reused else 'glibc allocator defaults'}; ms per batch, median of {args.repeats} interleaved repeats")
     total = {"direct": 0.0, "kept": 0.0, "lean": 0.0}
     for name, argument, routes in [("J v", v, {"direct": direct_jvps, "kept": plain.jvps, "lean": lin.jvps}),
                                    ("J^T u", u, {"direct": direct_vjps, "kept": plain.vjps, "lean": lin.vjps})]:

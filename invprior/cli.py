@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from invprior import registry
+from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
 from invprior.errors import InvpriorError
 
@@ -114,5 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console() -> int:
+    """The installed ``invprior`` command: ``main`` in a process whose C heap keeps freed memory
+    (``invprior.allocator``: lin-DIP's batched Jacobian products about 1.2x faster on a CPU)."""
+    reuse_freed_memory()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
