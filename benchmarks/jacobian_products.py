@@ -74,7 +74,8 @@ def main() -> None:
     u = torch.randn(args.batch, *lin.output.shape[1:], dtype=dtype)
     direct_jvps, direct_vjps = direct_products(plain)
     print(f"{args.size}x{args.size}, {lin.num_parameters} weights, batches of {args.batch}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads, {'heap keeps freed memory' if reused else 'glibc allocator defaults'}; ms per batch, median of {args.repeats} interleaved repeats")
+          f"{torch.get_num_threads()} threads, {'heap keeps freed memory' if reused else 'glibc allocator defaults'}; "
+          f"ms per batch, median of {args.repeats} interleaved repeats")
     total = {"direct": 0.0, "kept": 0.0, "lean": 0.0}
     for name, argument, routes in [("J v", v, {"direct": direct_jvps, "kept": plain.jvps, "lean": lin.jvps}),
                                    ("J^T u", u, {"direct": direct_vjps, "kept": plain.vjps, "lean": lin.vjps})]:

@@ -4,8 +4,9 @@ glibc serves large blocks (from 128 KiB, adapting upwards) with their own ``mmap
 ``free``, and it trims the top of the heap once enough of it is free. A tensor allocated again after
 that starts as fresh pages that the kernel faults in and zeroes one by one. lin-DIP's batched Jacobian
 products allocate and free activations of about 17 MB (8 images x 32 channels x 128 x 128 floats) many
-thousand times, and at that size the page faults cost about a sixth of its time on two CPU cores
-(``benchmarks/jacobian_products.py --reuse-freed-memory``). ``reuse_freed_memory`` raises both
+thousand times; at 128x128 on two CPU cores the page faults cost about an eighth of lin-DIP's time
+(``benchmarks/uq_calibration.py --plain-allocator`` against the default, ``benchmarks/jacobian_products.py
+--reuse-freed-memory`` for the products alone). ``reuse_freed_memory`` raises both
 thresholds as far as glibc allows: blocks up to 32 MiB come from the heap, and the heap keeps up to
 2 GiB of free memory. Resident memory then stays at its peak instead of shrinking between peaks.
 
