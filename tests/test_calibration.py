@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from invprior.analysis.calibration import calibration_summary, patch_log_likelihood
+from invprior.analysis.calibration import calibration_summary, patch_log_likelihood, std_factor
 from invprior.errors import ConfigError, ShapeError
 
 
@@ -96,6 +96,26 @@ def test_samples_path_survives_a_singular_sample_covariance():
     assert math.isfinite(patch_log_likelihood(torch.zeros(4, 4), mean, patch=1, samples=constant))
 
 
+
+def test_std_factor_is_the_sigma_scaling_that_maximises_the_pixel_log_likelihood():
+    gen = torch.Generator().manual_seed(7)
+    shape = (1, 1, 64, 64)
+    mean = torch.randn(shape, generator=gen, dtype=torch.float64)
+    true_std = 0.05 + 0.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
+    x = mean + true_std * torch.randn(shape, generator=gen, dtype=torch.float64)
+    narrow = true_std / 3  # over-confident by 3x
+    factor = std_factor(x, mean, narrow)
+    # factor^2 / 9 is a mean of 4096 chi^2_1 draws / n: sd sqrt(2 / n) = 0.022, so 3 +- 5 sd is +-0.17
+    assert factor == pytest.approx(3.0, abs=0.17)
+    assert calibration_summary(x, mean, narrow)["std_factor"] == factor
+    base = calibration_summary(x, mean, narrow)["ll_p1"]
+    for c in (0.5, factor / 1.1, factor, factor * 1.1, 10.0):
+        scaled = calibration_summary(x, mean, c * narrow)["ll_p1"]
+        assert scaled == pytest.approx(base - math.log(c) + 0.5 * (1 - 1 / c ** 2) * factor ** 2, rel=1e-12)
+        assert scaled <= calibration_summary(x, mean, factor * narrow)["ll_p1"] + 1e-12
+    with pytest.raises(ShapeError, match="std_factor"):
+        std_factor(x, mean, narrow[..., :10])
+
 def test_summary_of_a_calibrated_predictive():
     gen = torch.Generator().manual_seed(6)
     size = 64
@@ -103,7 +123,7 @@ def test_summary_of_a_calibrated_predictive():
     std = 0.05 + 0.5 * torch.rand(1, 1, size, size, generator=gen, dtype=torch.float64)
     x = mean + std * torch.randn(1, 1, size, size, generator=gen, dtype=torch.float64)
     summary = calibration_summary(x, mean, std)
-    assert set(summary) == {"ll_p1", "coverage_95", "mean_std", "rmse"}  # no joint covariance: only p = 1
+    assert set(summary) == {"ll_p1", "coverage_95", "mean_std", "rmse", "std_factor"}  # no joint covariance: only p = 1
     n = size * size
     # coverage is a binomial proportion: sd sqrt(0.95 * 0.05 / n) = 0.0034, so 0.02 is ~6 sd
     assert summary["coverage_95"] == pytest.approx(0.95, abs=0.02)
@@ -118,7 +138,7 @@ def test_summary_of_a_calibrated_predictive():
     # of the pixels it covers (64 = 32 * 2, while p = 10 covers the 60 x 60 corner)
     normal = torch.distributions.Normal(mean, std).log_prob(x)[0, 0]
     diagonal = calibration_summary(x, mean, std, covariance=torch.diag(std.flatten() ** 2), patches=(1, 2, 10, 65))
-    assert set(diagonal) == {"ll_p1", "ll_p2", "ll_p10", "coverage_95", "mean_std", "rmse"}  # 65 > 64 skipped
+    assert set(diagonal) == {"ll_p1", "ll_p2", "ll_p10", "coverage_95", "mean_std", "rmse", "std_factor"}  # 65 > 64
     assert diagonal["ll_p1"] == pytest.approx(normal.mean().item(), rel=1e-10)
     assert diagonal["ll_p2"] == pytest.approx(normal.mean().item(), rel=1e-10)
     assert diagonal["ll_p10"] == pytest.approx(normal[:60, :60].mean().item(), rel=1e-10)

@@ -158,7 +158,10 @@ def calibration_summary(x: Tensor, mean: Tensor, std: Tensor, samples: Tensor | 
     """Calibration numbers of a Gaussian predictive ``(mean, std)`` for the true image ``x``.
 
     Returns ``{"ll_p<p>": patch log-likelihood per pixel for each p in patches, "coverage_95":
-    coverage at z = 1.96 (0.95 when calibrated), "mean_std": mean predicted std, "rmse": RMS error}``.
+    coverage at z = 1.96 (0.95 when calibrated), "mean_std": mean predicted std, "rmse": RMS error,
+    "std_factor": sqrt(mean((x - mean)^2 / std^2))}``. ``std_factor`` (1 when calibrated) is the one
+    factor on every std that maximises the ``p = 1`` log-likelihood (sigma scaling):
+    ``LL_p1(c std) = LL_p1(std) - log c + (1 - 1/c^2) std_factor^2 / 2``.
     The patch log-likelihoods use ``samples`` or ``covariance`` (at most one of them, see
     ``patch_log_likelihood``); with neither, ``ll_p1`` is the independent Gaussian with ``std``
     and larger patches are left out, since ``std`` says nothing about correlations. Patches larger
@@ -186,7 +189,17 @@ def calibration_summary(x: Tensor, mean: Tensor, std: Tensor, samples: Tensor | 
     summary["coverage_95"] = coverage(x, mean, std, 1.96)
     summary["mean_std"] = float(std.double().mean())
     summary["rmse"] = float(error.pow(2).mean().sqrt())
+    summary["std_factor"] = std_factor(x, mean, std)
     return summary
+
+
+def std_factor(x: Tensor, mean: Tensor, std: Tensor) -> float:
+    """``sqrt(mean((x - mean)^2 / std^2))``: the factor on every std that maximises the independent
+    (``p = 1``) log-likelihood of ``x``; below 1 the std is too wide, above 1 too narrow."""
+    if not (x.numel() == mean.numel() == std.numel()):
+        raise ShapeError(f"std_factor: x, mean and std have {x.numel()}, {mean.numel()} and {std.numel()} entries")
+    z = (x.detach().flatten() - mean.detach().flatten()).double() / std.detach().flatten().double()
+    return float(z.pow(2).mean().sqrt())
 
 
 def expected_coverage(z: float) -> float:
