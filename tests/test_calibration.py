@@ -96,7 +96,6 @@ def test_samples_path_survives_a_singular_sample_covariance():
     assert math.isfinite(patch_log_likelihood(torch.zeros(4, 4), mean, patch=1, samples=constant))
 
 
-
 def test_std_factor_is_the_sigma_scaling_that_maximises_the_pixel_log_likelihood():
     gen = torch.Generator().manual_seed(7)
     shape = (1, 1, 64, 64)
@@ -105,7 +104,7 @@ def test_std_factor_is_the_sigma_scaling_that_maximises_the_pixel_log_likelihood
     x = mean + true_std * torch.randn(shape, generator=gen, dtype=torch.float64)
     narrow = true_std / 3  # over-confident by 3x
     factor = std_factor(x, mean, narrow)
-    # factor^2 / 9 is a mean of 4096 chi^2_1 draws / n: sd sqrt(2 / n) = 0.022, so 3 +- 5 sd is +-0.17
+    # factor = 3 sqrt(mean z^2) over n = 4096 pixels: sd about 3 sqrt(2 / n) / 2 = 0.033; 0.17 is 5 sd
     assert factor == pytest.approx(3.0, abs=0.17)
     assert calibration_summary(x, mean, narrow)["std_factor"] == factor
     base = calibration_summary(x, mean, narrow)["ll_p1"]
@@ -115,6 +114,7 @@ def test_std_factor_is_the_sigma_scaling_that_maximises_the_pixel_log_likelihood
         assert scaled <= calibration_summary(x, mean, factor * narrow)["ll_p1"] + 1e-12
     with pytest.raises(ShapeError, match="std_factor"):
         std_factor(x, mean, narrow[..., :10])
+
 
 def test_summary_of_a_calibrated_predictive():
     gen = torch.Generator().manual_seed(6)
