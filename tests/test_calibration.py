@@ -114,6 +114,12 @@ def test_std_factor_is_the_sigma_scaling_that_maximises_the_pixel_log_likelihood
         assert scaled <= calibration_summary(x, mean, factor * narrow)["ll_p1"] + 1e-12
     with pytest.raises(ShapeError, match="std_factor"):
         std_factor(x, mean, narrow[..., :10])
+    # a pixel with zero std: no error there counts 0 (not NaN), an error there makes the factor infinite
+    exact, deaf = x.clone(), narrow.clone()
+    exact[0, 0, 0, 0], deaf[0, 0, 0, 0] = mean[0, 0, 0, 0], 0.0
+    rest = ((x - mean) / narrow)[0, 0].flatten()[1:]
+    assert std_factor(exact, mean, deaf) == pytest.approx(math.sqrt(float(rest.pow(2).sum()) / x.numel()), rel=1e-12)
+    assert std_factor(x, mean, deaf) == math.inf
 
 
 def test_summary_of_a_calibrated_predictive():

@@ -195,11 +195,14 @@ def calibration_summary(x: Tensor, mean: Tensor, std: Tensor, samples: Tensor | 
 
 def std_factor(x: Tensor, mean: Tensor, std: Tensor) -> float:
     """``sqrt(mean((x - mean)^2 / std^2))``: the factor on every std that maximises the independent
-    (``p = 1``) log-likelihood of ``x``; below 1 the std is too wide, above 1 too narrow."""
+    (``p = 1``) log-likelihood of ``x``; below 1 the std is too wide, above 1 too narrow. A pixel with zero
+    std counts 0 when its error is zero too, else makes the factor infinite."""
     if not (x.numel() == mean.numel() == std.numel()):
         raise ShapeError(f"std_factor: x, mean and std have {x.numel()}, {mean.numel()} and {std.numel()} entries")
-    z = (x.detach().flatten() - mean.detach().flatten()).double() / std.detach().flatten().double()
-    return float(z.pow(2).mean().sqrt())
+    error = (x.detach().flatten() - mean.detach().flatten()).double()
+    sigma = std.detach().flatten().double()
+    z2 = torch.where(error == 0, torch.zeros_like(error), error.pow(2) / sigma.pow(2))
+    return float(z2.mean().sqrt())
 
 
 def expected_coverage(z: float) -> float:
