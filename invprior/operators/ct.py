@@ -1,9 +1,11 @@
-"""2D computed tomography on the image domain ``[-1, 1]^2`` (ODL ray transform, ASTRA projectors).
+"""2D computed tomography on a square image domain ``[-e, e]^2`` (ODL ray transform, ASTRA projectors).
 
 The ray transform maps an image ``x`` to its line integrals ``(A x)(theta, s)``: for parallel
 beams ``int x(s e_theta + t e_theta^perp) dt`` over the line at detector offset ``s``; for fan
-beams the rays join a point source to the cells of a flat detector. Lengths are physical (the
-image domain has side 2), so a sinogram does not depend on the pixel grid.
+beams the rays join a point source to the cells of a flat detector. Lengths are physical in the
+units of the domain's half side ``e`` (``extent``, default 1): with every length of a geometry in
+millimetres and ``x`` in 1/mm, ``A x`` is the dimensionless line integral a scanner measures after
+the log transform. A sinogram does not depend on the pixel grid.
 
 Images have shape ``(B, 1, N, N)`` with ``x[b, 0, i, j]`` the value at ``(x_i, y_j)`` (ODL's
 convention: the first image axis is the x axis); sinograms have shape ``(B, 1, angles,
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,24 +37,44 @@ __all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBe
 CT_BACKENDS = ("sparse", "odl")
 FBP_FILTERS = ("Ram-Lak", "Shepp-Logan", "Cosine", "Hamming", "Hann")
 
-#: Radius of the disc circumscribing the image domain [-1, 1]^2.
+#: Radius of the disc circumscribing the image domain [-1, 1]^2 (scaled by ``extent``).
 IMAGE_RADIUS = math.sqrt(2.0)
 _FEATURE = "CT operators"
 
 
+def _angle_list(values: Any) -> tuple[float, ...]:
+    """Explicit projection angles (radians): finite, at least two, strictly increasing, spanning <= 2 pi."""
+    try:
+        angles = tuple(real(a, "angles") for a in values)
+    except TypeError:
+        raise ConfigError(f"angles must be a list of numbers (radians), got {values!r}") from None
+    if len(angles) < 2:
+        raise ConfigError(f"angles must hold at least two projection angles, got {len(angles)}")
+    steps = np.diff(angles)
+    if not (steps > 0).all():
+        k = int(np.argmin(steps > 0))
+        raise ConfigError(f"angles must be strictly increasing (unwrap them, e.g. numpy.unwrap, and sort the "
+                          f"sinogram's rows with them); angle {k + 1} ({angles[k + 1]}) follows {angles[k]}")
+    if angles[-1] - angles[0] > 2 * math.pi * (1 + 1e-12):
+        raise ConfigError(f"angles may span at most 2 pi, got {angles[0]} .. {angles[-1]}")
+    return angles
+
+
 @dataclass(frozen=True)
 class CTGeometry:
-    """A 2D acquisition geometry, in the physical units of the image domain ``[-1, 1]^2``.
+    """A 2D acquisition geometry, in the physical units of the image domain ``[-e, e]^2``, ``e = extent``.
 
-    Angles are the midpoints of ``num_angles`` equal cells of ``angle_range`` (radians; default
-    ``(0, pi)`` for parallel and ``(0, 2 pi)`` for fan beams); a shorter range is a limited-angle
-    scan. The flat detector has ``num_detectors`` equal cells on ``[-h, h]``, ``h =
-    detector_half_width`` (default: just covering the image, ``sqrt(2)`` for parallel beams and
-    ``sqrt(2) (r_s + r_d) / r_s`` for fan beams). Fan beams have the source at distance
-    ``src_radius`` (default 4) from the rotation centre and the detector at ``det_radius``
-    (default 4) on the other side. ``num_detectors=None`` is resolved per grid by
-    ``resolve`` (Nyquist sampling, as ODL's default geometries); everything else is
-    independent of the pixel grid, so one geometry serves several grids.
+    Angles are either ``angle_list`` (radians, strictly increasing, any start, any spacing) or the
+    midpoints of ``num_angles`` equal cells of ``angle_range`` (default ``(0, pi)`` for parallel
+    and ``(0, 2 pi)`` for fan beams); a shorter range is a limited-angle scan. The flat detector
+    has ``num_detectors`` equal cells on ``[o - h, o + h]``, ``h = detector_half_width`` (default:
+    just covering the image, ``sqrt(2) e`` for parallel beams and ``sqrt(2) e (r_s + r_d) / r_s``
+    for fan beams) and ``o = detector_offset`` (fan beams only): the detector coordinate 0 is where
+    the ray through the rotation centre meets it. Fan beams have the source at distance ``src_radius`` (default
+    ``4 e``) from the rotation centre and the detector at ``det_radius`` (default ``4 e``) on the
+    other side. ``num_detectors=None`` is resolved per grid by ``resolve`` (Nyquist sampling, as
+    ODL's default geometries); everything else is independent of the pixel grid, so one geometry
+    serves several grids.
     """
 
     beam: str = "parallel"
@@ -62,48 +84,65 @@ class CTGeometry:
     detector_half_width: float | None = None
     src_radius: float | None = None
     det_radius: float | None = None
+    angle_list: tuple[float, ...] | None = None
+    detector_offset: float = 0.0
+    extent: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if self.beam not in ("parallel", "fan"):
             raise ConfigError(f"beam must be 'parallel' or 'fan', got {self.beam!r}")
         fan = self.beam == "fan"
-        set_(self, "num_angles", positive_int(self.num_angles, "num_angles"))
+        extent = real(self.extent, "extent (half side of the image domain)", minimum=0.0, strict=True)
+        set_(self, "extent", extent)
+        set_(self, "detector_offset", real(self.detector_offset, "detector_offset"))
         if self.num_detectors is not None:
             set_(self, "num_detectors", positive_int(self.num_detectors, "num_detectors"))
 
-        angle_range = self.angle_range if self.angle_range is not None else (0.0, 2 * math.pi if fan else math.pi)
-        try:
-            start, stop = (real(a, "angle_range") for a in angle_range)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"angle_range must be a pair (start, stop) in radians, got {angle_range!r}") from None
-        if not stop > start:
-            raise ConfigError(f"angle_range must have stop > start, got ({start}, {stop}): the range is empty")
-        if stop - start > 2 * math.pi * (1 + 1e-12):
-            raise ConfigError(f"angle_range may span at most 2 pi, got ({start}, {stop})")
-        set_(self, "angle_range", (start, stop))
+        if self.angle_list is not None:
+            if self.angle_range is not None:
+                raise ConfigError("give either angle_list (explicit angles) or angle_range (equal cells), not both")
+            angles = _angle_list(self.angle_list)
+            set_(self, "angle_list", angles)
+            set_(self, "num_angles", len(angles))
+        else:
+            set_(self, "num_angles", positive_int(self.num_angles, "num_angles"))
+            angle_range = self.angle_range if self.angle_range is not None else (0.0, 2 * math.pi if fan else math.pi)
+            try:
+                start, stop = (real(a, "angle_range") for a in angle_range)
+            except (TypeError, ValueError) as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"angle_range must be a pair (start, stop) in radians, got {angle_range!r}") from None
+            if not stop > start:
+                raise ConfigError(f"angle_range must have stop > start, got ({start}, {stop}): the range is empty")
+            if stop - start > 2 * math.pi * (1 + 1e-12):
+                raise ConfigError(f"angle_range may span at most 2 pi, got ({start}, {stop})")
+            set_(self, "angle_range", (start, stop))
 
+        radius = IMAGE_RADIUS * extent
         if fan:
-            src = real(4.0 if self.src_radius is None else self.src_radius, "src_radius")
-            det = real(4.0 if self.det_radius is None else self.det_radius, "det_radius")
-            if src <= IMAGE_RADIUS:
+            src = real(4.0 * extent if self.src_radius is None else self.src_radius, "src_radius")
+            det = real(4.0 * extent if self.det_radius is None else self.det_radius, "det_radius")
+            if src <= radius:
                 raise ConfigError(
-                    f"src_radius must exceed sqrt(2) = {IMAGE_RADIUS:.4f} so that the source lies outside "
-                    f"the image domain [-1, 1]^2, got {src}"
+                    f"src_radius must exceed sqrt(2) * extent = {radius:.4g} so that the source lies outside "
+                    f"the image domain [-{extent:g}, {extent:g}]^2, got {src}"
                 )
             if det <= 0:
                 raise ConfigError(f"det_radius must be positive, got {det}")
             set_(self, "src_radius", src)
             set_(self, "det_radius", det)
-            default_half_width = IMAGE_RADIUS * (src + det) / src
+            default_half_width = radius * (src + det) / src
         else:
             for key in ("src_radius", "det_radius"):
                 if getattr(self, key) is not None:
                     raise ConfigError(
                         f"{key} applies to beam='fan' only, got {getattr(self, key)!r} for a parallel beam")
-            default_half_width = IMAGE_RADIUS
+            if self.detector_offset != 0:
+                raise ConfigError("detector_offset applies to beam='fan' only (ASTRA's 2D parallel-beam CPU "
+                                  "projector has no detector shift); shift the sinogram's detector axis instead")
+            default_half_width = radius
         half_width = real(
             default_half_width if self.detector_half_width is None else self.detector_half_width,
             "detector_half_width")
@@ -114,14 +153,14 @@ class CTGeometry:
     def default_num_detectors(self, size: int) -> int:
         """Detector cells for Nyquist sampling of a ``size x size`` grid (the choice of ODL's defaults).
 
-        Parallel: ``2 ceil(h N / 2) + 1``. Fan: ``2 ceil(h N r / (2 hypot(r, h))) + 1`` with
+        Parallel: ``2 ceil(h N / (2 e)) + 1``. Fan: ``2 ceil(h N r / (2 e hypot(r, h))) + 1`` with
         ``r = r_s + r_d``.
         """
         size = positive_int(size, "size")
-        h = float(self.detector_half_width)
+        h = float(self.detector_half_width) / self.extent
         if self.beam == "parallel":
             return 2 * math.ceil(h * size / 2) + 1
-        r = float(self.src_radius) + float(self.det_radius)
+        r = (float(self.src_radius) + float(self.det_radius)) / self.extent
         return 2 * math.ceil(h * size * r / (2 * math.hypot(r, h))) + 1
 
     def resolve(self, size: int) -> CTGeometry:
@@ -132,16 +171,28 @@ class CTGeometry:
 
     def angles(self) -> np.ndarray:
         """The projection angles in radians."""
+        if self.angle_list is not None:
+            return np.asarray(self.angle_list)
         start, stop = self.angle_range
         return start + (np.arange(self.num_angles) + 0.5) * (stop - start) / self.num_angles
+
+    def detector_positions(self) -> np.ndarray:
+        """The centres of the detector cells, in the units of ``extent`` (needs ``num_detectors``)."""
+        if self.num_detectors is None:
+            raise ConfigError("detector_positions needs num_detectors; call resolve(size) first")
+        h, n = self.detector_half_width, self.num_detectors
+        return self.detector_offset - h + (np.arange(n) + 0.5) * 2 * h / n
 
 
 def _odl_geometry(geometry: CTGeometry) -> Any:
     odl = require("odl", "ct", _FEATURE)
     tomo = require("odl.applications.tomo", "ct", _FEATURE)
-    angles = odl.uniform_partition(*geometry.angle_range, geometry.num_angles)
-    h = geometry.detector_half_width
-    detector = odl.uniform_partition(-h, h, geometry.num_detectors)
+    if geometry.angle_list is not None:
+        angles = odl.nonuniform_partition(np.asarray(geometry.angle_list))
+    else:
+        angles = odl.uniform_partition(*geometry.angle_range, geometry.num_angles)
+    h, o = geometry.detector_half_width, geometry.detector_offset
+    detector = odl.uniform_partition(o - h, o + h, geometry.num_detectors)
     if geometry.beam == "parallel":
         return tomo.Parallel2dGeometry(angles, detector)
     return tomo.FanBeamGeometry(angles, detector, src_radius=geometry.src_radius, det_radius=geometry.det_radius)
@@ -191,7 +242,7 @@ def _sparse_apply(matrix: Tensor, x: Tensor, out_shape: tuple[int, ...]) -> Tens
 
 
 class CTOperator(ForwardOperator):
-    """The 2D ray transform ``A`` of a ``CTGeometry`` on a ``size x size`` grid of ``[-1, 1]^2``.
+    """The 2D ray transform ``A`` of a ``CTGeometry`` on a ``size x size`` grid of ``[-e, e]^2``.
 
     ``A`` is ASTRA's discretisation (``'linear'`` projector for parallel, ``'line_fanflat'`` for
     fan beams): ``(A x)_k = sum_p W_kp x_p`` with ``W_kp`` the length of ray ``k`` weighted by
@@ -229,7 +280,8 @@ class CTOperator(ForwardOperator):
         self.filter_type = filter_type
         self.frequency_scaling = frequency_scaling
         super().__init__((1, size, size), (1, self.geometry.num_angles, self.geometry.num_detectors))
-        self.space = odl.uniform_discr([-1.0, -1.0], [1.0, 1.0], (size, size), dtype="float32")
+        e = self.geometry.extent
+        self.space = odl.uniform_discr([-e, -e], [e, e], (size, size), dtype="float32")
         self.odl_geometry = _odl_geometry(self.geometry)
         self.ray_transform = tomo.RayTransform(self.space, self.odl_geometry, impl="astra_cpu")
         self._fbp_operator: ForwardOperator | None = None
@@ -293,7 +345,8 @@ class CTOperator(ForwardOperator):
 
 
 class ParallelBeamCT(CTOperator):
-    """Parallel-beam CT: ``num_angles`` directions over ``angle_range`` (default ``(0, pi)``).
+    """Parallel-beam CT: ``num_angles`` directions over ``angle_range`` (default ``(0, pi)``), or the
+    explicit ``angles`` (radians).
 
     See ``CTGeometry`` for the geometry parameters and ``CTOperator`` for the rest.
     """
@@ -303,25 +356,31 @@ class ParallelBeamCT(CTOperator):
     def __init__(self, size: int = 64, num_angles: int = 30, angle_range: tuple[float, float] | None = None,
                  num_detectors: int | None = None, detector_half_width: float | None = None,
                  backend: str = "sparse", filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
-                 frequency_scaling: float = 0.9) -> None:
-        geometry = CTGeometry("parallel", num_angles, angle_range, num_detectors, detector_half_width)
+                 frequency_scaling: float = 0.9, angles: Sequence[float] | None = None,
+                 detector_offset: float = 0.0, extent: float = 1.0) -> None:
+        geometry = CTGeometry("parallel", num_angles, angle_range, num_detectors, detector_half_width,
+                              angle_list=angles, detector_offset=detector_offset, extent=extent)
         super().__init__(geometry, size, backend, filter_type, frequency_scaling)
 
 
 class FanBeamCT(CTOperator):
     """Fan-beam CT with a flat detector: ``num_angles`` source positions over ``angle_range``
-    (default ``(0, 2 pi)``), source at ``src_radius`` and detector at ``det_radius`` from the centre.
+    (default ``(0, 2 pi)``) or the explicit ``angles`` (radians), source at ``src_radius`` and
+    detector at ``det_radius`` from the rotation centre (default ``4 * extent`` each).
 
-    See ``CTGeometry`` for the geometry parameters and ``CTOperator`` for the rest.
+    See ``CTGeometry`` for the geometry parameters and ``CTOperator`` for the rest; a scanner
+    described in millimetres and degrees is ``invprior.operators.ct_scanner.FanBeamScanner``.
     """
 
     _beam = "fan"
 
     def __init__(self, size: int = 64, num_angles: int = 60, angle_range: tuple[float, float] | None = None,
                  num_detectors: int | None = None, detector_half_width: float | None = None,
-                 src_radius: float = 4.0, det_radius: float = 4.0, backend: str = "sparse",
+                 src_radius: float | None = None, det_radius: float | None = None, backend: str = "sparse",
                  filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
-                 frequency_scaling: float = 0.9) -> None:
+                 frequency_scaling: float = 0.9, angles: Sequence[float] | None = None,
+                 detector_offset: float = 0.0, extent: float = 1.0) -> None:
         geometry = CTGeometry("fan", num_angles, angle_range, num_detectors, detector_half_width,
-                              src_radius, det_radius)
+                              src_radius, det_radius, angle_list=angles, detector_offset=detector_offset,
+                              extent=extent)
         super().__init__(geometry, size, backend, filter_type, frequency_scaling)
