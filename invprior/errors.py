@@ -48,3 +48,7 @@ class ConvergenceWarning(RuntimeWarning):
 
 class NonFiniteError(InvpriorError, FloatingPointError):
     """A quantity that must be finite (a Jacobian, a hyperparameter, a likelihood) is NaN or infinite."""
+
+
+class DataFileError(InvpriorError, ValueError):
+    """A data file is missing, unreadable or not in the expected layout; the message names the file and key."""

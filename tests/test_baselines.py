@@ -8,6 +8,7 @@ import torch
 from invprior import GaussianNoise, InverseProblem
 from invprior.data.phantoms import random_ellipses
 from invprior.errors import ConfigError
+from invprior.core.problem import NoiseEstimateWarning
 from invprior.methods.classical import PseudoInverse, Tikhonov, TVLeastSquares
 from invprior.metrics import psnr
 from invprior.operators.compressed_sensing import GaussianCS
@@ -89,9 +90,11 @@ def test_tv_weight_choice_per_image_does_not_depend_on_the_batch():
 
 def test_weight_rules_need_what_they_use():
     op = Denoising(size=8)
-    bare = InverseProblem(op, torch.rand(1, 1, 8, 8))
-    with pytest.raises(ConfigError, match="noise level"):
-        Tikhonov().reconstruct(bare)
+    bare = InverseProblem(op, torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(NoiseEstimateWarning, match="tikhonov: no noise level given; estimated from the data"):
+        estimated = Tikhonov().reconstruct(bare)
+    given = Tikhonov().reconstruct(bare.with_estimated_noise())  # the estimate is used as if it had been given
+    assert torch.equal(estimated.image, given.image) and estimated.params == given.params
     with pytest.raises(ConfigError, match="x_true"):
         Tikhonov(weight="oracle").reconstruct(bare)
     with pytest.raises(ConfigError, match="weight must be"):

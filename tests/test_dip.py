@@ -9,6 +9,7 @@ import torch
 
 from invprior import GaussianNoise, InverseProblem, Regularizer, registry
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
+from invprior.core.problem import NoiseEstimateWarning
 from invprior.generators.linear import LinearGenerator
 from invprior.generators.unet import UNet
 from invprior.methods.dip import DIP
@@ -155,8 +156,9 @@ def test_bad_settings_are_refused(problem):
             DIP(**bad)
     bare = InverseProblem(problem.operator, problem.y)
     for rule, params in (("discrepancy", {}), ("eswmv", {"discrepancy_tau": 1.1})):
-        with pytest.raises(ConfigError, match="noise level"):
-            DIP(stopping=rule, stopping_params=params).reconstruct(bare, progress=False)
+        with pytest.warns(NoiseEstimateWarning, match="dip: no noise level given; estimated from the data"):
+            DIP(generator_params={"preset": "small", "channels": 4}, stopping=rule, stopping_params=params,
+                max_iterations=2).reconstruct(bare, progress=False)
 
 
 def test_seeded_runs_repeat_and_leave_the_global_rng_alone(problem):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,3 +42,28 @@ class GaussianNoise:
         # drawn in float64 on the CPU: the same realisation for every dtype and device
         white = torch.randn(clean.shape, generator=gen, dtype=torch.float64).to(device=clean.device, dtype=clean.dtype)
         return white * std.view(-1, *([1] * (clean.ndim - 1))), std
+
+
+#: Order of the finite differences ``estimate_noise_std`` takes along the measurement's last axis.
+DIFFERENCE_ORDER = 3
+
+
+def estimate_noise_std(y: Tensor, order: int = DIFFERENCE_ORDER) -> Tensor:
+    """The std of white noise in ``y`` (shape ``(B, ...)``), per image, from ``y`` alone.
+
+    ``d`` = the ``order``-th finite differences of ``y`` along its last axis (the detector axis of a
+    sinogram, the rows of an image): white noise of std ``s`` gives ``var(d) = C(2k, k) s^2`` while a
+    signal that is smooth along that axis adds little, so ``s ~ 1.4826 MAD(d) / sqrt(C(2k, k))``
+    (the median absolute deviation is robust to the few large differences at edges). The estimate
+    is biased upwards where the signal's own high frequencies rival the noise (very low noise,
+    sharp-edged objects on a coarse detector).
+    """
+    if y.ndim < 2 or y.shape[-1] <= order:
+        raise ConfigError(f"estimate_noise_std needs a batch (B, ..., n) with n > {order} entries along the last "
+                          f"axis, got shape {tuple(y.shape)}")
+    d = y.double()
+    for _ in range(order):
+        d = d.diff(dim=-1)
+    d = d.flatten(1)
+    deviation = (d - d.median(dim=1, keepdim=True).values).abs().median(dim=1).values
+    return (1.4826 * deviation / math.sqrt(math.comb(2 * order, order))).to(y.dtype)

@@ -1,14 +1,15 @@
-"""The ``InverseProblem`` container: operator, measurement, noise level, optional truth."""
+"""The ``InverseProblem`` container: operator, measurement, noise level, optional truth or reference."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from invprior.core.noise import GaussianNoise
+from invprior.core.noise import GaussianNoise, estimate_noise_std
 from invprior.core.operator import ForwardOperator, check_batch
 from invprior.errors import ShapeError
 
@@ -32,7 +33,11 @@ class InverseProblem:
 
     ``noise_std`` is the per-entry std ``s`` of ``eta``; ``noise_norm`` is ``delta = ||eta||``
     per image, which the discrepancy principle needs. When only ``noise_std`` is known,
-    ``delta`` defaults to its expectation ``s * sqrt(m)`` with ``m`` entries per measurement.
+    ``delta`` defaults to its expectation ``s * sqrt(m)`` with ``m`` entries per measurement;
+    when neither is, methods that need it estimate it from ``y`` (``ensure_noise_level``).
+    ``x_true`` is a ground-truth image on the operator's grid; ``reference`` a reference
+    segmentation (integer labels, shape ``(B, H, W)``, any resolution, covering the same field of
+    view as the image grid and oriented like the image arrays), for task scores such as the MCC.
     """
 
     operator: ForwardOperator
@@ -41,6 +46,7 @@ class InverseProblem:
     noise_norm: Tensor | float | None = None
     x_true: Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    reference: Tensor | None = None
 
     def __post_init__(self) -> None:
         op = self.operator
@@ -61,19 +67,40 @@ class InverseProblem:
             self.x_true = self.x_true.to(device=self.y.device, dtype=self.y.dtype)
             if self.x_true.shape[0] != batch:
                 raise ShapeError(f"x_true has {self.x_true.shape[0]} images but y has {batch}")
+        if self.reference is not None:
+            ref = torch.as_tensor(self.reference)
+            if ref.ndim != 3 or ref.shape[0] != batch or ref.is_floating_point() or ref.is_complex():
+                raise ShapeError(f"reference must hold integer labels of shape (B={batch}, H, W), got "
+                                 f"{tuple(ref.shape)} {ref.dtype}")
+            self.reference = ref.to(device=self.y.device, dtype=torch.int64)
 
-    def _map(self, transform) -> InverseProblem:
+    def _map(self, transform, labels=None) -> InverseProblem:
         apply = lambda t: None if t is None else transform(t)
+        relabel = labels or (lambda t: t)
         return InverseProblem(self.operator, apply(self.y), apply(self.noise_std), apply(self.noise_norm),
-                              apply(self.x_true), dict(self.metadata))
+                              apply(self.x_true), dict(self.metadata),
+                              None if self.reference is None else relabel(self.reference))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InverseProblem:
         """A copy with its tensors on ``device`` and in ``dtype`` (the operator follows its inputs)."""
-        return self._map(lambda t: t.to(device=device, dtype=dtype))
+        return self._map(lambda t: t.to(device=device, dtype=dtype), lambda t: t.to(device=device))
 
     def select(self, index: int) -> InverseProblem:
         """The problem of image ``index`` alone (a batch of one)."""
         return self._map(lambda t: t[index: index + 1])
+
+    def with_estimated_noise(self) -> InverseProblem:
+        """A copy whose ``noise_std`` is estimated from ``y`` (``estimate_noise_std``), recorded in the metadata
+        as ``noise = {"std": [...], "estimated": True}``."""
+        std = estimate_noise_std(self.y)
+        meta = {**self.metadata, "noise": {"std": std.tolist(), "estimated": True}}
+        return InverseProblem(self.operator, self.y, noise_std=std, x_true=self.x_true, metadata=meta,
+                              reference=self.reference)
+
+    @property
+    def noise_estimated(self) -> bool:
+        """Whether the noise level was estimated from the data rather than given."""
+        return bool(self.metadata.get("noise", {}).get("estimated", False))
 
     @property
     def batch_size(self) -> int:
@@ -100,3 +127,19 @@ class InverseProblem:
         meta = {"seed": seed, "noise": {"std": noise.std, "relative": noise.relative}, **(metadata or {})}
         return cls(operator, clean + eta, noise_std=std, noise_norm=eta.flatten(1).norm(dim=1),
                    x_true=x_true, metadata=meta)
+
+
+class NoiseEstimateWarning(UserWarning):
+    """A method needed the noise level, the problem had none, and it was estimated from the data."""
+
+
+def ensure_noise_level(problem: InverseProblem, owner: str) -> InverseProblem:
+    """``problem`` when it knows its noise level, else ``problem.with_estimated_noise()`` and a
+    ``NoiseEstimateWarning`` that names ``owner`` and the estimate."""
+    if problem.noise_norm is not None:
+        return problem
+    estimated = problem.with_estimated_noise()
+    values = ", ".join(f"{float(s):.4g}" for s in estimated.noise_std)
+    warnings.warn(f"{owner}: no noise level given; estimated from the data: noise std {values} "
+                  "(invprior.core.noise.estimate_noise_std)", NoiseEstimateWarning, stacklevel=3)
+    return estimated

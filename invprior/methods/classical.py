@@ -10,7 +10,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from invprior.core.operator import ForwardOperator
-from invprior.core.problem import InverseProblem
+from invprior.core.problem import InverseProblem, ensure_noise_level
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.linalg import conjugate_gradient
@@ -96,6 +96,8 @@ class Tikhonov(_Regularised):
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         op = problem.operator
         _require_linear(op, self.name)
+        if self.rule == "discrepancy":
+            problem = ensure_noise_level(problem, self.name)
         if self.penalty == "gradient" and len(op.domain_shape) != 3:
             raise ConfigError(f"tikhonov: penalty 'gradient' needs images (C, H, W), got {op.domain_shape}")
         start = time.perf_counter()
@@ -183,6 +185,8 @@ class TVLeastSquares(_Regularised):
         _require_linear(op, self.name)
         if len(op.domain_shape) != 3:
             raise ConfigError(f"tv needs images (C, H, W) as the operator domain, got {op.domain_shape}")
+        if self.rule == "discrepancy":
+            problem = ensure_noise_level(problem, self.name)
         start = time.perf_counter()
         norm_a = op.norm(dtype=problem.y.dtype, device=problem.y.device)
         record = Reconstruction(problem.y.new_zeros(0), self.name)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from invprior import registry
 from invprior.core.interfaces import Generator, IterationState, Regularizer, StoppingRule
-from invprior.core.problem import InverseProblem
+from invprior.core.problem import InverseProblem, ensure_noise_level
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.io import atomic_write
@@ -146,9 +146,9 @@ class DIP(Method):
     # -- fitting ----------------------------------------------------------------------
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
-        if self.stopping.requires_noise_level and problem.noise_norm is None:
-            raise ConfigError(f"dip: the stopping rule {type(self.stopping).__name__} needs the noise level "
-                              "(noise_std or noise_norm on the problem)")
+        uses_auto_weight = self.weight == "auto" and not isinstance(self.regularizer, NoRegularizer)
+        if self.stopping.requires_noise_level or uses_auto_weight:
+            problem = ensure_noise_level(problem, self.name)
         weights = self._weights(problem)
         fits = [self._fit(problem.select(b), weights[b], self._checkpoint_path(b, problem.batch_size), progress)
                 for b in range(problem.batch_size)]

@@ -1,0 +1,98 @@
+"""Segmentation of reconstructions and the task score of segmentation challenges.
+
+A reconstruction is resized to the reference's grid (bilinear; both cover the same field of view),
+thresholded into ``K`` classes by Otsu's method (scikit-image's ``threshold_otsu`` for two classes,
+``threshold_multiotsu`` for more) and compared with the reference by the Matthews correlation
+coefficient (MCC, 1 is perfect, 0 no better than chance).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from invprior._optional import require
+from invprior.errors import ShapeError
+
+__all__ = ["SegmentationScore", "otsu_segmentation", "matthews_correlation", "resize", "segmentation_scores"]
+
+_FEATURE = "Otsu segmentation"
+
+
+def _numpy(image: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().double().numpy()
+    return np.asarray(image, dtype=np.float64)
+
+
+def resize(image: Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` (2D) resampled to ``shape`` by bilinear interpolation over the same field of view."""
+    image = _numpy(image)
+    if image.shape == tuple(shape):
+        return image
+    transform = require("skimage.transform", "data", _FEATURE)
+    return transform.resize(image, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
+
+
+def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.ndarray, list[float]]:
+    """Labels ``0 .. classes-1`` of a 2D image by Otsu's thresholds (maximal between-class variance),
+    and the thresholds (increasing)."""
+    image = _numpy(image)
+    if image.ndim != 2:
+        raise ShapeError(f"otsu_segmentation needs a 2D image, got shape {image.shape}")
+    if classes < 2:
+        raise ShapeError(f"otsu_segmentation needs at least 2 classes, got {classes}")
+    filters = require("skimage.filters", "data", _FEATURE)
+    if float(image.max()) == float(image.min()):
+        return np.zeros(image.shape, dtype=np.int64), [float(image.min())] * (classes - 1)
+    thresholds = [float(filters.threshold_otsu(image))] if classes == 2 else \
+        [float(t) for t in filters.threshold_multiotsu(image, classes=classes)]
+    return np.digitize(image, thresholds).astype(np.int64), thresholds
+
+
+def matthews_correlation(prediction: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
+    """The Matthews correlation coefficient of two label maps of the same shape, any number of classes:
+
+    ``(c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2)(s^2 - sum_k t_k^2))`` with ``s`` pixels, ``c``
+    of them correct, ``p_k`` / ``t_k`` pixels predicted / true in class ``k``. For two classes it is
+    ``(TP TN - FP FN) / sqrt((TP + FP)(TP + FN)(TN + FP)(TN + FN))``; 0 where a map has one class only.
+    """
+    p, t = np.asarray(_numpy(prediction), dtype=np.int64), np.asarray(_numpy(reference), dtype=np.int64)
+    if p.shape != t.shape:
+        raise ShapeError(f"matthews_correlation: prediction has shape {p.shape} but reference has {t.shape}")
+    classes = int(max(p.max(initial=0), t.max(initial=0))) + 1
+    s = float(p.size)
+    correct = float((p == t).sum())
+    pk = np.bincount(p.ravel(), minlength=classes).astype(np.float64)
+    tk = np.bincount(t.ravel(), minlength=classes).astype(np.float64)
+    denominator = math.sqrt((s * s - float(pk @ pk)) * (s * s - float(tk @ tk)))
+    return 0.0 if denominator == 0 else (correct * s - float(pk @ tk)) / denominator
+
+
+@dataclass(frozen=True)
+class SegmentationScore:
+    """The segmentation of one reconstruction on the reference grid and its MCC against the reference."""
+
+    mcc: float
+    thresholds: list[float]
+    labels: np.ndarray
+
+
+def segmentation_scores(images: Tensor, reference: Tensor) -> list[SegmentationScore]:
+    """Per image of a batch ``(B, 1, H, W)``: resize to the reference grid ``(B, H', W')``, Otsu into as
+    many classes as the reference has, and the MCC."""
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ShapeError(f"segmentation_scores needs images (B, 1, H, W), got {tuple(images.shape)}")
+    if reference.ndim != 3 or reference.shape[0] != images.shape[0]:
+        raise ShapeError(f"segmentation_scores needs a reference (B={images.shape[0]}, H, W), "
+                         f"got {tuple(reference.shape)}")
+    out = []
+    for image, truth in zip(images, reference):
+        truth = truth.detach().cpu().numpy()
+        classes = max(int(truth.max()) + 1, 2)
+        labels, thresholds = otsu_segmentation(resize(image[0], truth.shape), classes)
+        out.append(SegmentationScore(matthews_correlation(labels, truth), thresholds, labels))
+    return out
