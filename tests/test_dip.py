@@ -11,6 +11,7 @@ from invprior import GaussianNoise, InverseProblem, Regularizer, registry
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.core.problem import NoiseEstimateWarning
 from invprior.generators.linear import LinearGenerator
+from invprior.generators.output_map import OutputMap
 from invprior.generators.unet import UNet
 from invprior.methods.dip import DIP
 
@@ -109,9 +110,11 @@ def test_kept_image_is_what_the_kept_weights_produce(problem, rule, params):
     generator = UNet(preset="small", channels=8)
     result = DIP(generator=generator, stopping=rule, stopping_params=params, weight=1e-4, lr=1e-2,
                  max_iterations=7).reconstruct(problem, progress=False)
-    generator.load_state_dict(result.generator_state)
+    fitted = result.extras["generator"]  # the network behind its output map (data scale, constraints)
+    assert isinstance(fitted, OutputMap) and fitted.network is not generator
+    fitted.load_state_dict(result.generator_state)
     with torch.no_grad():
-        assert torch.allclose(generator(result.generator_input), result.image, atol=1e-6)
+        assert torch.allclose(fitted(result.generator_input), result.image, atol=1e-6)
 
 
 class _NaNAfter(Regularizer):

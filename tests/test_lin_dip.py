@@ -46,10 +46,11 @@ def _ct_problem(size: int = 6, seed: int = 0) -> InverseProblem:
 
 @pytest.fixture(scope="module")
 def fitted():
-    """A tiny DIP fitted to 6x6 CT with 4 angles (m = 44 measurements, 36 pixels)."""
+    """A tiny DIP fitted to 6x6 CT with 4 angles (m = 44 measurements, 36 pixels), in the data's own units
+    (no normalisation: the hyperparameter checks below were measured on this network)."""
     problem = _ct_problem()
     result = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 50},
-                 lr=1e-2).reconstruct(problem, progress=False)
+                 lr=1e-2, normalise=False).reconstruct(problem, progress=False)
     return problem, result
 
 
@@ -472,7 +473,8 @@ def test_type_ii_fit_raises_the_evidence_and_scalable_moves_like_exact(fitted):
     start = torch.cat([prior.log_variance.detach(), prior.log_lengthscale.detach(), torch.tensor([log_noise0])])
     exact_change, scalable_change = _hyper(exact) - start, _hyper(scalable) - start
     # Adam: 10 steps of at most ~lr each, in the direction of the gradient where it is clear
-    assert (exact_change.abs() <= 10 * 0.05 + 1e-9).all()
+    # (|m_hat| / sqrt(v_hat) can pass 1 a little when the gradient grows: m_hat averages more recent steps)
+    assert (exact_change.abs() <= 1.02 * 10 * 0.05).all()
     assert torch.equal(torch.sign(exact_change[clear]), torch.sign(gradient[clear]))
     assert torch.equal(torch.sign(scalable_change[clear]), torch.sign(exact_change[clear]))
     assert (exact_change[clear].abs() > 0.2).all()
@@ -586,7 +588,7 @@ def test_fit_refuses_mismatched_shapes_non_finite_weights_and_batches(fitted):
     with pytest.raises(ShapeError, match=r"\(1, 6, 6\).*\(1, 8, 8\)"):
         LinearizedLaplace(progress=False).fit(result, bigger)
     state = {k: v.clone() for k, v in result.generator_state.items()}
-    state["outc.weight"].view(-1)[0] = float("nan")
+    state["network.outc.weight"].view(-1)[0] = float("nan")
     broken = dataclasses.replace(result, generator_state=state)
     with pytest.raises(NonFiniteError):
         LinearizedLaplace(progress=False).fit(broken, problem)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from invprior.core.constraints import ImageConstraints
 from invprior.core.noise import GaussianNoise, estimate_noise_std
 from invprior.core.operator import ForwardOperator, check_batch
 from invprior.errors import ShapeError
@@ -38,6 +39,7 @@ class InverseProblem:
     ``x_true`` is a ground-truth image on the operator's grid; ``reference`` a reference
     segmentation (integer labels, shape ``(B, H, W)``, any resolution, covering the same field of
     view as the image grid and oriented like the image arrays), for task scores such as the MCC.
+    ``constraints`` is prior knowledge of the image (bounds, support) that methods enforce.
     """
 
     operator: ForwardOperator
@@ -47,6 +49,7 @@ class InverseProblem:
     x_true: Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     reference: Tensor | None = None
+    constraints: ImageConstraints | None = None
 
     def __post_init__(self) -> None:
         op = self.operator
@@ -73,13 +76,17 @@ class InverseProblem:
                 raise ShapeError(f"reference must hold integer labels of shape (B={batch}, H, W), got "
                                  f"{tuple(ref.shape)} {ref.dtype}")
             self.reference = ref.to(device=self.y.device, dtype=torch.int64)
+        if self.constraints is not None:
+            if not isinstance(self.constraints, ImageConstraints):
+                raise TypeError(f"constraints must be ImageConstraints, got {type(self.constraints).__name__}")
+            self.constraints.check_grid(op.domain_shape, f"InverseProblem({op.name})")
 
     def _map(self, transform, labels=None) -> InverseProblem:
         apply = lambda t: None if t is None else transform(t)
         relabel = labels or (lambda t: t)
         return InverseProblem(self.operator, apply(self.y), apply(self.noise_std), apply(self.noise_norm),
                               apply(self.x_true), dict(self.metadata),
-                              None if self.reference is None else relabel(self.reference))
+                              None if self.reference is None else relabel(self.reference), self.constraints)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InverseProblem:
         """A copy with its tensors on ``device`` and in ``dtype`` (the operator follows its inputs)."""
@@ -95,7 +102,21 @@ class InverseProblem:
         std = estimate_noise_std(self.y)
         meta = {**self.metadata, "noise": {"std": std.tolist(), "estimated": True}}
         return InverseProblem(self.operator, self.y, noise_std=std, x_true=self.x_true, metadata=meta,
-                              reference=self.reference)
+                              reference=self.reference, constraints=self.constraints)
+
+    def scaled(self, factor: Tensor | float) -> InverseProblem:
+        """The same problem with the image and the data multiplied by ``factor > 0`` (a number or one per
+        image): ``y``, the noise level, ``x_true`` and the constraints' bounds."""
+        factor = torch.as_tensor(factor, dtype=torch.float64).reshape(-1)
+        if factor.numel() not in (1, self.batch_size) or not bool((factor > 0).all()):
+            raise ValueError(f"scaled: factor must be > 0, one number or one per image, got {factor.tolist()}")
+        if self.constraints is not None and factor.numel() > 1 and not bool((factor == factor[0]).all()):
+            raise ValueError("scaled: a problem with constraints is scaled by one factor for the whole batch")
+        per_image = lambda t: t * factor.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.ndim - 1)))
+        scale = lambda t: None if t is None else per_image(t)
+        return InverseProblem(self.operator, per_image(self.y), scale(self.noise_std), scale(self.noise_norm),
+                              scale(self.x_true), dict(self.metadata), self.reference,
+                              None if self.constraints is None else self.constraints.scaled(float(factor[0])))
 
     @property
     def noise_estimated(self) -> bool:

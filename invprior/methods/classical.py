@@ -130,7 +130,8 @@ class Tikhonov(_Regularised):
 
 
 class TVLeastSquares(_Regularised):
-    """``x = argmin 1/2 ||A x - y||^2 + lambda TV(x)`` (optionally ``x >= 0``) by PDHG (Chambolle-Pock).
+    """``x = argmin 1/2 ||A x - y||^2 + lambda TV(x)`` (optionally ``x >= 0``, and within the problem's
+    ``constraints``: bounds and support) by PDHG (Chambolle-Pock).
 
     The operator is split as ``K = (A, c grad)`` with ``c = ||A|| / sqrt(8)`` so both blocks have
     the same scale; step sizes ``tau = sigma = 0.99 / (sqrt(2) ||A||)``. ``weight`` is ``lambda``:
@@ -168,6 +169,8 @@ class TVLeastSquares(_Regularised):
             x_new = x - step * (op.adjoint(q) - c * divergence(p))
             if self.nonnegative:
                 x_new = x_new.clamp_min(0.0)
+            if problem.constraints is not None:
+                x_new = problem.constraints.project(x_new)
             x_bar, x = 2 * x_new - x, x_new
             if record is not None and (k % self.log_every == 0 or k == self.iterations):
                 record.log(iteration=k, **quality(x, problem))

@@ -1,7 +1,10 @@
 """Deep Image Prior: fit ``x = G_theta(z)`` to ``y`` by Adam, stopped by a ``StoppingRule``.
 
 Loss: ``mean((A G(z) - y)^2) + weight * R(G(z))`` (the mean runs over the entries of ``y``,
-``R`` is summed over pixels, e.g. anisotropic TV).
+``R`` is summed over pixels, e.g. anisotropic TV), computed in normalised units: ``y`` divided by
+the data scale ``s`` (``invprior.core.scaling.data_scale``), the image ``x = s P(G(z))`` with ``P``
+the projection onto the problem's constraints, so that data in other units give the same image
+up to that scale.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from tqdm.auto import tqdm
 from invprior import registry
 from invprior.core.interfaces import Generator, IterationState, Regularizer, StoppingRule
 from invprior.core.problem import InverseProblem, ensure_noise_level
+from invprior.core.scaling import data_scale
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.io import atomic_write
 from invprior.methods.base import Method, seeded_global_rng
+from invprior.generators.output_map import OutputMap
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
 from invprior.regularizers.zero import NoRegularizer
@@ -64,6 +69,13 @@ class DIP(Method):
     to the input at every iteration; ``grad_clip`` clips the gradient norm. The fit ends when the
     rule says so or after ``max_iterations``. Each image of a batch gets its own network.
 
+    With ``normalise`` (the default) the fit runs on ``y / s`` with ``s`` the data scale and the
+    result is multiplied by ``s``: ``lr``, ``weight`` (when a number) and the generator's input
+    scale act on normalised images of order one, whatever the data's units; the trace's
+    residuals and losses are in those normalised units. The fitted generator
+    (``extras["generator"]``, an ``OutputMap``) gives the image in the data's units. The
+    problem's ``constraints`` (bounds, support) are enforced through the generator's output.
+
     With ``checkpoint`` set, the state is written atomically every ``checkpoint_every`` iterations;
     with ``resume=True`` a run whose checkpoint exists continues from it and reproduces the
     uninterrupted run exactly on the CPU.
@@ -78,7 +90,7 @@ class DIP(Method):
                  lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 5000, input_noise: float = 0.0,
                  grad_clip: float | None = None, log_every: int = 10, seed: int = 0,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
-                 auto_weight_fraction: float = 0.3) -> None:
+                 auto_weight_fraction: float = 0.3, normalise: bool = True) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
@@ -105,17 +117,19 @@ class DIP(Method):
         self.seed = int(seed)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.resume = bool(resume)
+        self.normalise = bool(normalise)
         self.params = {"generator": generator if isinstance(generator, str) else type(generator).__name__,
                        "generator_params": self.generator_params, "regularizer": type(self.regularizer).__name__,
                        "weight": self.weight, "stopping": type(self.stopping).__name__,
                        "stopping_params": dict(stopping_params or {}), "lr": self.lr, "optimizer": optimizer,
                        "max_iterations": max_iterations, "input_noise": self.input_noise,
                        "grad_clip": self.grad_clip, "seed": self.seed,
-                       "auto_weight_fraction": self.auto_weight_fraction}
+                       "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise}
 
     # -- set-up -----------------------------------------------------------------------
-    def _build_generator(self, problem: InverseProblem) -> Generator:
-        """A freshly initialised generator (weights drawn from ``seed``, global RNG untouched)."""
+    def _build_generator(self, problem: InverseProblem) -> OutputMap:
+        """A freshly initialised generator (weights drawn from ``seed``, global RNG untouched), its output
+        projected onto the problem's constraints."""
         c, h, w = problem.operator.domain_shape[-3:]
         with seeded_global_rng(self.seed, problem.y.device):
             if isinstance(self.generator, Generator):
@@ -123,7 +137,8 @@ class DIP(Method):
             else:
                 generator = _component("generators", self.generator, self.generator_params, Generator,
                                        {"size": (h, w), "out_channels": c, "seed": self.seed})
-        return generator.to(device=problem.y.device, dtype=problem.y.dtype)
+        network = generator.to(device=problem.y.device, dtype=problem.y.dtype)
+        return OutputMap(network, 1.0, problem.constraints)
 
     def _checkpoint_path(self, index: int, batch: int) -> Path | None:
         if self.checkpoint is None:
@@ -132,11 +147,17 @@ class DIP(Method):
 
     def _fingerprint(self, problem: InverseProblem) -> str:
         """Identifies the run a checkpoint belongs to: settings (except ``max_iterations``, which may be
-        raised to continue a run), the configuration of the components, the operator and ``y``."""
+        raised to continue a run), the configuration of the components, the operator, the constraints and
+        ``y``."""
         settings = {k: v for k, v in self.params.items() if k != "max_iterations"}
         parts = [settings, self.log_every, repr(problem.operator), _configuration(self.stopping),
                  _configuration(self.regularizer)]
+        constraints = problem.constraints
+        if constraints is not None:
+            parts.append((constraints.lower, constraints.upper))
         digest = hashlib.sha256(repr(parts).encode())
+        if constraints is not None and constraints.support is not None:
+            digest.update(constraints.support.cpu().numpy().tobytes())
         if isinstance(self.generator, Generator):
             for tensor in self.generator.state_dict().values():
                 digest.update(tensor.detach().cpu().double().numpy().tobytes())
@@ -149,9 +170,12 @@ class DIP(Method):
         uses_auto_weight = self.weight == "auto" and not isinstance(self.regularizer, NoRegularizer)
         if self.stopping.requires_noise_level or uses_auto_weight:
             problem = ensure_noise_level(problem, self.name)
-        weights = self._weights(problem)
-        fits = [self._fit(problem.select(b), weights[b], self._checkpoint_path(b, problem.batch_size), progress)
-                for b in range(problem.batch_size)]
+        scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
+        normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
+        weights = [self._weights(part)[0] for part in normalised]
+        fits = [self._in_user_units(self._fit(part, weights[b], self._checkpoint_path(b, problem.batch_size), progress),
+                                    float(scales[b]), problem.constraints)
+                for b, part in enumerate(normalised)]
         first = fits[0]
         return Reconstruction(
             image=torch.cat([f.image for f in fits]), method=self.name, params={**self.params, "weight": weights},
@@ -159,9 +183,17 @@ class DIP(Method):
             iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
             generator_state=first.generator_state, generator_input=torch.cat([f.generator_input for f in fits]),
             extras={"best_iteration": [f.extras["best_iteration"] for f in fits], "generator": first.extras["generator"],
-                    "method": self,
+                    "method": self, "data_scale": scales.tolist(),
                     "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
+
+    @staticmethod
+    def _in_user_units(record: Reconstruction, scale: float, constraints) -> Reconstruction:
+        """A fit of the normalised problem, answered in the data's units: the image times ``scale`` and the
+        generator's output map with that scale and the original constraints (the same images)."""
+        record.image = record.image * scale
+        record.extras["generator"] = record.extras["generator"].rescaled(scale, constraints)
+        return record
 
     def _weights(self, problem: InverseProblem) -> list[float]:
         """The TV weight per image. ``"auto"``: ``auto_weight_fraction * 2 lambda / m``, where ``lambda`` is
