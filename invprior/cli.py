@@ -19,17 +19,21 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 def _run(args: argparse.Namespace) -> int:
     from invprior.experiment import run
-    from invprior.report import summary_lines, write_report
+    from invprior.report import problem_notes, summary_lines, write_report
 
     config = load_config(args.config)
     out = Path(args.out)
     done = run(config, not args.quiet, args.device, DTYPES[args.dtype], workdir=out)
     metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction}, config.raw,
-                           title=f"{config.problem.operator.name} / {config.problem.image.name}",
-                           posterior=done.posterior, posterior_name=config.posterior.name if config.posterior else "")
+                           title=config.problem.label, posterior=done.posterior,
+                           posterior_name=config.posterior.name if config.posterior else "")
+    for line in problem_notes(done.problem):
+        print(line)
     print("\n".join(summary_lines(metrics, ["baseline", "method"])))
-    extra = f", {out / 'uncertainty.png'}" if done.posterior is not None else ""
-    print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}{extra}")
+    written = ["metrics.json", "reconstruction.npz", "figure.png"]
+    written += ["uncertainty.png"] if done.posterior is not None and done.problem.x_true is not None else []
+    written += ["segmentation.png", "segmentation_figure.png"] if done.problem.reference is not None else []
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
     return 0
 
 

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from invprior import registry
-from invprior.config import ComponentSpec, ProblemSpec, RunConfig
+from invprior.analysis.segmentation import segmentation_scores
+from invprior.config import ComponentSpec, ConstraintsSpec, MeasuredSpec, ProblemSpec, RunConfig
+from invprior.core.constraints import ImageConstraints
 from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
@@ -48,7 +50,60 @@ def build(kind: str, spec: ComponentSpec, where: str, params_where: str | None =
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def build_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> InverseProblem:
+def build_problem(spec: ProblemSpec | MeasuredSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> InverseProblem:
+    """The configured problem: read by a registered reader (``MeasuredSpec``) or simulated (``ProblemSpec``),
+    with its constraints, if any."""
+    problem = read_problem(spec, dtype) if isinstance(spec, MeasuredSpec) else simulate_problem(spec, seed, dtype)
+    if spec.constraints is None:
+        return problem
+    constraints, description = build_constraints(spec.constraints, problem)
+    problem.constraints = constraints
+    problem.metadata["constraints"] = description
+    return problem
+
+
+def read_problem(spec: MeasuredSpec, dtype: torch.dtype = torch.float32) -> InverseProblem:
+    """The problem of a measurement file, from the reader the configuration names."""
+    names = {torch.float32: "float32", torch.float64: "float64"}
+    problem = build("readers", spec.reader, "problem.reader", "problem.reader_params", size=spec.size,
+                    noise_std=spec.noise_std, dtype=names.get(dtype, "float32"))
+    if not isinstance(problem, InverseProblem):
+        raise ConfigError(f"problem.reader: '{spec.reader.name}' returned a {type(problem).__name__}, "
+                          "not an InverseProblem")
+    return problem
+
+
+def build_constraints(spec: ConstraintsSpec, problem: InverseProblem) -> tuple[ImageConstraints, dict[str, Any]]:
+    """The image constraints of ``spec`` for ``problem`` and a description for the metadata (a fitted disc's
+    centre and radius)."""
+    description: dict[str, Any] = {"lower": spec.lower, "upper": spec.upper, "support": spec.support}
+    support = None
+    if spec.support == "disc":
+        from invprior.operators.ct_support import fit_disc
+
+        if problem.batch_size != 1:
+            raise ConfigError("problem.constraints.support: a fitted disc needs one image (num_images = 1)")
+        noise = float(problem.noise_std[0]) if problem.noise_std is not None else 0.0
+        disc = fit_disc(problem.operator, problem.y[0, 0], noise)
+        support = disc.mask(problem.operator, spec.margin)
+        description["disc"] = {"centre": list(disc.centre), "radius": disc.radius, "margin_pixels": spec.margin}
+    elif spec.support == "file":
+        from invprior.data.orientation import picture_to_image
+        from invprior.readers.reference import read_reference
+
+        support = torch.from_numpy(picture_to_image(read_reference(spec.support_file, spec.support_key) > 0))
+        grid = tuple(problem.operator.domain_shape[-2:])
+        if tuple(support.shape) != grid:
+            raise ConfigError(f"problem.constraints.support: the mask {spec.support_file} has shape "
+                              f"{tuple(support.shape)}, the image grid is {grid}")
+        description["file"] = str(spec.support_file)
+    try:
+        return ImageConstraints(spec.lower, spec.upper, support), description
+    except ValueError as exc:
+        raise ConfigError(f"problem.constraints: {exc}") from None
+
+
+def simulate_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> InverseProblem:
     """Simulate ``y = A x + eta`` for the configured operator, image and noise.
 
     With ``fine_factor = f > 1`` the image is rendered on an ``f``-times finer grid, projected by the
@@ -90,7 +145,8 @@ def default_baseline(problem: InverseProblem) -> ComponentSpec:
 
 
 def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str, Any]:
-    """Metrics of one reconstruction (PSNR/SSIM with data range = truth max - min, per image and mean)."""
+    """Metrics of one reconstruction (PSNR/SSIM with data range = truth max - min, per image and mean; with a
+    reference segmentation, the MCC of the Otsu segmentation, see ``invprior.analysis.segmentation``)."""
     out: dict[str, Any] = {"method": reconstruction.method, "wall_time_s": reconstruction.wall_time,
                            "stop_reason": reconstruction.stop_reason, "params": reconstruction.params,
                            "residual_norm": problem.residual_norm(reconstruction.image).tolist()}
@@ -101,6 +157,11 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
         for name, metric in metrics:
             values = metric(reconstruction.image, problem.x_true).tolist()
             out[name], out[f"{name}_mean"] = values, sum(values) / len(values)
+    if problem.reference is not None:
+        segmented = segmentation_scores(reconstruction.image, problem.reference)
+        out["mcc"] = [s.mcc for s in segmented]
+        out["mcc_mean"] = sum(out["mcc"]) / len(segmented)
+        out["otsu_thresholds"] = [s.thresholds for s in segmented]
     return out
 
 

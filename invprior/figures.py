@@ -18,8 +18,8 @@ from invprior.io import atomic_write
 
 
 def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_panel: tuple[str, Tensor] | None = None,
-                      title: str = "", curve: Reconstruction | None = None) -> Path:
-    """Images side by side on a shared grey scale (first channel of the first image), an error map,
+                      title: str = "", curve: Reconstruction | None = None, scale_from: int = 0) -> Path:
+    """Images side by side on a shared grey scale (first channel of panel ``scale_from``), an error map,
     and optionally the PSNR-vs-iteration curve of an iterative reconstruction with its kept
     iterate and its stop marked.
 
@@ -28,7 +28,7 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
     """
     fig = new_figure()
     images = [(caption, img[0, 0].detach().cpu().float().numpy()) for caption, img in panels]
-    low, high = float(images[0][1].min()), float(images[0][1].max())
+    low, high = float(images[scale_from][1].min()), float(images[scale_from][1].max())
     show_curve = curve is not None and "psnr" in curve.trace
     count = len(images) + (error_panel is not None) + show_curve
     fig.set_size_inches(3.2 * count, 3.6)
@@ -45,6 +45,49 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if show_curve:
         _convergence(axes[-1], curve)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def segmentation_figure(path: str | Path, image: Tensor, labels, reference, caption: str, title: str = "",
+                        std: Tensor | None = None) -> Path:
+    """The reconstruction, its predictive std (when given), its segmentation, the reference and where they
+    differ (red: labelled above the reference's class, blue: below), all in the figures' orientation.
+
+    ``image`` is ``(1, 1, H, W)``; ``labels`` and ``reference`` are label maps on the reference's grid.
+    """
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    fig = new_figure()
+    panels = 4 + (std is not None)
+    fig.set_size_inches(3.2 * panels, 3.6)
+    grid = fig.subplots(1, panels, squeeze=False)[0]
+    for ax in grid:
+        ax.axis("off")
+    axes = iter(grid)
+    show = lambda ax, array, **kw: ax.imshow(np.asarray(array).T, origin="lower", **kw)
+    ax = next(axes)
+    shown = show(ax, image[0, 0].detach().cpu().float().numpy(), cmap="gray")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title("reconstruction", fontsize=9)
+    if std is not None:
+        ax = next(axes)
+        shown = show(ax, std[0, 0].detach().cpu().float().numpy(), cmap="magma", vmin=0)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title("predictive std", fontsize=9)
+    classes = max(int(np.max(reference)), int(np.max(labels)), 1)
+    for name, array in ((caption, labels), ("reference", reference)):
+        ax = next(axes)
+        show(ax, array, cmap="gray", vmin=0, vmax=classes, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    difference = np.sign(np.asarray(labels) - np.asarray(reference))
+    ax = next(axes)
+    show(ax, difference, cmap=ListedColormap(["tab:blue", "white", "tab:red"]), vmin=-1.5, vmax=1.5,
+         interpolation="nearest")
+    wrong = float((difference != 0).mean())
+    ax.set_title(f"differences ({100 * wrong:.1f} % of pixels)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

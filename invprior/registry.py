@@ -22,7 +22,8 @@ from typing import Any
 
 from invprior.errors import UnknownComponentError
 
-KINDS: tuple[str, ...] = ("operators", "generators", "regularizers", "stopping", "posteriors", "datasets", "methods")
+KINDS: tuple[str, ...] = ("operators", "generators", "regularizers", "stopping", "posteriors", "datasets", "methods",
+                          "readers")
 
 #: The plugin API this invprior provides (``major.minor``; plugins must match the major version).
 PLUGIN_API = "1.0"
@@ -98,7 +99,7 @@ def load(kind: str, name: str) -> Any:
 
 
 def _base_class(kind: str) -> type | None:
-    """The interface a component of ``kind`` implements (``None``: datasets are plain functions)."""
+    """The interface a component of ``kind`` implements (``None``: datasets and readers are plain functions)."""
     from invprior.core import ForwardOperator, Generator, PosteriorApproximation, Regularizer, StoppingRule
     from invprior.methods.base import Method
     return {"operators": ForwardOperator, "generators": Generator, "regularizers": Regularizer,

@@ -11,7 +11,10 @@ from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.experiment import scores
 from invprior.figures import comparison_figure, uncertainty_figure
-from invprior.io import write_json, write_npz
+from invprior.analysis.segmentation import segmentation_scores
+from invprior.data.orientation import image_to_picture
+from invprior.figures import segmentation_figure
+from invprior.io import atomic_write, write_json, write_npz
 
 
 def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Reconstruction],
@@ -23,6 +26,10 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
     With a fitted ``posterior`` its mean and std maps go into the arrays (``posterior_mean``, ``std``), its calibration into
     ``metrics["posterior"]`` and the uncertainty panels into ``uncertainty.png``.
+    With a reference segmentation the main result's segmentation is written as ``segmentation.png``
+    (a picture on the reference's grid, row 0 at the top, like the reference file) and drawn beside the
+    reference and their differences in ``segmentation_figure.png``. Arrays in ``reconstruction.npz``
+    are in the ``[x, y]`` layout (``invprior.data.orientation``).
     """
     out = Path(out)
     main = list(results.values())[-1]
@@ -46,16 +53,40 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     def caption(role: str) -> str:
         m = metrics[role]
         quality = f"\nPSNR {m['psnr'][0]:.2f} dB" if "psnr" in m else ""
+        quality += f"\nMCC {m['mcc'][0]:.3f}" if "mcc" in m else ""
         return m["method"] + quality + (f", SSIM {m['ssim'][0]:.3f}" if "ssim" in m else "")
 
     panels = [("ground truth", problem.x_true)] if problem.x_true is not None else []
     panels += [(caption(role), r.image) for role, r in results.items()]
     error = (f"|error| of {main.method}", (main.image - problem.x_true).abs()) if problem.x_true is not None else None
-    comparison_figure(out / "figure.png", panels, error, title=title, curve=main if main.trace else None)
+    # grey scale: the ground truth's, else the main result's
+    comparison_figure(out / "figure.png", panels, error, title=title, curve=main if main.trace else None,
+                      scale_from=0 if problem.x_true is not None else -1)
     if posterior is not None and problem.x_true is not None:
         uncertainty_figure(out / "uncertainty.png", problem.x_true, posterior.mean, posterior.std,
                            title=title, label=metrics["posterior"]["name"])
+    if problem.reference is not None:
+        write_segmentation(out, main, problem, title, posterior)
     return metrics
+
+
+def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem, title: str,
+                       posterior: PosteriorApproximation | None) -> None:
+    """``segmentation.png`` (the main result's labels as a picture) and ``segmentation_figure.png``."""
+    from PIL import Image
+
+    score = segmentation_scores(main.image[:1], problem.reference[:1])[0]
+    picture = image_to_picture(score.labels)
+    binary = int(problem.reference.max()) <= 1
+    png = Image.fromarray(picture.astype(bool) if binary else picture.astype("uint8"))
+
+    def save(handle) -> None:
+        png.save(handle, format="PNG")
+
+    atomic_write(out / "segmentation.png", save)
+    segmentation_figure(out / "segmentation_figure.png", main.image[:1], score.labels,
+                        problem.reference[0].cpu().numpy(), f"{main.method}: MCC {score.mcc:.3f}", title=title,
+                        std=None if posterior is None else posterior.std)
 
 
 def mean_choice(posterior: PosteriorApproximation) -> dict[str, Any]:
@@ -66,6 +97,21 @@ def mean_choice(posterior: PosteriorApproximation) -> dict[str, Any]:
     return {"mean_used": posterior.mean_used, "discrepancy": posterior.discrepancy}
 
 
+def problem_notes(problem: InverseProblem) -> list[str]:
+    """What the user should know about a problem that was read or set up for them: the noise level when it
+    was estimated, a fitted support."""
+    notes = []
+    if problem.noise_estimated:
+        values = ", ".join(f"{float(s):.4g}" for s in problem.noise_std)
+        notes.append(f"noise level estimated from the data: std {values} per measurement "
+                     "(give problem.noise = { std = ... } to set it)")
+    disc = problem.metadata.get("constraints", {}).get("disc")
+    if disc is not None:
+        notes.append(f"support: disc fitted to the sinogram, centre ({disc['centre'][0]:.3f}, {disc['centre'][1]:.3f}), "
+                     f"radius {disc['radius']:.3f} (image units)")
+    return notes
+
+
 def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
     """One line per reconstruction: method, PSNR, SSIM, iterations and wall time."""
     lines = []
@@ -73,6 +119,7 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         m = metrics[role]
         quality = f"PSNR {m['psnr_mean']:.2f} dB  " if "psnr_mean" in m else ""
         quality += f"SSIM {m['ssim_mean']:.3f}  " if "ssim_mean" in m else ""
+        quality += f"MCC {m['mcc_mean']:.3f}  " if "mcc_mean" in m else ""
         lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
     if "posterior" in metrics:
         p = metrics["posterior"]

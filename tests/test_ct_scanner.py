@@ -15,6 +15,7 @@ from skimage.filters import threshold_otsu  # noqa: E402
 
 from invprior.operators.ct import CTGeometry, FanBeamCT, ParallelBeamCT  # noqa: E402
 from invprior.operators.ct_scanner import FanBeamScanner, equally_spaced, fan_beam_scanner  # noqa: E402
+from invprior.operators.ct_support import Disc  # noqa: E402
 
 #: A scanner shaped like the one of the Helsinki Tomography Challenge, with a coarser detector.
 SCANNER = dict(source_origin=410.66, source_detector=553.74, detector_pixel_size=0.8, num_detectors=140)
@@ -35,18 +36,7 @@ def disc_image(size: int, fov: float, centre: tuple[float, float], radius: float
 
 def analytic_disc_sinogram(op: FanBeamCT, centre: tuple[float, float], radius: float, value: float) -> np.ndarray:
     """``value * 2 sqrt(r^2 - d^2)`` for every ray, ``d`` its distance to the centre; rays from ODL's geometry."""
-    geometry, rays = op.geometry, op.odl_geometry
-    u = geometry.detector_positions()
-    out = np.zeros((geometry.num_angles, geometry.num_detectors))
-    c = np.asarray(centre)
-    for i, angle in enumerate(geometry.angles()):
-        source = rays.src_position(angle)
-        ends = np.stack([rays.det_point_position(angle, v) for v in u])
-        direction = (ends - source) / np.linalg.norm(ends - source, axis=1, keepdims=True)
-        w = c - source
-        distance = np.abs(w[0] * direction[:, 1] - w[1] * direction[:, 0])
-        out[i] = 2 * value * np.sqrt(np.clip(radius**2 - distance**2, 0, None))
-    return out
+    return Disc(centre, radius).sinogram(op, value)
 
 
 def relative_error(a, b) -> float:

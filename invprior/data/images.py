@@ -2,7 +2,7 @@
 
 Both come back in the package's array convention, ``image[i, j] = f(x_i, y_j)`` on [-1, 1]^2 with
 ``x`` the first axis and ``y`` the second, pointing up. The stored picture (row 0 at the top) is
-rotated a quarter turn clockwise to get there: ``image = numpy.rot90(picture, k=-1)``, so
+rotated a quarter turn clockwise to get there (``invprior.data.orientation``), so
 ``numpy.rot90(image)`` or ``imshow(image.T, origin="lower")`` shows it as it is usually viewed.
 Fixed images ignore ``seed``; ``n > 1`` gives ``n`` identical copies.
 """
@@ -16,13 +16,14 @@ import torch
 from torch import Tensor
 
 from invprior._optional import require
+from invprior.data.orientation import picture_to_image
 from invprior.data.resample import check_request, resize
 from invprior.errors import ConfigError
 
 
 def _to_dataset(picture: np.ndarray, size: int, n: int, dtype: torch.dtype) -> Tensor:
     """Turn a picture in [0, 1] (row 0 at the top) into an ``(n, 1, size, size)`` batch indexed ``[x, y]``."""
-    image = torch.rot90(torch.from_numpy(np.ascontiguousarray(picture, dtype=np.float64)), k=-1, dims=(0, 1))
+    image = picture_to_image(torch.from_numpy(np.ascontiguousarray(picture, dtype=np.float64)))
     image = resize(image[None, None], size)
     return image.to(dtype).expand(n, 1, size, size).clone()
 

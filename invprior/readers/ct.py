@@ -19,18 +19,17 @@ import numpy as np
 import torch
 
 from invprior.core.problem import InverseProblem
+from invprior.data.orientation import picture_to_image
 from invprior.errors import ConfigError, DataFileError
 from invprior.operators.ct import CT_BACKENDS
 from invprior.operators.ct_scanner import FanBeamScanner
+from invprior.readers.beam_hardening import BeamHardening
 from invprior.readers.files import ArrayFile
 from invprior.readers.reference import read_reference
 from invprior.validation import real
 
-__all__ = ["read_sinogram", "read_htc2022", "measured_ct_problem", "HTC2022_ANGLE_OFFSET", "MISSING"]
+__all__ = ["read_sinogram", "read_htc2022", "measured_ct_problem", "MISSING"]
 
-#: Degrees added to the HTC2022 angles so that the image arrays are oriented as the organisers' reference
-#: segmentations (found by reconstructing the 90-degree ``tb`` data; tests/test_readers.py checks it).
-HTC2022_ANGLE_OFFSET = 90.0
 #: The HTC2022 reference grid: 512 x 512 pixels of ``effectivePixelSizePost``, centred on the rotation axis.
 HTC2022_REFERENCE_PIXELS = 512
 MISSING = ("error", "drop")
@@ -63,11 +62,15 @@ def measured_ct_problem(scanner: FanBeamScanner, sinogram: np.ndarray, size: int
                         pixel_size: float | None = None, fov: float | None = None,
                         noise_std: float | None = None, reference: np.ndarray | None = None,
                         missing: str = "error", backend: str = "sparse", dtype: str = "float32",
-                        source: str = "sinogram", metadata: dict[str, Any] | None = None) -> InverseProblem:
+                        beam_hardening: Sequence[float] | None = None, source: str = "sinogram",
+                        metadata: dict[str, Any] | None = None) -> InverseProblem:
     """The ``InverseProblem`` of a measured sinogram ``(angles, detectors)`` taken by ``scanner``.
 
-    ``noise_std`` (per sinogram entry) is estimated from the data when ``None``; ``reference`` is a
-    segmentation covering the reconstruction grid's field of view. ``source`` names the data in errors.
+    ``beam_hardening`` (``(c_2, c_3, ...)``, see ``BeamHardening``) linearises the data first;
+    ``noise_std`` (per sinogram entry, after that correction) is estimated from the data when
+    ``None``; ``reference`` is a segmentation covering the reconstruction grid's field of view, in the
+    image layout.
+    ``source`` names the data in errors.
     """
     if missing not in MISSING:
         raise ConfigError(f"missing must be one of {MISSING}, got {missing!r}")
@@ -82,6 +85,10 @@ def measured_ct_problem(scanner: FanBeamScanner, sinogram: np.ndarray, size: int
         raise DataFileError(f"{source}: the sinogram has shape {sinogram.shape}, but the geometry has "
                             f"{expected[0]} angles x {expected[1]} detectors{hint}")
     sinogram, angles = _drop_missing(sinogram, scanner.angles, missing, source)
+    correction = None if beam_hardening is None else BeamHardening(tuple(beam_hardening))
+    if correction is not None:
+        correction.check_monotone(float(sinogram.max()), source)
+        sinogram = correction(sinogram)
     if len(angles) != len(scanner.angles):
         scanner = FanBeamScanner(**{**asdict(scanner), "angles": angles})
     fov_mm = scanner.grid(size, pixel_size, fov)
@@ -91,7 +98,8 @@ def measured_ct_problem(scanner: FanBeamScanner, sinogram: np.ndarray, size: int
     meta = {"source": source, "units": "image in 1/mm, sinogram in line integrals",
             "grid": {"size": size, "fov_mm": fov_mm, "pixel_mm": fov_mm / size},
             "scanner": {k: v for k, v in asdict(scanner).items() if k != "angles"},
-            "angles_deg": {"first": angles[0], "last": angles[-1], "count": len(angles)}, **(metadata or {})}
+            "angles_deg": {"first": angles[0], "last": angles[-1], "count": len(angles)},
+            "beam_hardening": None if correction is None else list(correction.coefficients), **(metadata or {})}
     if noise_std is not None:
         std = real(noise_std, "noise_std", minimum=0.0, strict=True)
         meta["noise"] = {"std": std, "estimated": False}
@@ -100,7 +108,8 @@ def measured_ct_problem(scanner: FanBeamScanner, sinogram: np.ndarray, size: int
 
 
 def _reference(reference: str | Path | None, reference_key: str | None) -> np.ndarray | None:
-    return None if reference is None else read_reference(reference, reference_key)
+    """The reference segmentation (a picture in its file) in the image layout."""
+    return None if reference is None else picture_to_image(read_reference(reference, reference_key))
 
 
 def read_sinogram(file: str | Path, sinogram: str | None = "sinogram", angles: str | Sequence[float] = "angles",
@@ -109,13 +118,13 @@ def read_sinogram(file: str | Path, sinogram: str | None = "sinogram", angles: s
                   size: int = 256, pixel_size: float | None = None, fov: float | None = None,
                   noise_std: float | None = None, reference: str | Path | None = None,
                   reference_key: str | None = None, missing: str = "error", backend: str = "sparse",
-                  dtype: str = "float32") -> InverseProblem:
+                  dtype: str = "float32", beam_hardening: Sequence[float] | None = None) -> InverseProblem:
     """A fan-beam sinogram from any array file (registry name ``sinogram``).
 
     ``sinogram`` is the key of the array (rows: angles, columns: detector cells; ``transpose``
     if stored the other way); ``angles`` the key of the angle list or the angles themselves, in
     degrees; distances and the detector pixel size in mm (see ``FanBeamScanner``). The number of
-    detectors is the sinogram's width.
+    detectors is the sinogram's width. ``beam_hardening``: see ``measured_ct_problem``.
     """
     for name, value in (("source_origin", source_origin), ("source_detector", source_detector),
                         ("detector_pixel_size", detector_pixel_size)):
@@ -133,20 +142,20 @@ def read_sinogram(file: str | Path, sinogram: str | None = "sinogram", angles: s
     scanner = FanBeamScanner(source_origin, source_detector, detector_pixel_size, data.shape[1],
                              tuple(angle_list), detector_offset, angle_offset)
     return measured_ct_problem(scanner, data, size, pixel_size, fov, noise_std, _reference(reference, reference_key),
-                               missing, backend, dtype, source=f"{file}: {sinogram!r}",
+                               missing, backend, dtype, beam_hardening, source=f"{file}: {sinogram!r}",
                                metadata={"reader": "sinogram", "file": str(file)})
 
 
 def read_htc2022(file: str | Path, size: int = 256, pixel_size: float | None = None, fov: float | None = None,
                  noise_std: float | None = None, reference: str | Path | None = None,
                  reference_key: str | None = None, missing: str = "error", backend: str = "sparse",
-                 dtype: str = "float32") -> InverseProblem:
+                 dtype: str = "float32", beam_hardening: Sequence[float] | None = None) -> InverseProblem:
     """A Helsinki Tomography Challenge 2022 file (registry name ``htc2022``): the struct ``CtDataLimited``
     (or ``CtDataFull``) with ``sinogram`` and ``parameters``, MATLAB v5 or v7.3.
 
     The grid's field of view defaults to the organisers' reference grid (512 pixels of
-    ``effectivePixelSizePost``, about 75.9 mm); the image arrays are oriented as their reference
-    segmentations (``HTC2022_ANGLE_OFFSET``).
+    ``effectivePixelSizePost``, about 75.9 mm). The angles are invprior's fan-beam angles as they are:
+    figures then show the object as the organisers' reference segmentations do (checked in the tests).
     """
     with ArrayFile(file) as handle:
         structs = [k for k in handle.keys() if k in ("CtDataLimited", "CtDataFull")]
@@ -173,10 +182,9 @@ def read_htc2022(file: str | Path, size: int = 256, pixel_size: float | None = N
     count = distances["numDetectorsPost"]
     if count != int(count):
         raise DataFileError(f"{file}: numDetectorsPost should be a whole number, got {count}")
-    scanner = FanBeamScanner(sod, sdd, distances["pixelSizePost"], int(count), tuple(angles),
-                             angle_offset=HTC2022_ANGLE_OFFSET)
+    scanner = FanBeamScanner(sod, sdd, distances["pixelSizePost"], int(count), tuple(angles))
     if pixel_size is None and fov is None:
         fov = HTC2022_REFERENCE_PIXELS * distances["effectivePixelSizePost"]
     return measured_ct_problem(scanner, data, size, pixel_size, fov, noise_std, _reference(reference, reference_key),
-                               missing, backend, dtype, source=f"{file}: {root}/sinogram",
+                               missing, backend, dtype, beam_hardening, source=f"{file}: {root}/sinogram",
                                metadata={"reader": "htc2022", "file": str(file)})

@@ -19,10 +19,11 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif")
 
 def read_reference(path: str | Path, key: str | None = None) -> np.ndarray:
     """A segmentation ``(H, W)`` of integer labels ``0 .. K-1``, the distinct values of the file in
-    increasing order (a binary PNG of 0/255 or False/True gives 0/1).
+    increasing order (a binary PNG of 0/255 or False/True gives 0/1), in the file's own layout.
 
     ``path`` is an image file (read with scikit-image) or an array file (``key`` names the array).
-    The array is taken as it is stored: row ``i`` of the file is row ``i`` of the labels.
+    Files hold pictures (row 0 at the top, as ``plt.imshow`` shows them); readers turn them into the
+    image layout with ``invprior.data.orientation.picture_to_image``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
