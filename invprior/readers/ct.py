@@ -139,6 +139,10 @@ def read_sinogram(file: str | Path, sinogram: str | None = "sinogram", angles: s
     if angle_list.ndim != 1:
         raise DataFileError(f"{file}: the angles should be a list, got shape {angle_list.shape}")
     data = data.T if transpose else data
+    if data.shape[0] != angle_list.size:
+        hint = " (it looks transposed: set transpose = true)" if data.shape[1] == angle_list.size else ""
+        raise DataFileError(f"{file}: the sinogram {sinogram!r} has {data.shape[0]} rows (one per angle) but "
+                            f"{angle_list.size} angles are given{hint}")
     scanner = FanBeamScanner(source_origin, source_detector, detector_pixel_size, data.shape[1],
                              tuple(angle_list), detector_offset, angle_offset)
     return measured_ct_problem(scanner, data, size, pixel_size, fov, noise_std, _reference(reference, reference_key),
