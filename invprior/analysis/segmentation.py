@@ -38,8 +38,9 @@ def resize(image: Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.ndarray, list[float]]:
-    """Labels ``0 .. classes-1`` of a 2D image by Otsu's thresholds (maximal between-class variance),
-    and the thresholds (increasing)."""
+    """Labels ``0 .. classes-1`` of a 2D image by Otsu's thresholds (maximal between-class variance over
+    scikit-image's 256-bin histogram), and the thresholds (increasing); a value above threshold ``k``
+    is in class ``k + 1`` or higher, as scikit-image defines them."""
     image = _numpy(image)
     if image.ndim != 2:
         raise ShapeError(f"otsu_segmentation needs a 2D image, got shape {image.shape}")
@@ -50,7 +51,7 @@ def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.
         return np.zeros(image.shape, dtype=np.int64), [float(image.min())] * (classes - 1)
     thresholds = [float(filters.threshold_otsu(image))] if classes == 2 else \
         [float(t) for t in filters.threshold_multiotsu(image, classes=classes)]
-    return np.digitize(image, thresholds).astype(np.int64), thresholds
+    return np.digitize(image, thresholds, right=True).astype(np.int64), thresholds  # class k: t_k-1 < v <= t_k
 
 
 def matthews_correlation(prediction: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:

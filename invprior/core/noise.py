@@ -44,26 +44,34 @@ class GaussianNoise:
         return white * std.view(-1, *([1] * (clean.ndim - 1))), std
 
 
-#: Order of the finite differences ``estimate_noise_std`` takes along the measurement's last axis.
+#: Order of the finite differences ``estimate_noise_std`` takes along the measurement's axes.
 DIFFERENCE_ORDER = 3
+
+
+def _along(y: Tensor, order: int, dim: int) -> Tensor:
+    """``1.4826 MAD(d) / sqrt(C(2k, k))`` of the ``order``-th differences ``d`` of ``y`` along ``dim``, per image."""
+    d = y.double()
+    for _ in range(order):
+        d = d.diff(dim=dim)
+    d = d.flatten(1)
+    deviation = (d - d.median(dim=1, keepdim=True).values).abs().median(dim=1).values
+    return 1.4826 * deviation / math.sqrt(math.comb(2 * order, order))
 
 
 def estimate_noise_std(y: Tensor, order: int = DIFFERENCE_ORDER) -> Tensor:
     """The std of white noise in ``y`` (shape ``(B, ...)``), per image, from ``y`` alone.
 
-    ``d`` = the ``order``-th finite differences of ``y`` along its last axis (the detector axis of a
-    sinogram, the rows of an image): white noise of std ``s`` gives ``var(d) = C(2k, k) s^2`` while a
-    signal that is smooth along that axis adds little, so ``s ~ 1.4826 MAD(d) / sqrt(C(2k, k))``
-    (the median absolute deviation is robust to the few large differences at edges). The estimate
-    is biased upwards where the signal's own high frequencies rival the noise (very low noise,
-    sharp-edged objects on a coarse detector).
+    ``d`` = the ``order``-th finite differences of ``y`` along one axis: white noise of std ``s``
+    gives ``var(d) = C(2k, k) s^2`` while a signal that is smooth along that axis adds little, so
+    ``s ~ 1.4826 MAD(d) / sqrt(C(2k, k))`` (the median absolute deviation is robust to the few large
+    differences at edges). Both of the last two axes are tried (a sinogram's detector and angle
+    axes, an image's rows and columns, where each has more than ``order`` entries) and the smaller
+    estimate is kept: a signal only ever adds to it. The estimate is biased upwards where the
+    signal's own high frequencies rival the noise (very low noise, sharp edges on a coarse grid).
     """
-    if y.ndim < 2 or y.shape[-1] <= order:
+    axes = [dim for dim in (-1, -2) if y.ndim + dim >= 1 and y.shape[dim] > order]
+    if y.ndim < 2 or -1 not in axes:
         raise ConfigError(f"estimate_noise_std needs a batch (B, ..., n) with n > {order} entries along the last "
                           f"axis, got shape {tuple(y.shape)}")
-    d = y.double()
-    for _ in range(order):
-        d = d.diff(dim=-1)
-    d = d.flatten(1)
-    deviation = (d - d.median(dim=1, keepdim=True).values).abs().median(dim=1).values
-    return (1.4826 * deviation / math.sqrt(math.comb(2 * order, order))).to(y.dtype)
+    estimates = torch.stack([_along(y, order, dim) for dim in axes])
+    return estimates.min(dim=0).values.to(y.dtype)

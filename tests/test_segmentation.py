@@ -1,0 +1,69 @@
+"""Otsu segmentation and the Matthews correlation coefficient, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from invprior.analysis.segmentation import matthews_correlation, otsu_segmentation, resize, segmentation_scores
+from invprior.errors import ShapeError
+
+pytest.importorskip("skimage")
+from skimage.filters import threshold_otsu  # noqa: E402
+
+
+def test_binary_mcc_by_hand():
+    prediction = np.array([[1, 1, 1, 1, 0], [0, 0, 0, 0, 1]])
+    truth = np.array([[1, 1, 1, 0, 1], [1, 0, 0, 0, 0]])
+    # TP = 3, FP = 2 (positions (0,3), (1,4)), FN = 2 ((0,4), (1,0)), TN = 3
+    expected = (3 * 3 - 2 * 2) / math.sqrt((3 + 2) * (3 + 2) * (3 + 2) * (3 + 2))
+    assert matthews_correlation(prediction, truth) == pytest.approx(expected) == pytest.approx(0.2)
+    assert matthews_correlation(truth, truth) == 1.0
+    assert matthews_correlation(1 - truth, truth) == -1.0
+    assert matthews_correlation(np.ones_like(truth), truth) == 0.0  # one class only: defined as 0
+    assert matthews_correlation(torch.from_numpy(prediction), torch.from_numpy(truth)) == pytest.approx(0.2)
+
+
+def test_multiclass_mcc_by_hand():
+    truth = np.array([0, 0, 1, 1, 2, 2])
+    prediction = np.array([0, 1, 1, 1, 2, 0])
+    # s = 6, c = 4, p = (2, 3, 1), t = (2, 2, 2): (4*6 - 12) / sqrt((36 - 14)(36 - 12))
+    assert matthews_correlation(prediction, truth) == pytest.approx(12 / math.sqrt(22 * 24))
+    with pytest.raises(ShapeError, match="prediction has shape"):
+        matthews_correlation(prediction[:5], truth)
+
+
+def test_otsu_separates_two_and_three_levels():
+    gen = np.random.default_rng(0)
+    truth = np.zeros((40, 40), dtype=np.int64)
+    truth[5:25, 8:30] = 1
+    truth[28:36, 10:20] = 2
+    noise = 0.01 * gen.standard_normal(truth.shape)
+    two = np.array([0.2, 0.8])[(truth > 0).astype(int)] + noise
+    binary, [threshold] = otsu_segmentation(two)
+    assert threshold == threshold_otsu(two) and np.array_equal(binary, two > threshold)  # scikit-image's rule
+    # any threshold in the gap maximises Otsu's criterion: scikit-image takes the first histogram bin there,
+    # whose upper half may hold the brightest background pixels
+    assert threshold < two[truth > 0].min() and (binary != (truth > 0)).mean() < 0.005
+    image = np.array([0.1, 0.5, 0.9])[truth] + noise
+    three, thresholds = otsu_segmentation(image, classes=3)
+    assert (three != truth).mean() < 0.005 and 0.1 < thresholds[0] < 0.5 < thresholds[1] < 0.9
+    flat, _ = otsu_segmentation(np.full((4, 4), 2.0))
+    assert not flat.any()
+
+
+def test_scores_on_the_reference_grid():
+    """A disc reconstructed on a coarse grid scores 1 against its fine reference, a shifted disc less."""
+    fine = np.add.outer((np.arange(128) - 63.5) ** 2, (np.arange(128) - 63.5) ** 2) < 40**2
+    reference = torch.from_numpy(fine.astype(np.int64))[None]
+    coarse = torch.from_numpy(fine.reshape(64, 2, 64, 2).mean(axis=(1, 3)))[None, None]
+    score = segmentation_scores(coarse, reference)[0]
+    assert score.labels.shape == (128, 128) and score.mcc > 0.98
+    shifted = torch.roll(coarse, 6, dims=-1)
+    assert segmentation_scores(shifted, reference)[0].mcc < 0.9
+    assert resize(coarse[0, 0], (128, 128)).shape == (128, 128)
+    with pytest.raises(ShapeError, match=r"reference \(B=1"):
+        segmentation_scores(coarse, reference[0])
