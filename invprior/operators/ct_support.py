@@ -59,22 +59,33 @@ def _ray(rays, beam: str, angle: float, u: float) -> tuple[np.ndarray, np.ndarra
 
 
 def _edges(row: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
-    """Fractional detector indices where ``row`` first and last rises above ``threshold`` (``None`` where the
-    shadow reaches the detector's end, so that edge is not seen)."""
+    """Fractional detector indices of the shadow's two edges in ``row`` (``None`` where the shadow reaches the
+    detector's end, so that edge is not seen).
+
+    Near the edge of a disc the line integral grows like ``sqrt(distance)``, so its square is linear: the
+    edge is where the line through the squares of the first two values above ``threshold`` reaches 0
+    (never more than one cell outside the first of them).
+    """
     above = np.flatnonzero(row > threshold)
-    if above.size == 0:
+    if above.size < 2:
         return None, None
-    first, last = int(above[0]), int(above[-1])
-    lower = None if first == 0 else first - 1 + (threshold - row[first - 1]) / (row[first] - row[first - 1])
-    upper = None if last == row.size - 1 else last + (row[last] - threshold) / (row[last] - row[last + 1])
-    return lower, upper
+
+    def edge(inner: int, step: int) -> float | None:
+        outer = inner - step
+        if outer < 0 or outer >= row.size or inner + step < 0 or inner + step >= row.size:
+            return None
+        a, b = row[inner] ** 2, row[inner + step] ** 2
+        distance = a / (b - a) if b > a else 1.0
+        return inner - step * min(max(distance, 0.0), 1.0)
+
+    return edge(int(above[0]), 1), edge(int(above[-1]), -1)
 
 
 def fit_disc(operator: CTOperator, sinogram: Tensor, noise_std: float, threshold: float | None = None) -> Disc:
     """The disc tangent to the silhouette rays of ``sinogram`` ``(angles, detectors)`` measured by ``operator``.
 
-    The shadow's edge is where a projection passes ``threshold`` (default ``max(5 noise_std, 2 % of the
-    sinogram's maximum)``), interpolated between detector cells.
+    The shadow's edges are found from the values above ``threshold`` (default ``max(5 noise_std, 2 % of
+    the sinogram's maximum)``), extrapolated to zero between detector cells (see ``_edges``).
     """
     if not isinstance(operator, CTOperator):
         raise ConfigError(f"a fitted disc support needs a CT operator, got {type(operator).__name__}")

@@ -4,7 +4,8 @@ A polychromatic beam hardens as it crosses material: the measured line integral 
 more slowly than the path length, and a linear reconstruction shows cupping (a uniform object
 looks less dense in its middle). The correction ``g(p) = p + c_2 p^2 + c_3 p^3 + ...`` is chosen
 so that ``g(p) = mu L`` on a scan of a uniform disc (``L`` its exact chord lengths, from the disc
-fitted to the sinogram's silhouette): a linear least-squares problem in ``(mu, c_2, c_3, ...)``.
+fitted to the sinogram's silhouette; rays that only graze it are left out): a linear least-squares
+problem in ``(mu, c_2, c_3, ...)``.
 ``g'(0) = 1`` keeps thin paths as measured; ``mu`` is then the material's attenuation on the
 corrected scale, the upper bound to give a reconstruction of that material.
 """
@@ -21,7 +22,10 @@ from invprior.operators.ct import CTOperator
 from invprior.operators.ct_support import Disc, fit_disc
 from invprior.validation import real
 
-__all__ = ["BeamHardening", "Calibration", "calibrate_beam_hardening"]
+__all__ = ["BeamHardening", "Calibration", "calibrate_beam_hardening", "GRAZING"]
+
+#: Rays whose chord is shorter than this fraction of the disc's diameter do not enter the calibration.
+GRAZING = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,14 @@ def calibrate_beam_hardening(problem: InverseProblem, degree: int = 3) -> Calibr
     disc = fit_disc(problem.operator, problem.y[0, 0], noise)
     chords = disc.sinogram(problem.operator).ravel()
     p = problem.y[0, 0].detach().cpu().double().numpy().ravel()
+    # rays that graze the disc are left out: there the chord length is too sensitive to the fitted radius
+    through = chords > GRAZING * 2 * disc.radius
     design = np.stack([chords] + [-p**k for k in range(2, degree + 1)], axis=1)
-    solution = np.linalg.lstsq(design, p, rcond=None)[0]
+    solution = np.linalg.lstsq(design[through], p[through], rcond=None)[0]
     correction = BeamHardening(tuple(float(c) for c in solution[1:]))
     correction.check_monotone(float(p.max()), "calibrate_beam_hardening")
     linear_mu = float(chords @ p / (chords @ chords))
     corrected = correction(p)
-    misfit = lambda data, mu: float(np.linalg.norm(data - mu * chords) / np.linalg.norm(data))
+    misfit = lambda data, mu: float(np.linalg.norm(data[through] - mu * chords[through])
+                                    / np.linalg.norm(data[through]))
     return Calibration(correction, float(solution[0]), disc, misfit(p, linear_mu), misfit(corrected, solution[0]))
