@@ -35,6 +35,18 @@ def test_python_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
     assert 0.3 < scores["coverage_95"] <= 1.0 and scores["ll_p1"] > 0.0
 
 
+def test_own_data_page_runs_from_the_repository_root(monkeypatch):
+    pytest.importorskip("odl")
+    monkeypatch.chdir(DOCS.parent)  # the page's paths are relative to the repository
+    namespace: dict = {"__name__": "own_data"}
+    code = blocks(DOCS / "own-data.md", "python")
+    assert len(code) >= 2
+    for number, block in enumerate(code, 1):
+        exec(compile(block, f"docs/own-data.md block {number}", "exec"), namespace)
+    assert namespace["calibration"].misfit_corrected < 0.01 < namespace["calibration"].misfit_linear
+    assert namespace["segmentation_scores"](namespace["result"].image, namespace["problem"].reference)[0].mcc > 0.8
+
+
 @pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: str(p.relative_to(DOCS)))
 def test_toml_snippets_parse_and_validate(page):
     for snippet in blocks(page, "toml"):

@@ -112,5 +112,11 @@ def test_output_map_wraps_any_generator():
     z = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mapped = OutputMap(net, 3.0, ImageConstraints(upper=0.1))
     torch.testing.assert_close(mapped(z), (3.0 * net(z)).clamp(max=0.1))
+    # straight-through bounds: the gradient is that of the unclamped output, even where every pixel is clamped
+    weight = net.outc.weight
+    (through,) = torch.autograd.grad(mapped(z).sum(), weight)
+    (plain,) = torch.autograd.grad((3.0 * net(z)).sum(), weight)
+    assert bool(((3.0 * net(z)) > 0.1).any()) and through.abs().sum() > 0
+    torch.testing.assert_close(through, plain)
     assert set(mapped.state_dict()) == {f"network.{k}" for k in net.state_dict()}
     assert OutputMap(net, 1.0, ImageConstraints()).constraints is None  # nothing to enforce

@@ -56,10 +56,12 @@ class ImageConstraints:
             raise ShapeError(f"{owner}: constraints.support has shape {tuple(self.support.shape)} but the images "
                              f"are {tuple(shape[-2:])}")
 
-    def project(self, x: Tensor) -> Tensor:
-        """``support * clamp(x, lower, upper)`` for images ``(B, C, H, W)`` (differentiable)."""
+    def project(self, x: Tensor, straight_through: bool = False) -> Tensor:
+        """``support * clamp(x, lower, upper)`` for images ``(B, C, H, W)``; with ``straight_through`` the
+        clamp passes gradients unchanged (``x + (clamp(x) - x).detach()``)."""
         if self.lower is not None or self.upper is not None:
-            x = x.clamp(self.lower, self.upper)
+            clamped = x.clamp(self.lower, self.upper)
+            x = x + (clamped - x).detach() if straight_through else clamped
         if self.support is not None:
             x = x * self.support.to(device=x.device, dtype=x.dtype)
         return x
