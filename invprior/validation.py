@@ -32,3 +32,21 @@ def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
     if not ((0.0 <= value if allow_zero else 0.0 < value) and value <= 1.0):
         raise ConfigError(f"{name} must lie in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value!r}")
     return value
+
+
+def number_pair(value: Any, name: str, meaning: str) -> tuple[float, float]:
+    """Two finite numbers, e.g. a range; ``meaning`` says what they are in the error (``"(start, stop) in radians"``)."""
+    try:
+        first, second = (real(v, name) for v in value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{name} must be a pair {meaning}, got {value!r}") from None
+    return first, second
+
+
+def choice(value: Any, options: tuple | list | dict, name: str) -> Any:
+    """``value`` if it is one of ``options`` (a dict's keys), else a ConfigError listing them."""
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value

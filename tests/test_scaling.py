@@ -112,11 +112,11 @@ def test_output_map_wraps_any_generator():
     z = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mapped = OutputMap(net, 3.0, ImageConstraints(upper=0.1))
     torch.testing.assert_close(mapped(z), (3.0 * net(z)).clamp(max=0.1))
-    # straight-through bounds: the gradient is that of the unclamped output, even where every pixel is clamped
-    weight = net.outc.weight
-    (through,) = torch.autograd.grad(mapped(z).sum(), weight)
-    (plain,) = torch.autograd.grad((3.0 * net(z)).sum(), weight)
-    assert bool(((3.0 * net(z)) > 0.1).any()) and through.abs().sum() > 0
-    torch.testing.assert_close(through, plain)
+    # the exact projection's gradient: only the pixels inside the bounds pass it on
+    inside = ((3.0 * net(z)) < 0.1).to(z.dtype)
+    assert 0 < float(inside.mean()) < 1
+    (mapped_grad,) = torch.autograd.grad(mapped(z).sum(), net.outc.weight)
+    (expected,) = torch.autograd.grad((3.0 * net(z) * inside).sum(), net.outc.weight)
+    torch.testing.assert_close(mapped_grad, expected)
     assert set(mapped.state_dict()) == {f"network.{k}" for k in net.state_dict()}
     assert OutputMap(net, 1.0, ImageConstraints()).constraints is None  # nothing to enforce

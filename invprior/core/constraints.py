@@ -56,12 +56,10 @@ class ImageConstraints:
             raise ShapeError(f"{owner}: constraints.support has shape {tuple(self.support.shape)} but the images "
                              f"are {tuple(shape[-2:])}")
 
-    def project(self, x: Tensor, straight_through: bool = False) -> Tensor:
-        """``support * clamp(x, lower, upper)`` for images ``(B, C, H, W)``; with ``straight_through`` the
-        clamp passes gradients unchanged (``x + (clamp(x) - x).detach()``)."""
+    def project(self, x: Tensor) -> Tensor:
+        """``support * clamp(x, lower, upper)`` for images ``(B, C, H, W)`` (differentiable)."""
         if self.lower is not None or self.upper is not None:
-            clamped = x.clamp(self.lower, self.upper)
-            x = x + (clamped - x).detach() if straight_through else clamped
+            x = x.clamp(self.lower, self.upper)
         if self.support is not None:
             x = x * self.support.to(device=x.device, dtype=x.dtype)
         return x

@@ -15,10 +15,10 @@ class OutputMap(Generator):
     """``x = P(s G(z))``: the network ``G`` works in normalised units, ``s`` is the data scale and ``P`` the
     projection onto the image constraints (bounds, support), if any.
 
-    The bounds are applied with a straight-through gradient: the output is clamped, but the gradient
-    passes as if it were not, so a pixel pushed past a bound is pulled back by the data rather than
-    frozen there (a clamp's own gradient is zero outside the bounds, and a large step could leave the
-    whole image clamped and the fit stuck). The support multiplies exactly.
+    ``P`` is the exact projection, with its own gradient: a pixel at a bound gets no gradient from the
+    data and moves only with the weights it shares with the others. (Passing the gradient through the
+    clamp instead lets the network's output drift past the bounds, and DIP fits on the HTC2022 data
+    then oscillated.) Too large a step can leave the whole image at the bounds and the fit stuck.
 
     ``P(s u) = s P_s(u)`` with ``P_s`` the projection onto the constraints divided by ``s``, so a network
     fitted to the normalised problem with ``scale = 1`` and the normalised constraints gives the same
@@ -36,9 +36,7 @@ class OutputMap(Generator):
         x = self.network(z)
         if self.scale != 1.0:
             x = self.scale * x
-        if self.constraints is None:
-            return x
-        return self.constraints.project(x, straight_through=True)
+        return x if self.constraints is None else self.constraints.project(x)
 
     def make_input(self, problem: InverseProblem, seed: int = 0) -> Tensor:
         return self.network.make_input(problem, seed)

@@ -29,7 +29,7 @@ from torch import Tensor
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, linear_apply
 from invprior.errors import ConfigError
-from invprior.validation import positive_int, real
+from invprior.validation import number_pair, positive_int, real
 from invprior.operators.adapters.odl import OdlOperator
 
 __all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBeamCT", "FanBeamCT"]
@@ -108,12 +108,7 @@ class CTGeometry:
         else:
             set_(self, "num_angles", positive_int(self.num_angles, "num_angles"))
             angle_range = self.angle_range if self.angle_range is not None else (0.0, 2 * math.pi if fan else math.pi)
-            try:
-                start, stop = (real(a, "angle_range") for a in angle_range)
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, ConfigError):
-                    raise
-                raise ConfigError(f"angle_range must be a pair (start, stop) in radians, got {angle_range!r}") from None
+            start, stop = number_pair(angle_range, "angle_range", "(start, stop) in radians")
             if not stop > start:
                 raise ConfigError(f"angle_range must have stop > start, got ({start}, {stop}): the range is empty")
             if stop - start > 2 * math.pi * (1 + 1e-12):

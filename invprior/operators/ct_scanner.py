@@ -17,7 +17,7 @@ import numpy as np
 
 from invprior.errors import ConfigError
 from invprior.operators.ct import CTGeometry, FanBeamCT
-from invprior.validation import positive_int, real
+from invprior.validation import number_pair, positive_int, real
 
 __all__ = ["FanBeamScanner", "equally_spaced", "fan_beam_scanner"]
 
@@ -96,12 +96,7 @@ class FanBeamScanner:
 
 def equally_spaced(angle_range: Sequence[float], num_angles: int) -> tuple[float, ...]:
     """``num_angles`` angles from ``angle_range[0]`` to ``angle_range[1]``, both included."""
-    try:
-        start, stop = (real(a, "angle_range (degrees)") for a in angle_range)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"angle_range must be a pair (first, last) in degrees, got {angle_range!r}") from None
+    start, stop = number_pair(angle_range, "angle_range", "(first, last) in degrees")
     return tuple(np.linspace(start, stop, positive_int(num_angles, "num_angles")))
 
 

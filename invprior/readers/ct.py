@@ -26,7 +26,7 @@ from invprior.operators.ct_scanner import FanBeamScanner
 from invprior.readers.beam_hardening import BeamHardening
 from invprior.readers.files import ArrayFile
 from invprior.readers.reference import read_reference
-from invprior.validation import real
+from invprior.validation import choice, real
 
 __all__ = ["read_sinogram", "read_htc2022", "measured_ct_problem", "MISSING"]
 
@@ -72,12 +72,9 @@ def measured_ct_problem(scanner: FanBeamScanner, sinogram: np.ndarray, size: int
     image layout.
     ``source`` names the data in errors.
     """
-    if missing not in MISSING:
-        raise ConfigError(f"missing must be one of {MISSING}, got {missing!r}")
-    if backend not in CT_BACKENDS:
-        raise ConfigError(f"unknown CT backend {backend!r}; choose one of {', '.join(CT_BACKENDS)}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    choice(missing, MISSING, "missing")
+    choice(backend, CT_BACKENDS, "backend")
+    choice(dtype, DTYPES, "dtype")
     sinogram = np.asarray(sinogram, dtype=np.float64)
     expected = (len(scanner.angles), scanner.num_detectors)
     if sinogram.shape != expected:
