@@ -124,3 +124,20 @@ def test_cli_names_a_missing_file_in_one_line(folder, capsys):
     assert main(["run", str(config), "--out", str(folder / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "missing.mat: no such file" in error
+
+
+def test_segmentation_figure_with_a_std_map(tmp_path):
+    from PIL import Image
+
+    from invprior.figures import segmentation_figure
+
+    reference = np.zeros((40, 40), dtype=np.int64)
+    reference[10:30, 5:25] = 1
+    labels = np.roll(reference, 2, axis=0)
+    image = torch.from_numpy(reference.astype(np.float32))[None, None]
+    path = segmentation_figure(tmp_path / "seg.png", image, labels, reference, "method: MCC 0.9",
+                               title="measured", std=0.1 * image)
+    width, height = Image.open(path).size
+    assert width > 4 * height  # five panels side by side: reconstruction, std, segmentation, reference, differences
+    narrow = segmentation_figure(tmp_path / "seg4.png", image, labels, reference, "method")
+    assert Image.open(narrow).size[0] < width
