@@ -10,7 +10,7 @@ from invprior.core.constraints import ImageConstraints
 from invprior.core.operator import ForwardOperator
 from invprior.core.scaling import data_scale
 from invprior.errors import ConfigError, ShapeError
-from invprior.generators.output_map import OutputMap
+from invprior.generators.output_map import LEAK, OutputMap
 from invprior.generators.unet import UNet
 from invprior.methods.classical import TVLeastSquares
 from invprior.methods.dip import DIP
@@ -97,26 +97,35 @@ def test_tv_and_dip_respect_bounds_and_support():
     support[4:20, 3:21] = True
     problem.constraints = ImageConstraints(0.0, 0.6, support)
     tv = TVLeastSquares(iterations=80, grid_size=3).reconstruct(problem, progress=False).image
+    assert float(tv.min()) >= 0.0 and float(tv.max()) == pytest.approx(0.6, abs=1e-6)  # exact; the bound is active
+    assert float(tv[..., ~support].abs().max()) == 0.0
     dip = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed", stopping_params={"iterations": 15},
               lr=1e-2).reconstruct(problem, progress=False)
-    for image in (tv, dip.image):
-        assert float(image.min()) >= 0.0 and float(image.max()) <= 0.6 + 1e-6
-        assert float(image[..., ~support].abs().max()) == 0.0
-        assert float(image.max()) == pytest.approx(0.6, abs=1e-6)  # the bound is active (truth reaches 1)
     fitted = dip.extras["generator"]
     assert isinstance(fitted, OutputMap) and fitted.constraints is problem.constraints
+    assert float(dip.image[..., ~support].abs().max()) == 0.0  # the support is exact
+    fitted.load_state_dict(dip.generator_state)
+    with torch.no_grad():
+        raw = fitted.scale * fitted.network(dip.generator_input)  # the network's own output, in the data's units
+    clamped = raw.clamp(0.0, 0.6)
+    # beyond a bound the image keeps LEAK of the network's excess (a gradient for every pixel), within it the value
+    expected = (clamped + LEAK * (raw - clamped)) * support
+    torch.testing.assert_close(dip.image, expected.to(dip.image.dtype), rtol=1e-5, atol=1e-6)
+    assert bool((raw[..., support] > 0.6).any() or (raw[..., support] < 0).any())  # a bound is active
 
 
 def test_output_map_wraps_any_generator():
     net = UNet(preset="small", channels=4).double()
     z = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mapped = OutputMap(net, 3.0, ImageConstraints(upper=0.1))
-    torch.testing.assert_close(mapped(z), (3.0 * net(z)).clamp(max=0.1))
-    # the exact projection's gradient: only the pixels inside the bounds pass it on
-    inside = ((3.0 * net(z)) < 0.1).to(z.dtype)
-    assert 0 < float(inside.mean()) < 1
+    raw = 3.0 * net(z)
+    torch.testing.assert_close(mapped(z), raw.clamp(max=0.1) + LEAK * (raw - raw.clamp(max=0.1)))
+    # every pixel passes its gradient on: in full inside the bounds, LEAK of it beyond (never frozen)
+    slope = torch.where(raw < 0.1, 1.0, LEAK).to(z.dtype).detach()
+    assert 0 < float((slope < 1).to(z.dtype).mean()) < 1
     (mapped_grad,) = torch.autograd.grad(mapped(z).sum(), net.outc.weight)
-    (expected,) = torch.autograd.grad((3.0 * net(z) * inside).sum(), net.outc.weight)
+    (expected,) = torch.autograd.grad((raw * slope).sum(), net.outc.weight)
     torch.testing.assert_close(mapped_grad, expected)
+    assert ImageConstraints(upper=0.1).project(raw).max() <= 0.1  # the exact projection, for TV
     assert set(mapped.state_dict()) == {f"network.{k}" for k in net.state_dict()}
     assert OutputMap(net, 1.0, ImageConstraints()).constraints is None  # nothing to enforce

@@ -1,4 +1,5 @@
-"""Prior knowledge of the image that methods enforce exactly: bounds on its values and a support."""
+"""Prior knowledge of the image that methods enforce: bounds on its values and a support (TV exactly, DIP
+through its generator's output map, ``invprior.generators.output_map``)."""
 
 from __future__ import annotations
 
@@ -56,10 +57,13 @@ class ImageConstraints:
             raise ShapeError(f"{owner}: constraints.support has shape {tuple(self.support.shape)} but the images "
                              f"are {tuple(shape[-2:])}")
 
-    def project(self, x: Tensor) -> Tensor:
-        """``support * clamp(x, lower, upper)`` for images ``(B, C, H, W)`` (differentiable)."""
+    def project(self, x: Tensor, leak: float = 0.0) -> Tensor:
+        """``support * c(x)`` for images ``(B, C, H, W)``, ``c(x) = clamp(x, lower, upper) + leak * (x -
+        clamp(x, lower, upper))``: the exact projection for ``leak = 0``; a small ``leak`` shrinks values beyond
+        a bound towards it instead of cutting them, so that they keep a gradient."""
         if self.lower is not None or self.upper is not None:
-            x = x.clamp(self.lower, self.upper)
+            clamped = x.clamp(self.lower, self.upper)
+            x = clamped if leak == 0 else clamped + leak * (x - clamped)
         if self.support is not None:
             x = x * self.support.to(device=x.device, dtype=x.dtype)
         return x

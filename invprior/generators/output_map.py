@@ -8,17 +8,21 @@ from invprior.core.constraints import ImageConstraints
 from invprior.core.interfaces import Generator
 from invprior.core.problem import InverseProblem
 
-__all__ = ["OutputMap"]
+__all__ = ["OutputMap", "LEAK"]
+
+#: The fraction of a value's excess beyond a bound that the output map keeps (see ``OutputMap``).
+LEAK = 0.05
 
 
 class OutputMap(Generator):
     """``x = P(s G(z))``: the network ``G`` works in normalised units, ``s`` is the data scale and ``P`` the
     projection onto the image constraints (bounds, support), if any.
 
-    ``P`` is the exact projection, with its own gradient: a pixel at a bound gets no gradient from the
-    data and moves only with the weights it shares with the others. (Passing the gradient through the
-    clamp instead lets the network's output drift past the bounds, and DIP fits on the HTC2022 data
-    then oscillated.) Too large a step can leave the whole image at the bounds and the fit stuck.
+    ``P`` multiplies by the support and, beyond a bound, keeps ``LEAK`` (5 %) of the excess: a pixel past
+    a bound keeps a gradient, so the fit cannot freeze with every pixel at a bound (with the exact clamp,
+    whose gradient is zero there, one of two DIP fits on the HTC2022 data did), while the excess it
+    shows is a twentieth of the network's. (Passing the whole gradient through an exact clamp instead
+    lets the network's output drift past the bounds, and the same fits oscillated.)
 
     ``P(s u) = s P_s(u)`` with ``P_s`` the projection onto the constraints divided by ``s``, so a network
     fitted to the normalised problem with ``scale = 1`` and the normalised constraints gives the same
@@ -36,7 +40,7 @@ class OutputMap(Generator):
         x = self.network(z)
         if self.scale != 1.0:
             x = self.scale * x
-        return x if self.constraints is None else self.constraints.project(x)
+        return x if self.constraints is None else self.constraints.project(x, LEAK)
 
     def make_input(self, problem: InverseProblem, seed: int = 0) -> Tensor:
         return self.network.make_input(problem, seed)
