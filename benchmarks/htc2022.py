@@ -81,7 +81,7 @@ def run_one(raw: dict, method: dict, name: str, size: int, quick: bool) -> dict:
 
 
 def angle_of(name: str) -> int:
-    return int(name.split("_")[2].removesuffix("deg").removesuffix(".mat"))
+    return int(name.split("_")[2].removesuffix(".mat").removesuffix("deg"))
 
 
 def table(rows: list[dict], labels: list[str], machine: str, settings: dict) -> str:
