@@ -285,6 +285,26 @@ def test_edip_pretrains_once_from_a_config_then_reuses_the_file(tmp_path, monkey
         run(parse_config(raw), progress=False)
 
 
+def test_edip_on_measured_data_pretrains_at_the_relative_noise_level_whatever_the_units():
+    """A measurement without a noise model (a file) gets its noise level estimated, per image and in the data's
+    units; EDIP pretrains its phantoms at that level relative to the data, so data in other units (x 20 here)
+    pretrain for the same relative level."""
+    operator = _ct(size=16)
+    simulated = InverseProblem.simulate(operator, random_ellipses(size=16, n=1, seed=3), GaussianNoise(std=0.02),
+                                        seed=1)
+    settings = {"count": 16, "validation_count": 4, "epochs": 1, "batch_size": 8,
+                "generator_params": {"preset": "small", "channels": 8}}
+    levels = []
+    for factor in (1.0, 20.0):
+        measured = InverseProblem(operator, simulated.y * factor).with_estimated_noise()
+        model = EDIP(pretrain=settings, max_iterations=2).prepare(measured, progress=False)
+        std = float(measured.noise_std[0])
+        assert model.metadata["noise"]["std"] is None
+        assert model.metadata["noise"]["relative"] == pytest.approx(std / float(measured.y.abs().mean()), rel=1e-9)
+        levels.append(model.metadata["noise"]["relative"])
+    assert levels[1] == pytest.approx(levels[0], rel=1e-5)  # float32 data
+
+
 def test_concurrent_runs_sharing_a_model_file_pretrain_it_once(tmp_path, monkeypatch):
     """Two runs (threads here, processes in a benchmark suite) that both find no model file take turns
     under the file's lock: one pretrains and saves, the other loads the saved model."""

@@ -85,7 +85,9 @@ class EDIP(DIP):
     def _pretrain(self, problem: InverseProblem, progress: bool) -> Pretrained:
         settings = self.pretrain_settings
         noise = problem.metadata.get("noise", {})
-        if noise.get("relative") is None and noise.get("std") is None:
+        # a measured or estimated level (per image, in the data's units) is used relative to the data, so that the
+        # phantoms' units do not matter; a simulated problem records the noise model it was made with
+        if "estimated" in noise or (noise.get("relative") is None and noise.get("std") is None):
             level = problem_noise_level(problem)
             if level is None:
                 raise ConfigError("edip: the problem has no noise level to pretrain for (give noise_std)")
