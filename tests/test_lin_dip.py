@@ -20,6 +20,7 @@ from invprior.posterior.linearization import Linearization
 from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
 from invprior.posterior.prior import MaternBlockPrior
 from invprior.posterior.scalable import LinearModel, nystrom_from_sketch, orthonormal_test_matrix
+from invprior.posterior.subspace import SubspaceRegression, prior_subspace
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
 
@@ -698,3 +699,139 @@ def test_sample_batch_auto_is_8_on_a_cpu_and_32_on_a_gpu():
     for bad in ("big", 0, 2.5):
         with pytest.raises(ConfigError, match="sample_batch"):
             LinearizedLaplace(sample_batch=bad)
+
+
+# -- subspace solver ----------------------------------------------------------------------------
+
+def _dense_regression(seed: int = 0, m: int = 40, r: int = 12):
+    """A random ``A L`` of rank ``r - 2`` (two zero directions) and a residual drawn from the model."""
+    g = torch.randn(m, r - 2, generator=_gen(seed), dtype=F64) @ torch.randn(r - 2, r, generator=_gen(seed + 1),
+                                                                              dtype=F64)
+    residual = g @ torch.randn(r, generator=_gen(seed + 2), dtype=F64) * 0.7 + 0.1 * torch.randn(
+        m, generator=_gen(seed + 3), dtype=F64)
+    return g, residual
+
+
+def test_subspace_regression_matches_dense_bayesian_linear_regression():
+    projected, residual = _dense_regression()
+    m, r = projected.shape
+    regression = SubspaceRegression(projected, residual)
+    for alpha, noise in ((0.5, 0.01), (2.0, 0.3)):
+        k = alpha * projected @ projected.T + noise * torch.eye(m, dtype=F64)
+        dense = torch.distributions.MultivariateNormal(torch.zeros(m, dtype=F64), k).log_prob(residual)
+        assert regression.log_evidence(alpha, noise) == pytest.approx(float(dense), rel=1e-10)
+        precision = torch.eye(r, dtype=F64) / alpha + projected.T @ projected / noise
+        covariance = torch.linalg.inv(precision)
+        mean, factor = regression.posterior_weights(alpha, noise)
+        assert torch.allclose(mean, covariance @ projected.T @ residual / noise, atol=1e-10)
+        assert torch.allclose(factor @ factor.T, covariance, atol=1e-10)
+
+
+def test_subspace_regression_fit_maximises_the_evidence():
+    projected, residual = _dense_regression(seed=4)
+    regression = SubspaceRegression(projected, residual)
+    alpha, noise = regression.fit(0.05, learn_noise=False)
+    assert noise == 0.05
+    best = regression.log_evidence(alpha, noise)
+    for factor in (0.9, 1.1):  # a maximum in alpha
+        assert regression.log_evidence(alpha * factor, noise) < best
+    alpha2, noise2 = regression.fit(0.05, learn_noise=True)
+    best2 = regression.log_evidence(alpha2, noise2)
+    assert best2 >= best
+    for da, ds in ((0.95, 1.0), (1.05, 1.0), (1.0, 0.95), (1.0, 1.05)):
+        assert regression.log_evidence(alpha2 * da, noise2 * ds) < best2
+    # the residual was drawn with noise std 0.1 and weight std 0.7
+    assert noise2 == pytest.approx(0.01, rel=0.5) and alpha2 == pytest.approx(0.49, rel=0.8)
+
+
+def test_prior_subspace_eigenpairs_trace_and_captured_fraction():
+    eigenvalues = torch.tensor([2.0 ** -i for i in range(20)], dtype=F64)
+    diagonal = torch.diag(eigenvalues)  # Rademacher Hutchinson is exact for a diagonal matrix
+    identity = lambda v: v  # noqa: E731
+    full = prior_subspace(lambda v: v @ diagonal, identity, lambda v: v @ diagonal, 20, 20, _gen(0))
+    assert full.trace == pytest.approx(float(eigenvalues.sum()), rel=1e-12)
+    assert torch.allclose(full.eigenvalues.sort(descending=True).values, eigenvalues, rtol=1e-8)
+    assert full.captured == pytest.approx(1.0, rel=1e-8)
+    assert torch.allclose(full.factor @ full.factor.T, diagonal, atol=1e-10)
+    low = prior_subspace(lambda v: v @ diagonal, identity, lambda v: v @ diagonal, 20, 5, _gen(0))
+    assert low.rank == 5
+    # one power iteration on a spectrum halving each step: the top five eigenvalues to a few digits
+    assert torch.allclose(low.eigenvalues.sort(descending=True).values, eigenvalues[:5], rtol=1e-2)
+    assert low.captured == pytest.approx(float(eigenvalues[:5].sum() / eigenvalues.sum()), rel=1e-2)
+
+
+def test_subspace_path_at_full_rank_is_the_dense_posterior_at_its_fitted_scale(fitted):
+    problem, result = fitted
+    n = math.prod(problem.operator.domain_shape)
+    post = LinearizedLaplace(solver="subspace", subspace_rank=n, image_noise="none", progress=False).fit(result,
+                                                                                                        problem)
+    assert post.solver_used == "subspace" and post.captured_variance == pytest.approx(1.0, abs=0.05)
+    lin = _linearization(result)
+    a = dense_operator(problem.operator)
+    jacobian = lin.jacobian()
+    aj = a @ jacobian
+    theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
+    residual = problem.y.double().flatten() - a @ lin.output.flatten() + aj @ theta_star
+    # the fitted prior (start variance 1 times the fitted scale) in the dense formulas
+    covariance_prior = jacobian @ post.prior.dense().detach() @ jacobian.T
+    k = a @ covariance_prior @ a.T + post.noise_variance * torch.eye(a.shape[0], dtype=F64)
+    posterior = covariance_prior - covariance_prior @ a.T @ torch.linalg.solve(k, a @ covariance_prior)
+    assert torch.allclose(post.std.flatten().double(), posterior.diagonal().sqrt(), rtol=1e-6)
+    assert torch.allclose(post.covariance, posterior, atol=1e-8 * float(posterior.diagonal().max()))
+    # the fitted scale maximises the dense evidence over the scale
+    evidence = lambda scale: float(torch.distributions.MultivariateNormal(  # noqa: E731
+        torch.zeros_like(residual), scale * (k - post.noise_variance * torch.eye(k.shape[0], dtype=F64))
+        + post.noise_variance * torch.eye(k.shape[0], dtype=F64)).log_prob(residual))
+    assert post.history[0] == pytest.approx(evidence(1.0), rel=1e-8)
+    assert evidence(1.0) > max(evidence(0.9), evidence(1.1))
+    # the linearised mean of the rank-n model is the dense one
+    linearized = LinearizedLaplace(solver="subspace", subspace_rank=n, image_noise="none", predictive_mean="linearized",
+                                   progress=False).fit(result, problem)
+    mean = lin.output.flatten() - jacobian @ theta_star + covariance_prior @ a.T @ torch.linalg.solve(k, residual)
+    assert torch.allclose(linearized.mean.flatten().double(), mean, atol=1e-8)
+    draws = post.sample(4000, seed=1)
+    assert draws.shape == (4000, 1, 1, 6, 6)
+    assert torch.equal(post.sample(3, seed=1), post.sample(3, seed=1))
+    assert not torch.allclose(post.sample(3, seed=1), post.sample(3, seed=2))
+    ratio = (draws - post.mean).pow(2).mean(dim=0).sqrt() / post.std
+    assert (ratio - 1).abs().max().item() < 5 / math.sqrt(2 * 4000)
+    with pytest.raises(ConfigError, match="subspace path keeps no samples"):
+        _ = post.samples
+
+
+def test_subspace_path_warns_when_the_rank_misses_prior_variance_and_refuses_a_hyperprior(fitted):
+    problem, result = fitted
+    with pytest.warns(ConvergenceWarning, match="keeps .* of the prior's pixel variance"):
+        low = LinearizedLaplace(solver="subspace", subspace_rank=2, progress=False).fit(result, problem)
+    assert low.captured_variance < 0.9
+    with pytest.raises(ConfigError, match="takes no hyperprior"):
+        LinearizedLaplace(solver="subspace", hyperprior="tv_pred_cp")
+    with pytest.raises(ConfigError, match="subspace_rank"):
+        LinearizedLaplace(solver="subspace", subspace_rank=0)
+
+
+def test_subspace_std_at_low_rank_is_the_rank_r_posterior_plus_the_prior_remainder(fitted):
+    problem, result = fitted
+    post = LinearizedLaplace(solver="subspace", subspace_rank=8, image_noise="none", num_samples=4000,
+                             progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # rank 8 of 36 pixels: a remainder is the point here
+        post.fit(result, problem)
+    lin = _linearization(result)
+    a = dense_operator(problem.operator)
+    jacobian = lin.jacobian()
+    prior = jacobian @ post.prior.dense().detach() @ jacobian.T                      # C at the fitted scale
+    basis, eigenvalues = post.subspace.basis, post.subspace.eigenvalues
+    kept = (basis.T * eigenvalues) @ basis                                            # C_r, C_r <= C (Nystrom)
+    noise = post.noise_variance * torch.eye(a.shape[0], dtype=F64)
+
+    def posterior(c: torch.Tensor) -> torch.Tensor:
+        return c - c @ a.T @ torch.linalg.solve(a @ c @ a.T + noise, a @ c)
+
+    outside = torch.eye(basis.shape[1], dtype=F64) - basis.T @ basis
+    expected = posterior(kept).diagonal() + (outside @ prior @ outside).diagonal()
+    ratio = post.std.flatten().double().pow(2) / expected
+    assert (ratio - 1).abs().max().item() < 5 * math.sqrt(2 / 4000) * 3  # Monte Carlo over the remainder
+    # without the remainder the std is a lower bound of the full model's
+    assert (posterior(kept).diagonal() <= posterior(prior).diagonal() + 1e-12).all()
+    assert (posterior(kept).diagonal() < 0.9 * posterior(prior).diagonal()).any()

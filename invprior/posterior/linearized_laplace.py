@@ -9,7 +9,8 @@ TV-PredCP hyperprior (``"TV-MAP"``). The predictive over images is Gaussian with
 (``image_noise``: the observation noise seen in image space, see ``image_noise.py``). A nonlinear ``A``
 is replaced by its tangent ``A'(x*)``. Its mean is ``x*``, or the linearised model's posterior mean
 ``x* + J (theta_bar - theta*)``, ``theta_bar = Sigma (A J)^T K^{-1} r``, when the DIP fit under-fits the data
-(``predictive_mean``).
+(``predictive_mean``). ``solver="subspace"`` restricts the prior to the leading eigenspace of ``J Sigma J^T``
+(``subspace.py``), which makes every step closed-form whatever the number of measurements.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 
 import torch
 from torch import Tensor
@@ -25,23 +27,26 @@ from tqdm.auto import tqdm
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
-from invprior.errors import ConfigError, NonFiniteError, ShapeError
+from invprior.errors import ConfigError, ConvergenceWarning, NonFiniteError, ShapeError
 from invprior.posterior.fitted import kept_network
 from invprior.posterior.gaussian_predictive import GaussianPredictive
 from invprior.posterior.image_noise import projected_noise_variance
 from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
-from invprior.posterior.scalable import LinearModel
+from invprior.posterior.scalable import LinearModel, chunked
+from invprior.posterior.subspace import OVERSAMPLE, PriorSubspace, SubspaceRegression, prior_subspace, remainder_draws
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
 from invprior.validation import positive_int, real
 
-SOLVERS = ("auto", "exact", "scalable")
+SOLVERS = ("auto", "exact", "scalable", "subspace")
 HYPERPRIORS = ("none", "tv_pred_cp")
 NOISE = ("learn", "known", "auto")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 IMAGE_NOISE = ("none", "projected")
 PREDICTIVE_MEANS = ("auto", "network", "linearized")
+#: A subspace that keeps less than this fraction of the prior's pixel variance gets a ConvergenceWarning.
+CAPTURED_WARNING = 0.9
 
 
 def dense_operator(operator: ForwardOperator, dtype: torch.dtype = torch.float64,
@@ -68,6 +73,16 @@ class LinearizedLaplace(GaussianPredictive):
     one adds only the extra test columns (a vjp and a jvp each) and cuts the CG iterations per sample batch
     again (at 128x128 rank 2000 instead of 1200: 1.3 instead of 2 per batch, the whole fit 0.75x with 1000
     samples).
+    ``"subspace"`` (for data too large for CG, e.g. a measured CT sinogram) keeps the rank-``subspace_rank``
+    Nystrom approximation of the prior image covariance ``J Sigma J^T`` (one power iteration: twice
+    ``subspace_rank`` vjp-jvp pairs) and solves the linearised model in it in closed form, no CG whatever the
+    number of measurements. Its hyperparameters are a global scale of the prior (the
+    block variances' ratios and the lengthscales stay at their start) and, with ``noise="learn"``, the noise
+    variance, both by marginal likelihood; ``captured_variance`` keeps the fraction of the prior's pixel
+    variance the subspace holds (``subspace`` the eigenpairs). The posterior variance sits largely outside the
+    leading directions (the data constrain those most), so the remainder of the prior is added back as unconstrained
+    by the data, its pixel variance from ``num_samples`` prior draws: a ``ConvergenceWarning`` when it exceeds 10 %
+    of the prior's variance (raise ``subspace_rank``).
     ``hyperprior="tv_pred_cp"`` adds the TV-PredCP hyperprior on the lengthscales (TV-MAP).
     ``noise="learn"`` fits the noise variance with the prior; ``"known"`` holds it at the problem's noise
     level (``"auto"``: known when the problem has one). Holding it matters when ``A J`` has full row rank
@@ -96,7 +111,7 @@ class LinearizedLaplace(GaussianPredictive):
                  parameters: list[str] | None = None, max_pixels: int = 1024, num_probes: int = 10,
                  cg_iterations: int = 100, cg_rtol: float = 1e-2, sample_cg_rtol: float = 1e-4,
                  preconditioner_rank: int = 1000, precondition_every: int = 100, refresh_for_samples: bool = True,
-                 sample_preconditioner_rank: int | None = None,
+                 sample_preconditioner_rank: int | None = None, subspace_rank: int = 1000,
                  num_samples: int = 1000, sample_batch: int | str = "auto",
                  dtype: str = "float64", tv_rate: float | None = None, tv_samples: int = 4,
                  image_noise: str | float = "projected", image_noise_rank: int = 100,
@@ -109,6 +124,8 @@ class LinearizedLaplace(GaussianPredictive):
         if noise not in NOISE:
             raise ConfigError(f"LinearizedLaplace: noise must be one of {NOISE}, got {noise!r}")
         self.noise = noise
+        if solver == "subspace" and hyperprior != "none":
+            raise ConfigError("LinearizedLaplace: solver='subspace' fits a global prior scale; it takes no hyperprior")
         if dtype not in DTYPES:
             raise ConfigError(f"LinearizedLaplace: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.solver, self.hyperprior, self.dtype = solver, hyperprior, DTYPES[dtype]
@@ -128,6 +145,9 @@ class LinearizedLaplace(GaussianPredictive):
         self.refresh_for_samples = bool(refresh_for_samples)
         self.sample_preconditioner_rank = self.preconditioner_rank if sample_preconditioner_rank is None else \
             positive_int(sample_preconditioner_rank, "LinearizedLaplace: sample_preconditioner_rank")
+        self.subspace_rank = positive_int(subspace_rank, "LinearizedLaplace: subspace_rank")
+        self.captured_variance = float("nan")
+        self.subspace: PriorSubspace | None = None
         self.num_samples = positive_int(num_samples, "LinearizedLaplace: num_samples")
         self.sample_batch = sample_batch if sample_batch == "auto" else positive_int(sample_batch,
                                                                                       "LinearizedLaplace: sample_batch")
@@ -166,6 +186,7 @@ class LinearizedLaplace(GaussianPredictive):
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> LinearizedLaplace:
         start = time.perf_counter()
         self.history, self._mean, self._covariance, self._samples, self._model = [], None, None, None, None
+        self._factor, self._pixel_variance, self.subspace = None, None, None
         self.cg_summary = {}
         if problem.batch_size != 1:
             raise ShapeError("LinearizedLaplace: fit one image at a time (problem.select(b))")
@@ -198,7 +219,7 @@ class LinearizedLaplace(GaussianPredictive):
             pull = lambda u: u @ aj  # noqa: E731
         else:
             # the preconditioner only sets CG's speed: sketch it with float32 products (about half the cost)
-            sketch = lin if dtype == torch.float32 else Linearization(
+            sketch = lin if dtype == torch.float32 or solver == "subspace" else Linearization(
                 copy.deepcopy(network).float(), z.float(), self.parameters, self.pre_sigmoid)
             model = LinearModel(lin, tangent, prior, torch.zeros((), dtype=torch.float64), self.cg_iterations,
                                 self.cg_rtol, chunk=self._batch(x_star.device), sketch=sketch)
@@ -216,6 +237,11 @@ class LinearizedLaplace(GaussianPredictive):
                                  requires_grad=learn_noise)
         if self.variance == "auto":
             self._match_prior_energy(prior, pull, residual, math.exp(float(log_noise.detach())), generator)
+        if solver == "subspace":
+            self._fit_subspace(model, tangent, prior, x_star, data_residual, residual, theta_star,
+                               math.exp(float(log_noise)), learn_noise, generator)
+            self.wall_time = time.perf_counter() - start
+            return self
         hyperprior = None
         if self.hyperprior == "tv_pred_cp":
             rate = self.tv_rate if self.tv_rate is not None else 1.0 / max(float(AnisotropicTV()(x_star.double())), 1e-12)
@@ -283,16 +309,81 @@ class LinearizedLaplace(GaussianPredictive):
         self.wall_time = time.perf_counter() - start
         return self
 
-    def _predictive_mean(self, x_star: Tensor, data_residual: Tensor, residual: Tensor, theta_star: Tensor, solve,
-                         pull, images, prior: MaternBlockPrior) -> Tensor:
-        """``x*``, or ``x* + J (theta_bar - theta*)`` with ``theta_bar = Sigma (A J)^T K^{-1} r`` (``predictive_mean``);
-        ``data_residual`` is ``y - A(x*)``, ``residual`` the evidence's ``r``, ``solve`` applies ``K^{-1}``."""
+    def _fit_subspace(self, model: LinearModel, tangent: ForwardOperator, prior: MaternBlockPrior, x_star: Tensor,
+                      data_residual: Tensor, residual: Tensor, theta_star: Tensor, noise_variance: float,
+                      learn_noise: bool, generator: torch.Generator) -> None:
+        """The ``"subspace"`` solver: ``J Sigma J^T ~ L L^T`` of rank ``subspace_rank``, then the closed-form
+        regression of ``subspace.py`` for the prior scale, the noise variance, the mean and the std factor."""
+        shape, lin, chunk = tangent.domain_shape, model.lin, self._batch(x_star.device)
+        width = min(self.subspace_rank + OVERSAMPLE, math.prod(shape))
+        bar = tqdm(total=2 * width, desc="lin-DIP prior subspace", disable=not self.progress, leave=False)
+
+        def cover(v: Tensor) -> Tensor:                                                   # J Sigma J^T v
+            bar.update(v.shape[0])
+            return model.images(prior.apply(pull(v))).flatten(1)
+
+        pull = lambda v: chunked(lin.vjps, v.view(-1, *shape).to(lin.output), chunk)      # noqa: E731  J^T
+        with torch.no_grad():
+            subspace: PriorSubspace = prior_subspace(lambda v: chunked(cover, v, chunk), pull, prior.apply,
+                                                     math.prod(shape), self.subspace_rank, generator,
+                                                     probes=self.num_probes, device=x_star.device)
+            factor = subspace.factor                                                              # L, (n, r)
+            projected = chunked(lambda v: tangent(v.view(-1, *shape).to(x_star)).flatten(1).double(), factor.T,
+                                 chunk).T                                                         # A L, (m, r)
+        self.captured_variance = subspace.captured
+        if self.captured_variance < CAPTURED_WARNING:
+            warnings.warn(f"LinearizedLaplace (subspace): rank {subspace.rank} keeps {self.captured_variance:.1%} of "
+                          "the prior's pixel variance; the std counts the rest as unconstrained by the data, which "
+                          "overstates it (raise subspace_rank)", ConvergenceWarning, stacklevel=3)
+        bar.close()
+        regression = SubspaceRegression(projected, residual)
+        del projected
+        alpha, self.noise_variance = regression.fit(noise_variance, learn_noise)
+        self.history = [regression.log_evidence(alpha, self.noise_variance)]
+        with torch.no_grad():
+            prior.log_variance += math.log(alpha)
+        self.prior, self.solver_used = prior, "subspace"
+        self.image_noise_variance = self._image_noise_variance(tangent, None, x_star.device)
+        weights_mean, weights_factor = regression.posterior_weights(alpha, self.noise_variance)
+        self._model, self.subspace = model, subspace
+        remainder = torch.cat([self._remainder(size, generator).pow(2) for size in
+                               tqdm(self._batches(self.num_samples), desc="lin-DIP remainder draws",
+                                    disable=not self.progress, leave=False)])
+        self._factor = factor @ weights_factor
+        self._pixel_variance = remainder.mean(dim=0) + self.image_noise_variance
+        self._mean = x_star
+        if self._linearized_mean(data_residual):
+            with torch.no_grad():
+                prior_mean = x_star - model.images(theta_star).to(x_star)                 # x* - J theta*
+                self._mean = prior_mean + (factor @ weights_mean).view_as(x_star).to(x_star)
+
+    def _remainder(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` draws of the prior's remainder outside the subspace, ``(n, pixels)`` (``subspace.remainder_draws``)."""
+        with torch.no_grad():
+            basis = self.subspace.basis
+            theta = self.prior.sample(n, generator, dtype=self._model.lin.output.dtype).to(basis.device)
+            return remainder_draws(self._model.images(theta).flatten(1), basis)
+
+    def _batches(self, n: int) -> list[int]:
+        """``n`` split into batches of ``sample_batch`` (the last one smaller)."""
+        batch = self._batch(self._model.lin.output.device)
+        return [min(batch, n - start) for start in range(0, n, batch)]
+
+    def _linearized_mean(self, data_residual: Tensor) -> bool:
+        """Whether the predictive mean is the linearised model's (``predictive_mean``; for ``"auto"``: when
+        ``y - A(x*)`` leaves more than noise by the discrepancy principle); sets ``discrepancy`` and ``mean_used``."""
         m = data_residual.numel()
         self.discrepancy = float(data_residual.double().pow(2).sum()) / (m * self.noise_variance)
         under_fit = self.discrepancy > max(self.discrepancy_tau ** 2, 1 + 2 * math.sqrt(2 / m))
         self.mean_used = "linearized" if self.predictive_mean == "linearized" or (
             self.predictive_mean == "auto" and under_fit) else "network"
-        if self.mean_used == "network":
+        return self.mean_used == "linearized"
+
+    def _predictive_mean(self, x_star: Tensor, data_residual: Tensor, residual: Tensor, theta_star: Tensor, solve,
+                         pull, images, prior: MaternBlockPrior) -> Tensor:
+        """``x*``, or ``x* + J (theta_bar - theta*)`` with ``theta_bar = Sigma (A J)^T K^{-1} r`` (``predictive_mean``);
+        ``data_residual`` is ``y - A(x*)``, ``residual`` the evidence's ``r``, ``solve`` applies ``K^{-1}``."""
+        if not self._linearized_mean(data_residual):
             return x_star
         with torch.no_grad():
             alpha = solve(residual.view(1, -1))
@@ -333,10 +424,9 @@ class LinearizedLaplace(GaussianPredictive):
     def _matheron(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` Matheron samples ``x* + J (theta_s - theta*)`` (plus ``eta`` times white noise with
         ``image_noise``), drawn in batches of ``sample_batch``."""
-        batch = self._batch(self._mean.device)
-        batches = [min(batch, n - start) for start in range(0, n, batch)]
         draws = torch.cat([self._model.matheron_samples(size, generator, self.sample_cg_rtol)
-                           for size in tqdm(batches, desc="lin-DIP samples", disable=not self.progress, leave=False)])
+                           for size in tqdm(self._batches(n), desc="lin-DIP samples", disable=not self.progress,
+                                            leave=False)])
         self.cg_summary["samples"] = self._model.take_reports("LinearizedLaplace (Matheron samples)")
         if self.image_noise_variance > 0:
             white = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
@@ -363,6 +453,14 @@ class LinearizedLaplace(GaussianPredictive):
         mean = self._fitted()
         n = positive_int(n, "LinearizedLaplace.sample: n")
         generator = torch.Generator().manual_seed(seed)
+        if self._factor is not None:
+            factor = self._factor
+            white = torch.randn(n, factor.shape[1], generator=generator, dtype=factor.dtype).to(factor.device)
+            draws = white @ factor.T + torch.cat([self._remainder(size, generator) for size in self._batches(n)])
+            if self.image_noise_variance > 0:
+                pixel = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
+                draws = draws + math.sqrt(self.image_noise_variance) * pixel
+            return mean + draws.view(n, *mean.shape).to(mean)
         if self._covariance is None:
             return self._matheron(n, generator)
         cov = self._covariance

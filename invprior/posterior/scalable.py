@@ -26,7 +26,7 @@ from invprior.posterior.linearization import Linearization
 from invprior.posterior.prior import MaternBlockPrior
 
 
-def _chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor:
+def chunked(apply: Callable[[Tensor], Tensor], v: Tensor, chunk: int) -> Tensor:
     """``apply`` over chunks of rows of ``v``, written into one output allocated up front (collecting the chunks'
     outputs and concatenating them leaves them scattered between the products' temporaries, which kept about
     1.8 GiB of freed memory resident during a 128x128 sketch)."""
@@ -105,7 +105,7 @@ class LinearModel:
     def images(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
         """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)`` (with ``lin``'s products, default the model's)."""
         lin = self.lin if lin is None else lin
-        return _chunked(lin.jvps, theta.to(lin.output), self.chunk)
+        return chunked(lin.jvps, theta.to(lin.output), self.chunk)
 
     def forward(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
         """``A J theta`` for weight vectors ``(b, P)`` -> ``(b, m)``."""
@@ -115,7 +115,7 @@ class LinearModel:
         """``J^T A^T u`` for measurement vectors ``(b, m)`` -> ``(b, P)``."""
         lin = self.lin if lin is None else lin
         images = self.operator.adjoint(u.view(-1, *self.operator.range_shape).to(self.lin.output)).to(lin.output)
-        return _chunked(lin.vjps, images, self.chunk)
+        return chunked(lin.vjps, images, self.chunk)
 
     def k_apply(self, u: Tensor) -> Tensor:
         """``K u`` in the dtype of ``u`` (the network products run in the linearisation's dtype, so float32
@@ -147,7 +147,7 @@ class LinearModel:
                                                 against=self._test)
                 self._test = extra if self._test is None else torch.cat([self._test, extra], dim=1)
                 self._pulled.append(self.transpose(extra.T.to(sketch.output.dtype), sketch))
-            y = torch.cat([_chunked(lambda part: self.forward(self.prior.apply(part), sketch), pulled, self.chunk)
+            y = torch.cat([chunked(lambda part: self.forward(self.prior.apply(part), sketch), pulled, self.chunk)
                            for pulled in self._pulled])
             self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
         if not keep:
