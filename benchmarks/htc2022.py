@@ -3,8 +3,9 @@
 The settings are those of the examples: ``examples/htc2022_tb.toml`` (TV),
 ``examples/htc2022_tb_dip.toml`` (DIP+TV) and ``examples/htc2022_tb_edip.toml`` (EDIP, pretrained afresh for
 every scan's geometry) -- the same reader, beam-hardening correction, bounds and
-fitted disc support -- with only the measurement file changed. Nothing is tuned on the reference
-segmentation. First the beam-hardening correction and the acrylic attenuation are calibrated on the
+fitted disc support -- with only the measurement file changed; "lin-DIP" refits DIP+TV and adds the DIP
+example's posterior (its std map, and how well the std forecasts the segmentation's errors). Nothing is tuned
+on the reference segmentation. First the beam-hardening correction and the acrylic attenuation are calibrated on the
 solid-disc scan and compared with the values in the examples. Per file and method: the MCC of the
 Otsu segmentation against the organisers' reference and the wall time.
 
@@ -30,7 +31,8 @@ from pathlib import Path
 import torch
 
 from invprior.config import parse_config
-from invprior.experiment import build_method, build_problem, scores
+from invprior.analysis.segmentation import segmentation_calibration
+from invprior.experiment import build_method, build_posterior, build_problem, scores
 from invprior.io import atomic_write
 from invprior.readers.beam_hardening import calibrate_beam_hardening
 from invprior.readers.ct import read_htc2022
@@ -46,13 +48,19 @@ FILES = ["htc2022_tb_90deg.mat", "htc2022_tb_80deg.mat", "htc2022_tb_70deg.mat",
 PUBLISHED = {90: 0.932, 60: 0.884, 30: 0.759}
 
 
+#: Labels that fit a posterior after their method; they have a table of their own.
+POSTERIORS = ("lin-DIP",)
+
+
 def methods() -> dict[str, tuple[dict, dict]]:
-    """Label -> (raw configuration of the example it comes from, the [method] table to run)."""
+    """Label -> (raw configuration of the example it comes from, the [method] table to run); a label in
+    ``POSTERIORS`` also fits the example's [posterior]."""
     tv = tomllib.loads((EXAMPLES / "htc2022_tb.toml").read_text())
     dip = tomllib.loads((EXAMPLES / "htc2022_tb_dip.toml").read_text())
     edip = tomllib.loads((EXAMPLES / "htc2022_tb_edip.toml").read_text())
-    return {"FBP": (tv, {"name": "fbp"}), "TV": (tv, tv["method"]), "DIP+TV": (dip, dip["method"]),
-            "EDIP": (edip, edip["method"])}
+    without_posterior = {key: value for key, value in dip.items() if key != "posterior"}
+    return {"FBP": (tv, {"name": "fbp"}), "TV": (tv, tv["method"]), "DIP+TV": (without_posterior, dip["method"]),
+            "EDIP": (edip, edip["method"]), "lin-DIP": (dip, dip["method"])}
 
 
 def calibration_check(size: int) -> dict:
@@ -82,8 +90,17 @@ def run_one(raw: dict, method: dict, name: str, size: int, quick: bool) -> dict:
     result = build_method(config.method, "method").reconstruct(problem, progress=False)
     seconds = time.perf_counter() - start
     score = scores(result, problem)
-    return {"mcc": score["mcc"][0], "seconds": seconds, "noise_std": float(problem.noise_std[0]),
-            "stop_reason": result.stop_reason, "iterations": result.iterations}
+    row = {"mcc": score["mcc"][0], "seconds": seconds, "noise_std": float(problem.noise_std[0]),
+           "stop_reason": result.stop_reason, "iterations": result.iterations}
+    if config.posterior is not None:
+        start = time.perf_counter()
+        posterior = build_posterior(config.posterior, progress=False, seed=config.seed).fit(result, problem)
+        calibration = segmentation_calibration(posterior.mean, posterior.std, problem.reference)
+        row.update(posterior_seconds=time.perf_counter() - start, captured_variance=posterior.captured_variance,
+                   noise_std_fitted=posterior.noise_variance ** 0.5, mean_std=float(posterior.std.mean()),
+                   expected_error_rate=calibration.expected_error_rate,
+                   observed_error_rate=calibration.observed_error_rate, auroc=calibration.auroc)
+    return row
 
 
 def angle_of(name: str) -> int:
@@ -110,6 +127,21 @@ def table(rows: list[dict], labels: list[str], machine: str, settings: dict) -> 
         values = [r["mcc"] for r in rows if r["method"] == label]
         means.append(f"{sum(values) / len(values):.3f} | " if values and len(values) == len(scored) else "- | ")
     lines.append("| mean | " + " ".join(f"{m}|" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def posterior_table(rows: list[dict], label: str) -> str:
+    """The error bars: time, the prior variance the subspace keeps, the noise std (estimated / fitted), the
+    mean std, and the segmentation's expected against observed error rate with the std's AUROC."""
+    lines = [f"| data | DIP+TV MCC | {label} time | prior variance kept | noise std estimated / fitted | mean std "
+             "(1/mm) | expected error rate | observed error rate | AUROC |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in FILES:
+        for r in rows:
+            if r["file"] == name and r["method"] == label:
+                lines.append(f"| {name.removeprefix('htc2022_').removesuffix('.mat')} | {r['mcc']:.3f} | "
+                             f"{r['posterior_seconds']:.0f} s | {r['captured_variance']:.3f} | "
+                             f"{r['noise_std']:.2e} / {r['noise_std_fitted']:.2e} | {r['mean_std']:.1e} | "
+                             f"{r['expected_error_rate']:.4f} | {r['observed_error_rate']:.4f} | {r['auroc']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,12 +178,21 @@ def main() -> None:
                 continue
             raw, method = available[label]
             row = {"file": name, "method": label, "settings": settings, **run_one(raw, method, name, size, args.quick)}
-            print(f"{name:32s} {label:8s} MCC {row['mcc']:.3f}  {row['seconds']:.0f} s", flush=True)
+            print(f"{name:32s} {label:8s} MCC {row['mcc']:.3f}  {row['seconds']:.0f} s"
+                  + (f"  posterior {row['posterior_seconds']:.0f} s, expected / observed error rate "
+                     f"{row['expected_error_rate']:.4f} / {row['observed_error_rate']:.4f}, AUROC {row['auroc']:.3f}"
+                     if "auroc" in row else ""), flush=True)
             rows.append(row)
             text = "".join(json.dumps(r) + "\n" for r in rows)
             atomic_write(rows_path, lambda f: f.write(text.encode()))
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
-    page = table(rows, labels, machine, settings)
+    page = table(rows, [label for label in labels if label not in POSTERIORS], machine, settings)
+    for label in POSTERIORS:
+        if any(r["method"] == label for r in rows):
+            page += (f"\n## Error bars ({label} around DIP+TV)\n\nThe DIP example's posterior (`solver = \"subspace\"`); "
+                     "error rates on the reference grid: expected from the std (the probability of leaving the pixel's "
+                     "Otsu class), observed against the reference; AUROC of that probability for the wrong pixels.\n\n"
+                     + posterior_table(rows, label))
     print(page)
     atomic_write(args.out / "results.md", lambda f: f.write(page.encode()))
     if args.docs:

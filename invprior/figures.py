@@ -50,10 +50,15 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
     return save_figure(fig, path)
 
 
+#: Quantile of the std map at which the segmentation figure's colour scale ends.
+STD_CLIP = 0.995
+
+
 def segmentation_figure(path: str | Path, image: Tensor, labels, reference, caption: str, title: str = "",
                         std: Tensor | None = None) -> Path:
-    """The reconstruction, its predictive std (when given), its segmentation, the reference and where they
-    differ (red: labelled above the reference's class, blue: below), all in the figures' orientation.
+    """The reconstruction, its predictive std (when given; colour scale up to its ``STD_CLIP`` quantile), its
+    segmentation, the reference and where they differ (red: labelled above the reference's class, blue: below),
+    all in the figures' orientation.
 
     ``image`` is ``(1, 1, H, W)``; ``labels`` and ``reference`` are label maps on the reference's grid.
     """
@@ -74,8 +79,10 @@ def segmentation_figure(path: str | Path, image: Tensor, labels, reference, capt
     ax.set_title("reconstruction", fontsize=9)
     if std is not None:
         ax = next(axes)
-        shown = show(ax, std[0, 0].detach().cpu().float().numpy(), cmap="magma", vmin=0)
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        spread = std[0, 0].detach().cpu().float().numpy()
+        top = float(np.quantile(spread, STD_CLIP))  # a few pixels far above the rest would wash the map out
+        shown = show(ax, spread, cmap="magma", vmin=0, vmax=top if top > 0 else None)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, extend="max" if top < spread.max() else "neither")
         ax.set_title("predictive std", fontsize=9)
     classes = max(int(np.max(reference)), int(np.max(labels)), 1)
     for name, array in ((caption, labels), ("reference", reference)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.experiment import scores
 from invprior.figures import comparison_figure, uncertainty_figure
-from invprior.analysis.segmentation import segmentation_scores
+from invprior.analysis.segmentation import segmentation_calibration, segmentation_scores
 from invprior.data.orientation import image_to_picture
 from invprior.figures import segmentation_figure
 from invprior.io import atomic_write, write_json, write_npz
@@ -39,9 +41,12 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     if posterior is not None:
         metrics["posterior"] = {"name": posterior_name or type(posterior).__name__,
                                 "wall_time_s": getattr(posterior, "wall_time", None),
-                                **mean_choice(posterior),
+                                **mean_choice(posterior), **kept_variance(posterior),
                                 **(posterior_calibration(posterior, problem.x_true) if problem.x_true is not None
-                                   else {"mean_std": float(posterior.std.double().mean())})}
+                                   else {"mean_std": float(posterior.std.double().mean())}),
+                                **({"segmentation": asdict(segmentation_calibration(
+                                    posterior.mean[:1], posterior.std[:1], problem.reference[:1]))}
+                                   if problem.reference is not None else {})}
     write_json(out / "metrics.json", metrics)
     arrays = {"x_hat": main.image, "y": problem.y, **{role: r.image for role, r in results.items()}}
     if posterior is not None:
@@ -89,6 +94,12 @@ def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem,
                         std=None if posterior is None else posterior.std)
 
 
+def kept_variance(posterior: PosteriorApproximation) -> dict[str, Any]:
+    """``captured_variance``: the fraction of the prior's variance lin-DIP's subspace path keeps; empty otherwise."""
+    captured = getattr(posterior, "captured_variance", math.nan)
+    return {"captured_variance": captured} if math.isfinite(captured) else {}
+
+
 def mean_choice(posterior: PosteriorApproximation) -> dict[str, Any]:
     """Which predictive mean a posterior chose and the discrepancy it chose by (``mean_used``, ``discrepancy``:
     lin-DIP's ``predictive_mean="auto"``); empty for posteriors without the choice."""
@@ -126,5 +137,9 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         calibration = "  ".join(f"{key} {p[key]:.3f}" for key in ("ll_p1", "ll_p2", "ll_p10", "coverage_95") if key in p)
         timing = f"  time {p['wall_time_s']:.2f} s" if p.get("wall_time_s") is not None else ""
         mean = f"  mean {p['mean_used']} (discrepancy {p['discrepancy']:.3f})" if "mean_used" in p else ""
-        lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.4f}{mean}{timing}")
+        if "segmentation" in p:
+            seg = p["segmentation"]
+            calibration += (f"segmentation errors expected {100 * seg['expected_error_rate']:.2f} % / observed "
+                            f"{100 * seg['observed_error_rate']:.2f} % (AUROC {seg['auroc']:.3f})")
+        lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.3g}{mean}{timing}")
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from invprior.cli import main
 from invprior.config import ConstraintsSpec, MeasuredSpec, parse_config
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, ConvergenceWarning
 
 pytest.importorskip("odl")
 pytest.importorskip("h5py")
@@ -141,3 +142,30 @@ def test_segmentation_figure_with_a_std_map(tmp_path):
     assert width > 4 * height  # five panels side by side: reconstruction, std, segmentation, reference, differences
     narrow = segmentation_figure(tmp_path / "seg4.png", image, labels, reference, "method")
     assert Image.open(narrow).size[0] < width
+
+
+def test_cli_run_with_lin_dip_error_bars_on_measured_data(folder, capsys):
+    """DIP on the measured scan with lin-DIP's subspace path: the std map and its segmentation forecast land in
+    metrics.json, and the observed error rate is the one segmentation.png and the reference file give."""
+    config = folder / "htc.toml"
+    problem = MEASURED.format(size=24, extra="constraints = { lower = 0.0, support = 'disc' }").split("[method]")[0]
+    config.write_text(problem + """[method]
+name = "dip"
+params = { generator = "unet", generator_params = { preset = "small", scales = 2, channels = 4 }, stopping = "fixed", stopping_params = { iterations = 30 }, lr = 1e-2 }
+[posterior]
+name = "linearized_laplace"
+params = { solver = "subspace", subspace_rank = 40, num_samples = 64, noise = "learn", predictive_mean = "network" }
+""")
+    out = folder / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    forecast = metrics["posterior"]["segmentation"]
+    saved = read_reference(out / "segmentation.png")
+    reference = read_reference(folder / "data" / "htc2022_tb_full_recon_fbp_seg.png")
+    assert metrics["posterior"]["mean_used"] == "network"
+    assert forecast["observed_error_rate"] == pytest.approx(float((saved != reference).mean()), abs=1e-12)
+    assert 0 < forecast["expected_error_rate"] < 1 and 0.5 < forecast["auroc"] <= 1
+    with np.load(out / "reconstruction.npz") as arrays:
+        assert arrays["std"].shape == (1, 1, 24, 24) and (arrays["std"] > 0).all()

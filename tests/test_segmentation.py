@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from invprior.analysis.segmentation import matthews_correlation, otsu_segmentation, resize, segmentation_scores
+from invprior.analysis.segmentation import (matthews_correlation, otsu_segmentation, resize, segmentation_calibration,
+                                             segmentation_scores)
 from invprior.errors import ShapeError
 
 pytest.importorskip("skimage")
@@ -67,3 +68,30 @@ def test_scores_on_the_reference_grid():
     assert resize(coarse[0, 0], (128, 128)).shape == (128, 128)
     with pytest.raises(ShapeError, match=r"reference \(B=1"):
         segmentation_scores(coarse, reference[0])
+
+
+def test_segmentation_calibration_by_hand():
+    # two levels 0 and 1 (Otsu threshold between them), std 0.5 everywhere: every pixel sits 0.5 from the
+    # threshold t, so it leaves its class with probability Phi(-|v - t| / 0.5)
+    values = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    values[..., :, 2:] = 1.0
+    std = torch.full_like(values, 0.5)
+    reference = (values[0] > 0.5).long()
+    reference[0, 0, 0] = 1                              # one pixel of 16 labelled wrongly
+    calibration = segmentation_calibration(values, std, reference)
+    threshold = otsu_segmentation(values[0, 0])[1][0]
+    leave = [0.5 * math.erfc(abs(v - threshold) / 0.5 / math.sqrt(2)) for v in (0.0, 1.0)]
+    assert calibration.expected_error_rate == pytest.approx(sum(leave) / 2, rel=1e-9)
+    assert calibration.observed_error_rate == pytest.approx(1 / 16)
+    # AUROC by its definition: over (wrong, right) pixel pairs, 1 when the wrong one is likelier to leave, 1/2 on a tie
+    p_wrong = leave[0]
+    p_right = [leave[0]] * 7 + [leave[1]] * 8
+    pairs = [1.0 if p_wrong > p else 0.5 if p_wrong == p else 0.0 for p in p_right]
+    assert calibration.auroc == pytest.approx(sum(pairs) / len(pairs))
+    # a larger std where the wrong pixel is: perfect ranking
+    std[0, 0, 0, 0] = 5.0
+    assert segmentation_calibration(values, std, reference).auroc == pytest.approx(1.0)
+    # no wrong pixel: no ranking
+    assert math.isnan(segmentation_calibration(values, std, (values[0] > 0.5).long()).auroc)
+    with pytest.raises(ShapeError, match="segmentation_calibration"):
+        segmentation_calibration(values, std[0], reference)

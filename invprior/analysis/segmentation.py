@@ -3,7 +3,9 @@
 A reconstruction is resized to the reference's grid (bilinear; both cover the same field of view),
 thresholded into ``K`` classes by Otsu's method (scikit-image's ``threshold_otsu`` for two classes,
 ``threshold_multiotsu`` for more) and compared with the reference by the Matthews correlation
-coefficient (MCC, 1 is perfect, 0 no better than chance).
+coefficient (MCC, 1 is perfect, 0 no better than chance). With a pixel-wise predictive std, the
+posterior's own forecast of the segmentation errors is checked against the reference
+(``segmentation_calibration``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import Tensor
 from invprior._optional import require
 from invprior.errors import ShapeError
 
-__all__ = ["SegmentationScore", "otsu_segmentation", "matthews_correlation", "resize", "segmentation_scores"]
+__all__ = ["SegmentationCalibration", "SegmentationScore", "otsu_segmentation", "matthews_correlation", "resize",
+           "segmentation_calibration", "segmentation_scores"]
 
 _FEATURE = "Otsu segmentation"
 
@@ -97,3 +100,44 @@ def segmentation_scores(images: Tensor, reference: Tensor) -> list[SegmentationS
         labels, thresholds = otsu_segmentation(resize(image[0], truth.shape), classes)
         out.append(SegmentationScore(matthews_correlation(labels, truth), thresholds, labels))
     return out
+
+
+@dataclass(frozen=True)
+class SegmentationCalibration:
+    """How well a predictive std forecasts the segmentation's errors against a reference.
+
+    ``expected_error_rate``: the mean over pixels of the probability, under ``N(mean_i, std_i^2)``, that pixel
+    ``i`` falls outside its Otsu class; ``observed_error_rate``: the fraction of pixels whose class differs from
+    the reference (equal when calibrated); ``auroc``: how well that probability ranks the wrong pixels above the
+    right ones (1 perfect, 0.5 chance; NaN when every pixel is right or every pixel wrong).
+    """
+
+    expected_error_rate: float
+    observed_error_rate: float
+    auroc: float
+
+
+def segmentation_calibration(mean: Tensor, std: Tensor, reference: Tensor) -> SegmentationCalibration:
+    """``SegmentationCalibration`` of one image: ``mean`` and ``std`` ``(1, 1, H, W)`` resized to the reference grid
+    ``(1, H', W')``, Otsu thresholds ``t`` of the mean, and for a pixel of class ``k`` the probability
+    ``1 - (Phi((t_k - mean) / std) - Phi((t_{k-1} - mean) / std))`` of leaving it."""
+    stats = require("scipy.stats", "data", _FEATURE)
+    if mean.shape != std.shape or mean.ndim != 4 or mean.shape[:2] != (1, 1):
+        raise ShapeError(f"segmentation_calibration needs mean and std of shape (1, 1, H, W), got "
+                         f"{tuple(mean.shape)} and {tuple(std.shape)}")
+    truth = reference[0].detach().cpu().numpy()
+    classes = max(int(truth.max()) + 1, 2)
+    values = resize(mean[0, 0], truth.shape)
+    spread = np.maximum(resize(std[0, 0], truth.shape), 1e-300)
+    labels, thresholds = otsu_segmentation(values, classes)
+    edges = np.array([-np.inf, *thresholds, np.inf])
+    inside = stats.norm.cdf((edges[labels + 1] - values) / spread) - stats.norm.cdf((edges[labels] - values) / spread)
+    leave = np.clip(1.0 - inside, 0.0, 1.0)
+    wrong = (labels != truth).ravel()
+    count = int(wrong.sum())
+    if count in (0, wrong.size):
+        auroc = float("nan")
+    else:  # Mann-Whitney: the probability that a wrong pixel outranks a right one (ties count half)
+        ranks = stats.rankdata(leave.ravel())
+        auroc = (float(ranks[wrong].sum()) - count * (count + 1) / 2) / (count * (wrong.size - count))
+    return SegmentationCalibration(float(leave.mean()), float(wrong.mean()), auroc)

@@ -74,8 +74,7 @@ class LinearizedLaplace(GaussianPredictive):
     again (at 128x128 rank 2000 instead of 1200: 1.3 instead of 2 per batch, the whole fit 0.75x with 1000
     samples).
     ``"subspace"`` (for data too large for CG, e.g. a measured CT sinogram) keeps the rank-``subspace_rank``
-    Nystrom approximation of the prior image covariance ``J Sigma J^T`` (one power iteration: twice
-    ``subspace_rank`` vjp-jvp pairs) and solves the linearised model in it in closed form, no CG whatever the
+    Nystrom approximation of the prior image covariance ``J Sigma J^T`` (``subspace_rank`` vjp-jvp pairs) and solves the linearised model in it in closed form, no CG whatever the
     number of measurements. Its hyperparameters are a global scale of the prior (the
     block variances' ratios and the lengthscales stay at their start) and, with ``noise="learn"``, the noise
     variance, both by marginal likelihood; ``captured_variance`` keeps the fraction of the prior's pixel
@@ -316,7 +315,7 @@ class LinearizedLaplace(GaussianPredictive):
         regression of ``subspace.py`` for the prior scale, the noise variance, the mean and the std factor."""
         shape, lin, chunk = tangent.domain_shape, model.lin, self._batch(x_star.device)
         width = min(self.subspace_rank + OVERSAMPLE, math.prod(shape))
-        bar = tqdm(total=2 * width, desc="lin-DIP prior subspace", disable=not self.progress, leave=False)
+        bar = tqdm(total=width, desc="lin-DIP prior subspace", disable=not self.progress, leave=False)
 
         def cover(v: Tensor) -> Tensor:                                                   # J Sigma J^T v
             bar.update(v.shape[0])

@@ -68,12 +68,13 @@ class PriorSubspace:
 
 def prior_subspace(apply_covariance: Callable[[Tensor], Tensor], pull: Callable[[Tensor], Tensor],
                    weigh: Callable[[Tensor], Tensor], size: int, rank: int, generator: torch.Generator,
-                   power_iterations: int = 1, probes: int = 16, device: torch.device | str = "cpu"
+                   power_iterations: int = 0, probes: int = 16, device: torch.device | str = "cpu"
                    ) -> PriorSubspace:
     """Rank-``rank`` Nystrom approximation of ``C`` (``apply_covariance``: ``(b, n) -> (b, n)``, ``C v``
-    row-wise) from a test matrix of ``rank + OVERSAMPLE`` columns sharpened by ``power_iterations`` products
-    ``Q <- orth(C Q)`` first (one makes the leading eigenpairs of a decaying spectrum accurate to a few
-    digits); the ``rank`` largest eigenpairs are kept. ``tr(C) = sum(lam) + E z^T (C - U diag(lam) U^T) z``,
+    row-wise) from a test matrix of ``rank + OVERSAMPLE`` columns, optionally sharpened by ``power_iterations``
+    products ``Q <- orth(C Q)`` first (one makes the leading eigenpairs of a decaying spectrum accurate to a
+    few digits, at the cost of a sketch of twice the rank, which keeps more of ``tr(C)``); the ``rank`` largest
+    eigenpairs are kept. ``tr(C) = sum(lam) + E z^T (C - U diag(lam) U^T) z``,
     the remainder (PSD for Nystrom) by ``probes`` Rademacher vectors ``z`` with ``z^T C z = ||Sigma^{1/2} J^T z||^2``
     (``pull``: ``J^T``, ``weigh``: ``Sigma``): its variance is that of the remainder, small when ``captured`` is
     near one."""
