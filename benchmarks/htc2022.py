@@ -186,7 +186,8 @@ def main() -> None:
             text = "".join(json.dumps(r) + "\n" for r in rows)
             atomic_write(rows_path, lambda f: f.write(text.encode()))
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
-    page = table(rows, [label for label in labels if label not in POSTERIORS], machine, settings)
+    shown = [label for label in available if label not in POSTERIORS and any(r["method"] == label for r in rows)]
+    page = table(rows, shown, machine, settings)
     for label in POSTERIORS:
         if any(r["method"] == label for r in rows):
             page += (f"\n## Error bars ({label} around DIP+TV)\n\nThe DIP example's posterior (`solver = \"subspace\"`); "

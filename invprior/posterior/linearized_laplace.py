@@ -238,7 +238,7 @@ class LinearizedLaplace(GaussianPredictive):
             self._match_prior_energy(prior, pull, residual, math.exp(float(log_noise.detach())), generator)
         if solver == "subspace":
             self._fit_subspace(model, tangent, prior, x_star, data_residual, residual, theta_star,
-                               math.exp(float(log_noise)), learn_noise, generator)
+                               math.exp(float(log_noise.detach())), learn_noise, generator)
             self.wall_time = time.perf_counter() - start
             return self
         hyperprior = None
@@ -317,11 +317,13 @@ class LinearizedLaplace(GaussianPredictive):
         width = min(self.subspace_rank + OVERSAMPLE, math.prod(shape))
         bar = tqdm(total=width, desc="lin-DIP prior subspace", disable=not self.progress, leave=False)
 
+        def pull(v: Tensor) -> Tensor:                                                    # J^T v
+            return chunked(lin.vjps, v.view(-1, *shape).to(lin.output), chunk)
+
         def cover(v: Tensor) -> Tensor:                                                   # J Sigma J^T v
             bar.update(v.shape[0])
             return model.images(prior.apply(pull(v))).flatten(1)
 
-        pull = lambda v: chunked(lin.vjps, v.view(-1, *shape).to(lin.output), chunk)      # noqa: E731  J^T
         with torch.no_grad():
             subspace: PriorSubspace = prior_subspace(lambda v: chunked(cover, v, chunk), pull, prior.apply,
                                                      math.prod(shape), self.subspace_rank, generator,
@@ -329,12 +331,12 @@ class LinearizedLaplace(GaussianPredictive):
             factor = subspace.factor                                                              # L, (n, r)
             projected = chunked(lambda v: tangent(v.view(-1, *shape).to(x_star)).flatten(1).double(), factor.T,
                                  chunk).T                                                         # A L, (m, r)
+        bar.close()
         self.captured_variance = subspace.captured
         if self.captured_variance < CAPTURED_WARNING:
             warnings.warn(f"LinearizedLaplace (subspace): rank {subspace.rank} keeps {self.captured_variance:.1%} of "
                           "the prior's pixel variance; the std counts the rest as unconstrained by the data, which "
                           "overstates it (raise subspace_rank)", ConvergenceWarning, stacklevel=3)
-        bar.close()
         regression = SubspaceRegression(projected, residual)
         del projected
         alpha, self.noise_variance = regression.fit(noise_variance, learn_noise)

@@ -4,15 +4,15 @@ The linearised model's prior over images has covariance ``C = J Sigma J^T`` (``n
 Nystrom approximation ``C ~ U diag(lam) U^T`` of rank ``r`` (``r`` products of ``C``, each a vjp and a jvp)
 turns lin-DIP into ``r``-dimensional Bayesian linear regression with ``L = U diag(lam)^{1/2}``:
 
-    r ~ N(A L w, s^2 I_m),   w ~ N(0, alpha I_r),
+    d ~ N(A L w, s^2 I_m),   w ~ N(0, alpha I_r),
 
-``r`` the evidence's residual and ``alpha`` a global scale of the prior. With ``(A L)^T (A L) = V diag(g) V^T``
-and ``c_i = v_i^T (A L)^T r / sqrt(g_i)`` (the data's coordinates along ``A L``'s left singular vectors):
+``d`` the evidence's residual and ``alpha`` a global scale of the prior. With ``(A L)^T (A L) = V diag(g) V^T``
+and ``c_i = v_i^T (A L)^T d / sqrt(g_i)`` (the data's coordinates along ``A L``'s left singular vectors):
 
-    log p(r) = -1/2 [sum_{g_i > 0} log(alpha g_i + s^2) + (m - k) log s^2 + sum_i c_i^2 / (alpha g_i + s^2)
-                     + (||r||^2 - sum_i c_i^2) / s^2 + m log 2 pi]        (k = number of g_i > 0)
+    log p(d) = -1/2 [sum_{g_i > 0} log(alpha g_i + s^2) + (m - k) log s^2 + sum_i c_i^2 / (alpha g_i + s^2)
+                     + (||d||^2 - sum_i c_i^2) / s^2 + m log 2 pi]        (k = number of g_i > 0)
 
-    w | r ~ N(V diag(alpha / (alpha g + s^2)) V^T (A L)^T r,  V diag(alpha s^2 / (alpha g + s^2)) V^T).
+    w | d ~ N(V diag(alpha / (alpha g + s^2)) V^T (A L)^T d,  V diag(alpha s^2 / (alpha g + s^2)) V^T).
 
 So the image covariance of the posterior is ``F F^T`` with ``F = L V diag(sqrt(alpha s^2 / (alpha g + s^2)))``:
 its diagonal (the pixel variance) is exact for the rank-``r`` model, with no sampling and no iterative solve,
@@ -94,8 +94,8 @@ def prior_subspace(apply_covariance: Callable[[Tensor], Tensor], pull: Callable[
 
 
 class SubspaceRegression:
-    """Bayesian linear regression ``r ~ N(A L w, s^2 I)``, ``w ~ N(0, alpha I)`` in closed form (module
-    docstring). ``projected`` is ``A L`` as ``(m, r)``; ``residual`` is ``r``, ``(m,)``."""
+    """Bayesian linear regression ``d ~ N(A L w, s^2 I)``, ``w ~ N(0, alpha I)`` in closed form (module
+    docstring). ``projected`` is ``A L`` as ``(m, r)``; ``residual`` is ``d``, ``(m,)``."""
 
     def __init__(self, projected: Tensor, residual: Tensor) -> None:
         projected, residual = projected.double(), residual.double().flatten()
@@ -104,14 +104,14 @@ class SubspaceRegression:
         self.gram_eigenvalues = self.gram_eigenvalues.clamp_min(0.0)
         nonzero = self.gram_eigenvalues > GRAM_TOLERANCE * float(self.gram_eigenvalues.max().clamp_min(1e-300))
         self.nonzero = nonzero
-        self.data_coordinates = self.rotation.T @ (projected.T @ residual)   # V^T (A L)^T r = sqrt(g) c
+        self.data_coordinates = self.rotation.T @ (projected.T @ residual)   # V^T (A L)^T d = sqrt(g) c
         coordinates = torch.zeros_like(self.data_coordinates)
         coordinates[nonzero] = self.data_coordinates[nonzero] / self.gram_eigenvalues[nonzero].sqrt()
         self.coordinates = coordinates                                        # c
         self.energy = float(residual.pow(2).sum())
 
     def log_evidence(self, alpha: float, noise_variance: float) -> float:
-        """``log p(r)`` at prior scale ``alpha`` and noise variance ``s^2``."""
+        """``log p(d)`` at prior scale ``alpha`` and noise variance ``s^2``."""
         g, c = self.gram_eigenvalues[self.nonzero], self.coordinates[self.nonzero]
         total = alpha * g + noise_variance
         k, m = int(self.nonzero.sum()), self.measurements
@@ -131,7 +131,7 @@ class SubspaceRegression:
         return math.exp(found.x[0]), math.exp(found.x[1]) if learn_noise else noise_variance
 
     def posterior_weights(self, alpha: float, noise_variance: float) -> tuple[Tensor, Tensor]:
-        """Mean ``(r,)`` and a covariance factor ``(r, r)`` (``cov = factor factor^T``) of ``w | r``."""
+        """Mean ``(r,)`` and a covariance factor ``(r, r)`` (``cov = factor factor^T``) of ``w | d``."""
         total = alpha * self.gram_eigenvalues + noise_variance
         mean = self.rotation @ (alpha / total * self.data_coordinates)
         factor = self.rotation * (alpha * noise_variance / total).sqrt()
