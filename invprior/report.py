@@ -134,12 +134,13 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
     if "posterior" in metrics:
         p = metrics["posterior"]
-        calibration = "  ".join(f"{key} {p[key]:.3f}" for key in ("ll_p1", "ll_p2", "ll_p10", "coverage_95") if key in p)
-        timing = f"  time {p['wall_time_s']:.2f} s" if p.get("wall_time_s") is not None else ""
-        mean = f"  mean {p['mean_used']} (discrepancy {p['discrepancy']:.3f})" if "mean_used" in p else ""
+        parts = [f"{key} {p[key]:.3f}" for key in ("ll_p1", "ll_p2", "ll_p10", "coverage_95") if key in p]
         if "segmentation" in p:
             seg = p["segmentation"]
-            calibration += (f"segmentation errors expected {100 * seg['expected_error_rate']:.2f} % / observed "
-                            f"{100 * seg['observed_error_rate']:.2f} % (AUROC {seg['auroc']:.3f})")
+            parts.append(f"segmentation errors expected {100 * seg['expected_error_rate']:.2f} % / observed "
+                         f"{100 * seg['observed_error_rate']:.2f} % (AUROC {seg['auroc']:.3f})")
+        calibration = "  ".join(parts)
+        timing = f"  time {p['wall_time_s']:.2f} s" if p.get("wall_time_s") is not None else ""
+        mean = f"  mean {p['mean_used']} (discrepancy {p['discrepancy']:.3f})" if "mean_used" in p else ""
         lines.append(f"posterior {p['name']:15s} {calibration}  mean std {p['mean_std']:.3g}{mean}{timing}")
     return lines

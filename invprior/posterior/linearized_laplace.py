@@ -74,10 +74,10 @@ class LinearizedLaplace(GaussianPredictive):
     again (at 128x128 rank 2000 instead of 1200: 1.3 instead of 2 per batch, the whole fit 0.75x with 1000
     samples).
     ``"subspace"`` (for data too large for CG, e.g. a measured CT sinogram) keeps the rank-``subspace_rank``
-    Nystrom approximation of the prior image covariance ``J Sigma J^T`` (``subspace_rank`` vjp-jvp pairs) and solves the linearised model in it in closed form, no CG whatever the
-    number of measurements. Its hyperparameters are a global scale of the prior (the
-    block variances' ratios and the lengthscales stay at their start) and, with ``noise="learn"``, the noise
-    variance, both by marginal likelihood; ``captured_variance`` keeps the fraction of the prior's pixel
+    Nystrom approximation of the prior image covariance ``J Sigma J^T`` (``subspace_rank`` vjp-jvp pairs) and
+    solves the linearised model in it in closed form, no CG whatever the number of measurements. Its
+    hyperparameters are a global scale of the prior (the block variances' ratios and the lengthscales stay at
+    their start) and, with ``noise="learn"``, the noise variance, both by marginal likelihood; ``captured_variance`` keeps the fraction of the prior's pixel
     variance the subspace holds (``subspace`` the eigenpairs). The posterior variance sits largely outside the
     leading directions (the data constrain those most), so the remainder of the prior is added back as unconstrained
     by the data, its pixel variance from ``num_samples`` prior draws: a ``ConvergenceWarning`` when it exceeds 10 %
@@ -429,10 +429,14 @@ class LinearizedLaplace(GaussianPredictive):
                            for size in tqdm(self._batches(n), desc="lin-DIP samples", disable=not self.progress,
                                             leave=False)])
         self.cg_summary["samples"] = self._model.take_reports("LinearizedLaplace (Matheron samples)")
-        if self.image_noise_variance > 0:
-            white = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
-            draws = draws + math.sqrt(self.image_noise_variance) * white
-        return self._mean + draws.unsqueeze(1)
+        return self._mean + self._with_image_noise(draws, generator).unsqueeze(1)
+
+    def _with_image_noise(self, draws: Tensor, generator: torch.Generator) -> Tensor:
+        """``draws`` plus ``eta`` times white noise (``image_noise``; unchanged when ``eta = 0``)."""
+        if self.image_noise_variance == 0:
+            return draws
+        white = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
+        return draws + math.sqrt(self.image_noise_variance) * white
 
     @staticmethod
     def log_marginal_likelihood(aj: Tensor, residual: Tensor, prior: MaternBlockPrior, log_noise: Tensor) -> Tensor:
@@ -458,10 +462,7 @@ class LinearizedLaplace(GaussianPredictive):
             factor = self._factor
             white = torch.randn(n, factor.shape[1], generator=generator, dtype=factor.dtype).to(factor.device)
             draws = white @ factor.T + torch.cat([self._remainder(size, generator) for size in self._batches(n)])
-            if self.image_noise_variance > 0:
-                pixel = torch.randn(draws.shape, generator=generator, dtype=draws.dtype).to(draws.device)
-                draws = draws + math.sqrt(self.image_noise_variance) * pixel
-            return mean + draws.view(n, *mean.shape).to(mean)
+            return mean + self._with_image_noise(draws, generator).view(n, *mean.shape).to(mean)
         if self._covariance is None:
             return self._matheron(n, generator)
         cov = self._covariance
