@@ -212,6 +212,9 @@ def _measured(problem: dict, base: Path | None) -> MeasuredSpec:
         if key in params:
             raise ConfigError(f"problem.reader_params.{key}: set it as problem.{key.replace('noise_std', 'noise')} "
                               "instead")
+    for key, value in params.items():  # further files a reader takes, e.g. a reference measurement
+        if key.endswith("_file") and isinstance(value, str):
+            params[key] = _path(value, f"problem.reader_params.{key}", base)
     params["file"] = _path(problem.get("file"), "problem.file", base) if "file" in problem else None
     if params["file"] is None:
         raise ConfigError("problem.file: missing; expected a path to the measurement file")

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from invprior import registry
 from invprior.analysis.segmentation import segmentation_scores
@@ -146,7 +147,8 @@ def default_baseline(problem: InverseProblem) -> ComponentSpec:
 
 def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str, Any]:
     """Metrics of one reconstruction (PSNR/SSIM with data range = truth max - min, per image and mean; with a
-    reference segmentation, the MCC of the Otsu segmentation, see ``invprior.analysis.segmentation``)."""
+    reference segmentation, the task score of the Otsu segmentation, by default the MCC, see
+    ``invprior.analysis.segmentation``)."""
     out: dict[str, Any] = {"method": reconstruction.method, "wall_time_s": reconstruction.wall_time,
                            "stop_reason": reconstruction.stop_reason, "params": reconstruction.params,
                            "residual_norm": problem.residual_norm(reconstruction.image).tolist()}
@@ -158,11 +160,17 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
             values = metric(reconstruction.image, problem.x_true).tolist()
             out[name], out[f"{name}_mean"] = values, sum(values) / len(values)
     if problem.reference is not None:
-        segmented = segmentation_scores(reconstruction.image, problem.reference)
-        out["mcc"] = [s.mcc for s in segmented]
-        out["mcc_mean"] = sum(out["mcc"]) / len(segmented)
+        segmented = segmentation_scores(reconstruction.image, problem.reference, problem.task, support(problem))
+        metric = segmented[0].metric
+        out[metric] = [s.value for s in segmented]
+        out[f"{metric}_mean"] = sum(out[metric]) / len(segmented)
         out["otsu_thresholds"] = [s.thresholds for s in segmented]
     return out
+
+
+def support(problem: InverseProblem) -> Tensor | None:
+    """The problem's support mask, if its constraints have one."""
+    return None if problem.constraints is None else problem.constraints.support
 
 
 def build_posterior(spec: ComponentSpec, where: str = "posterior", **defaults: Any) -> PosteriorApproximation:

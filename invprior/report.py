@@ -11,7 +11,8 @@ from invprior.analysis.calibration import posterior_calibration
 from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
-from invprior.experiment import scores
+from invprior.core.task import SCORE_LABELS
+from invprior.experiment import scores, support
 from invprior.figures import comparison_figure, uncertainty_figure
 from invprior.analysis.segmentation import segmentation_calibration, segmentation_scores
 from invprior.data.orientation import image_to_picture
@@ -45,7 +46,8 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
                                 **(posterior_calibration(posterior, problem.x_true) if problem.x_true is not None
                                    else {"mean_std": float(posterior.std.double().mean())}),
                                 **({"segmentation": asdict(segmentation_calibration(
-                                    posterior.mean[:1], posterior.std[:1], problem.reference[:1]))}
+                                    posterior.mean[:1], posterior.std[:1], problem.reference[:1], problem.task,
+                                    support(problem)))}
                                    if problem.reference is not None else {})}
     write_json(out / "metrics.json", metrics)
     arrays = {"x_hat": main.image, "y": problem.y, **{role: r.image for role, r in results.items()}}
@@ -58,7 +60,7 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     def caption(role: str) -> str:
         m = metrics[role]
         quality = f"\nPSNR {m['psnr'][0]:.2f} dB" if "psnr" in m else ""
-        quality += f"\nMCC {m['mcc'][0]:.3f}" if "mcc" in m else ""
+        quality += "".join(f"\n{label} {m[metric][0]:.3f}" for metric, label in SCORE_LABELS.items() if metric in m)
         return m["method"] + quality + (f", SSIM {m['ssim'][0]:.3f}" if "ssim" in m else "")
 
     panels = [("ground truth", problem.x_true)] if problem.x_true is not None else []
@@ -80,7 +82,7 @@ def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem,
     """``segmentation.png`` (the main result's labels as a picture) and ``segmentation_figure.png``."""
     from PIL import Image
 
-    score = segmentation_scores(main.image[:1], problem.reference[:1])[0]
+    score = segmentation_scores(main.image[:1], problem.reference[:1], problem.task, support(problem))[0]
     picture = image_to_picture(score.labels)
     binary = int(problem.reference.max()) <= 1
     png = Image.fromarray(picture.astype(bool) if binary else picture.astype("uint8"))
@@ -89,8 +91,9 @@ def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem,
         png.save(handle, format="PNG")
 
     atomic_write(out / "segmentation.png", save)
+    caption = f"{main.method}: {SCORE_LABELS[score.metric]} {score.value:.3f}"
     segmentation_figure(out / "segmentation_figure.png", main.image[:1], score.labels,
-                        problem.reference[0].cpu().numpy(), f"{main.method}: MCC {score.mcc:.3f}", title=title,
+                        problem.reference[0].cpu().numpy(), caption, title=title,
                         std=None if posterior is None else posterior.std)
 
 
@@ -130,7 +133,8 @@ def summary_lines(metrics: dict[str, Any], roles: list[str]) -> list[str]:
         m = metrics[role]
         quality = f"PSNR {m['psnr_mean']:.2f} dB  " if "psnr_mean" in m else ""
         quality += f"SSIM {m['ssim_mean']:.3f}  " if "ssim_mean" in m else ""
-        quality += f"MCC {m['mcc_mean']:.3f}  " if "mcc_mean" in m else ""
+        quality += "".join(f"{label} {m[metric + '_mean']:.3f}  " for metric, label in SCORE_LABELS.items()
+                           if metric + "_mean" in m)
         lines.append(f"{role:9s} {m['method']:15s} {quality}time {m['wall_time_s']:.2f} s")
     if "posterior" in metrics:
         p = metrics["posterior"]

@@ -3,7 +3,8 @@
 A reconstruction is resized to the reference's grid (bilinear; both cover the same field of view),
 thresholded into ``K`` classes by Otsu's method (scikit-image's ``threshold_otsu`` for two classes,
 ``threshold_multiotsu`` for more) and compared with the reference by the Matthews correlation
-coefficient (MCC, 1 is perfect, 0 no better than chance). With a pixel-wise predictive std, the
+coefficient (MCC, 1 is perfect, 0 no better than chance) or the task's own score
+(``invprior.core.task.SegmentationTask``). With a pixel-wise predictive std, the
 posterior's own forecast of the segmentation errors is checked against the reference
 (``segmentation_calibration``).
 """
@@ -17,6 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from invprior._optional import require
+from invprior.core.task import SegmentationTask
 from invprior.errors import ShapeError
 
 __all__ = ["SegmentationCalibration", "SegmentationScore", "otsu_segmentation", "matthews_correlation", "resize",
@@ -41,12 +43,12 @@ def resize(image: Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.ndarray, list[float]]:
-    """Labels ``0 .. classes-1`` of a 2D image by Otsu's thresholds (maximal between-class variance over
+    """Labels ``0 .. classes-1`` of a 2D image (or of a list of pixel values) by Otsu's thresholds (maximal between-class variance over
     scikit-image's 256-bin histogram), and the thresholds (increasing); a value above threshold ``k``
     is in class ``k + 1`` or higher, as scikit-image defines them."""
     image = _numpy(image)
-    if image.ndim != 2:
-        raise ShapeError(f"otsu_segmentation needs a 2D image, got shape {image.shape}")
+    if image.ndim not in (1, 2) or image.size == 0:
+        raise ShapeError(f"otsu_segmentation needs a 2D image or a list of values, got shape {image.shape}")
     if classes < 2:
         raise ShapeError(f"otsu_segmentation needs at least 2 classes, got {classes}")
     filters = require("skimage.filters", "data", _FEATURE)
@@ -78,27 +80,64 @@ def matthews_correlation(prediction: Tensor | np.ndarray, reference: Tensor | np
 
 @dataclass(frozen=True)
 class SegmentationScore:
-    """The segmentation of one reconstruction on the reference grid and its MCC against the reference."""
+    """The segmentation of one reconstruction on the reference grid and its task score (``metric``, e.g.
+    ``"mcc"``) against the reference."""
 
-    mcc: float
+    value: float
+    metric: str
     thresholds: list[float]
     labels: np.ndarray
 
 
-def segmentation_scores(images: Tensor, reference: Tensor) -> list[SegmentationScore]:
+@dataclass(frozen=True)
+class _Segmented:
+    """Otsu classes of one image on the reference grid: ``order`` (``k``: the ``k``-th class in value), the task's
+    ``labels``, the ``thresholds`` and the pixels ``inside`` the support."""
+
+    values: np.ndarray
+    order: np.ndarray
+    labels: np.ndarray
+    thresholds: list[float]
+    inside: np.ndarray
+
+
+def _segment(image: Tensor, truth: np.ndarray, task: SegmentationTask, support: Tensor | None) -> _Segmented:
+    """Resize ``image`` (2D) to the reference grid, threshold it inside the support, label it as the task says."""
+    classes = len(task.labels_by_value) if task.labels_by_value is not None else max(int(truth.max()) + 1, 2)
+    values = resize(image, truth.shape)
+    inside = np.ones(truth.shape, dtype=bool) if support is None else \
+        resize(support.double(), truth.shape) >= 0.5
+    _, thresholds = otsu_segmentation(values[inside], classes)
+    order = np.digitize(values, thresholds, right=True).astype(np.int64)
+    labels = order if task.labels_by_value is None else np.asarray(task.labels_by_value)[order]
+    return _Segmented(values, order, np.where(inside, labels, 0), thresholds, inside)
+
+
+def _score(task: SegmentationTask, labels: np.ndarray, truth: np.ndarray) -> float:
+    if task.score == "ktc_score":
+        from invprior.analysis.ssim_score import ktc_score
+
+        return ktc_score(truth, labels)
+    return matthews_correlation(labels, truth)
+
+
+def segmentation_scores(images: Tensor, reference: Tensor, task: SegmentationTask | None = None,
+                        support: Tensor | None = None) -> list[SegmentationScore]:
     """Per image of a batch ``(B, 1, H, W)``: resize to the reference grid ``(B, H', W')``, Otsu into as
-    many classes as the reference has, and the MCC."""
+    many classes as the reference (or the ``task``) has, computed inside ``support`` (an ``(H, W)`` mask of the
+    image grid; label 0 outside), labelled and scored as the ``task`` says (default: value order, MCC)."""
     if images.ndim != 4 or images.shape[1] != 1:
         raise ShapeError(f"segmentation_scores needs images (B, 1, H, W), got {tuple(images.shape)}")
     if reference.ndim != 3 or reference.shape[0] != images.shape[0]:
         raise ShapeError(f"segmentation_scores needs a reference (B={images.shape[0]}, H, W), "
                          f"got {tuple(reference.shape)}")
+    task = task or SegmentationTask()
     out = []
     for image, truth in zip(images, reference):
         truth = truth.detach().cpu().numpy()
-        classes = max(int(truth.max()) + 1, 2)
-        labels, thresholds = otsu_segmentation(resize(image[0], truth.shape), classes)
-        out.append(SegmentationScore(matthews_correlation(labels, truth), thresholds, labels))
+        segmented = _segment(image[0], truth, task, support)
+        out.append(SegmentationScore(_score(task, segmented.labels, truth), task.score, segmented.thresholds,
+                                     segmented.labels))
     return out
 
 
@@ -117,23 +156,24 @@ class SegmentationCalibration:
     auroc: float
 
 
-def segmentation_calibration(mean: Tensor, std: Tensor, reference: Tensor) -> SegmentationCalibration:
+def segmentation_calibration(mean: Tensor, std: Tensor, reference: Tensor, task: SegmentationTask | None = None,
+                             support: Tensor | None = None) -> SegmentationCalibration:
     """``SegmentationCalibration`` of one image: ``mean`` and ``std`` ``(1, 1, H, W)`` resized to the reference grid
-    ``(1, H', W')``, Otsu thresholds ``t`` of the mean, and for a pixel of class ``k`` the probability
-    ``1 - (Phi((t_k - mean) / std) - Phi((t_{k-1} - mean) / std))`` of leaving it."""
+    ``(1, H', W')``, Otsu thresholds ``t`` of the mean (as ``segmentation_scores`` computes them), and for a pixel of
+    class ``k`` the probability ``1 - (Phi((t_k - mean) / std) - Phi((t_{k-1} - mean) / std))`` of leaving it (0
+    outside the support, where the label is fixed)."""
     stats = require("scipy.stats", "data", _FEATURE)
     if mean.shape != std.shape or mean.ndim != 4 or mean.shape[:2] != (1, 1):
         raise ShapeError(f"segmentation_calibration needs mean and std of shape (1, 1, H, W), got "
                          f"{tuple(mean.shape)} and {tuple(std.shape)}")
     truth = reference[0].detach().cpu().numpy()
-    classes = max(int(truth.max()) + 1, 2)
-    values = resize(mean[0, 0], truth.shape)
+    segmented = _segment(mean[0, 0], truth, task or SegmentationTask(), support)
+    values, order = segmented.values, segmented.order
     spread = np.maximum(resize(std[0, 0], truth.shape), 1e-300)
-    labels, thresholds = otsu_segmentation(values, classes)
-    edges = np.array([-np.inf, *thresholds, np.inf])
-    inside = stats.norm.cdf((edges[labels + 1] - values) / spread) - stats.norm.cdf((edges[labels] - values) / spread)
-    leave = np.clip(1.0 - inside, 0.0, 1.0)
-    wrong = (labels != truth).ravel()
+    edges = np.array([-np.inf, *segmented.thresholds, np.inf])
+    stay = stats.norm.cdf((edges[order + 1] - values) / spread) - stats.norm.cdf((edges[order] - values) / spread)
+    leave = np.where(segmented.inside, np.clip(1.0 - stay, 0.0, 1.0), 0.0)
+    wrong = (segmented.labels != truth).ravel()
     count = int(wrong.sum())
     if count in (0, wrong.size):
         auroc = float("nan")

@@ -12,6 +12,7 @@ from torch import Tensor
 from invprior.core.constraints import ImageConstraints
 from invprior.core.noise import GaussianNoise, estimate_noise_std
 from invprior.core.operator import ForwardOperator, check_batch
+from invprior.core.task import SegmentationTask
 from invprior.errors import ShapeError
 
 
@@ -39,7 +40,8 @@ class InverseProblem:
     ``x_true`` is a ground-truth image on the operator's grid; ``reference`` a reference
     segmentation (integer labels, shape ``(B, H, W)``, any resolution, covering the same field of
     view as the image grid and oriented like the image arrays), for task scores such as the MCC.
-    ``constraints`` is prior knowledge of the image (bounds, support) that methods enforce.
+    ``constraints`` is prior knowledge of the image (bounds, support) that methods enforce; ``task`` says how
+    a reconstruction is segmented and scored against ``reference`` (default: Otsu classes in value order, MCC).
     """
 
     operator: ForwardOperator
@@ -50,6 +52,7 @@ class InverseProblem:
     metadata: dict[str, Any] = field(default_factory=dict)
     reference: Tensor | None = None
     constraints: ImageConstraints | None = None
+    task: SegmentationTask | None = None
 
     def __post_init__(self) -> None:
         op = self.operator
@@ -80,13 +83,16 @@ class InverseProblem:
             if not isinstance(self.constraints, ImageConstraints):
                 raise TypeError(f"constraints must be ImageConstraints, got {type(self.constraints).__name__}")
             self.constraints.check_grid(op.domain_shape, f"InverseProblem({op.name})")
+        if self.task is not None and not isinstance(self.task, SegmentationTask):
+            raise TypeError(f"task must be a SegmentationTask, got {type(self.task).__name__}")
 
     def _map(self, transform, labels=None) -> InverseProblem:
         apply = lambda t: None if t is None else transform(t)
         relabel = labels or (lambda t: t)
         return InverseProblem(self.operator, apply(self.y), apply(self.noise_std), apply(self.noise_norm),
                               apply(self.x_true), dict(self.metadata),
-                              None if self.reference is None else relabel(self.reference), self.constraints)
+                              None if self.reference is None else relabel(self.reference), self.constraints,
+                              self.task)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> InverseProblem:
         """A copy with its tensors on ``device`` and in ``dtype`` (the operator follows its inputs)."""
@@ -102,7 +108,7 @@ class InverseProblem:
         std = estimate_noise_std(self.y)
         meta = {**self.metadata, "noise": {"std": std.tolist(), "estimated": True}}
         return InverseProblem(self.operator, self.y, noise_std=std, x_true=self.x_true, metadata=meta,
-                              reference=self.reference, constraints=self.constraints)
+                              reference=self.reference, constraints=self.constraints, task=self.task)
 
     def scaled(self, factor: Tensor | float) -> InverseProblem:
         """The same problem with the image and the data multiplied by ``factor > 0`` (a number or one per
@@ -116,7 +122,8 @@ class InverseProblem:
         scale = lambda t: None if t is None else per_image(t)
         return InverseProblem(self.operator, per_image(self.y), scale(self.noise_std), scale(self.noise_norm),
                               scale(self.x_true), dict(self.metadata), self.reference,
-                              None if self.constraints is None else self.constraints.scaled(float(factor[0])))
+                              None if self.constraints is None else self.constraints.scaled(float(factor[0])),
+                              self.task)
 
     @property
     def noise_estimated(self) -> bool:

@@ -5,7 +5,10 @@ disc; ``x[b, 0, i, j]`` is the value at ``(x_i, y_j)`` as everywhere in invprior
 sampled bilinearly at the element centroids (``PixelToMesh``, differentiable) and mapped to a
 positive conductivity by the ``parametrization``: ``"identity"`` (the image is ``sigma``),
 ``"exp"`` (``sigma = background * exp(x)``) or ``"softplus"`` (``sigma = background * softplus(x) / log 2``,
-so ``x = 0`` is the background). Voltages have shape ``(B, P, M)``: current pattern by measurement.
+so ``x = 0`` is the background). Voltages have shape ``(B, P, M)``: current pattern by measurement;
+with ``channels`` (a boolean ``(P, M)`` mask of the measured entries) only those, ``(B, K)``, in
+pattern-major order. With ``difference=True`` the operator gives ``V(sigma(x)) - V(background)``, the
+model of difference data ``y - y_ref`` (the reference measured on the background object).
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ class EIT(ForwardOperator):
     boundary fraction ``width``), with the complete electrode model (``contact_impedance``, a number
     or one per electrode) or point electrodes, and any current/measurement protocol
     (``invprior.eit.protocol``); measurements on driven electrodes are left out unless
-    ``exclude_driven=False`` (see ``EITModel``). Nonlinear; its derivatives
-    are the adjoint method's.
+    ``exclude_driven=False`` (see ``EITModel``). ``channels``: the measured entries, a boolean ``(P, M)``
+    mask (missing channels drop out of the range); ``difference``: subtract the background's voltages.
+    Nonlinear; its derivatives are the adjoint method's.
     """
 
     is_linear = False
@@ -90,7 +94,7 @@ class EIT(ForwardOperator):
                  measurements: Any = "adjacent", electrode_model: str = "cem",
                  contact_impedance: float | list[float] = 0.01, parametrization: str = "identity",
                  background: float = 1.0, amplitude: float = 1.0, exclude_driven: bool = True,
-                 mesh_cache: str | Path | None = None) -> None:
+                 mesh_cache: str | Path | None = None, channels: Any = None, difference: bool = False) -> None:
         size = positive_int(size, "eit: size")
         if size < 2:
             raise ConfigError(f"eit: size must be at least 2 (bilinear interpolation), got {size}")
@@ -101,7 +105,7 @@ class EIT(ForwardOperator):
                           "measurements": measurements, "electrode_model": electrode_model,
                           "contact_impedance": contact_impedance, "parametrization": parametrization,
                           "background": background, "amplitude": amplitude, "exclude_driven": exclude_driven,
-                          "mesh_cache": mesh_cache, "mesh": mesh}
+                          "mesh_cache": mesh_cache, "mesh": mesh, "channels": channels, "difference": difference}
         if isinstance(mesh, (str, Path)):
             mesh = Mesh.load(mesh)
         self.mesh = mesh if mesh is not None else disc_mesh(h, electrodes, width, cache=mesh_cache)
@@ -110,7 +114,22 @@ class EIT(ForwardOperator):
         self.contact_impedance = torch.from_numpy(z)
         self.parametrization, self.size = parametrization, size
         self.to_mesh = PixelToMesh(self.mesh, size)
-        super().__init__((1, size, size), (self.model.num_patterns, self.model.num_measurements))
+        full = (self.model.num_patterns, self.model.num_measurements)
+        self.channels = None if channels is None else self._channels(channels, full)
+        self.difference = bool(difference)
+        self._background_voltages: Tensor | None = None
+        super().__init__((1, size, size), full if self.channels is None else (int(self.channels.sum()),))
+
+    @staticmethod
+    def _channels(channels: Any, full: tuple[int, int]) -> torch.Tensor:
+        """The measured-channel mask as a flat boolean tensor over the ``P * M`` voltages (pattern-major)."""
+        mask = np.asarray(channels.detach().cpu() if hasattr(channels, "detach") else channels)
+        if mask.shape != full or mask.dtype != bool:
+            raise ShapeError(f"eit: channels must be a boolean mask of shape (patterns, measurements) = {full}, "
+                             f"got {mask.dtype} {mask.shape}")
+        if not mask.any():
+            raise ConfigError("eit: channels marks no measured entry; nothing is left to reconstruct from")
+        return torch.from_numpy(mask.ravel().copy())
 
     def __repr__(self) -> str:
         q = self.mesh.quality()
@@ -144,8 +163,21 @@ class EIT(ForwardOperator):
         z = self.contact_impedance.to(sigma)
         return torch.stack([eit_voltages(self.model, s, z) for s in sigma])
 
+    def measured(self, voltages: Tensor) -> Tensor:
+        """The measured channels of voltages ``(B, P, M)``: ``(B, K)`` with ``channels``, else unchanged."""
+        return voltages if self.channels is None else voltages.flatten(1)[:, self.channels.to(voltages.device)]
+
+    def background_voltages(self, like: Tensor) -> Tensor:
+        """The measured channels at the background conductivity (``x = 0`` for ``exp``/``softplus``), ``(1, ...)``."""
+        if self._background_voltages is None:
+            sigma = np.full(len(self.mesh.elements), self.background)
+            full = torch.from_numpy(self.model.voltages(sigma, self.contact_impedance.numpy()).copy())[None]
+            self._background_voltages = self.measured(full)
+        return self._background_voltages.to(device=like.device, dtype=like.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.voltages(self.conductivity(x))
+        voltages = self.measured(self.voltages(self.conductivity(x)))
+        return voltages - self.background_voltages(voltages) if self.difference else voltages
 
     def jacobian(self, x: Tensor) -> Tensor:
         """``dA/dx`` at one image ``x`` (``(1, 1, n, n)``) as a dense ``(P * M, n * n)`` float64 matrix: the
@@ -157,6 +189,8 @@ class EIT(ForwardOperator):
         values = torch.from_numpy(sampling @ x.detach().to("cpu", torch.float64).numpy().ravel())
         element = self.model.cached_jacobian(self._positive(values).numpy(), self.contact_impedance.numpy())
         weighted = element * self._slope(values).numpy()                       # (P M, E)
+        if self.channels is not None:
+            weighted = weighted[self.channels.numpy()]
         return torch.from_numpy(np.asarray(sampling.T @ weighted.T).T)
 
     def _sampling(self) -> sp.csr_matrix:

@@ -1,0 +1,39 @@
+"""What a reference segmentation is scored by: the task of a segmentation challenge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from invprior.errors import ConfigError
+
+__all__ = ["SCORES", "SCORE_LABELS", "SegmentationTask"]
+
+#: ``mcc``: Matthews correlation over all classes; ``ktc_score``: the mean per-class SSIM of the
+#: Kuopio Tomography Challenge 2023 (``invprior.analysis.ssim_score``).
+SCORES = ("mcc", "ktc_score")
+#: How figures and summaries name each score.
+SCORE_LABELS = {"mcc": "MCC", "ktc_score": "KTC score"}
+
+
+@dataclass(frozen=True)
+class SegmentationTask:
+    """How reconstructions become label maps and how the maps are scored against the reference.
+
+    A reconstruction is cut into ``K`` classes by Otsu's thresholds; ``labels_by_value[k]`` is the label of
+    the ``k``-th class in increasing value (``None``: label ``k``; e.g. ``(1, 0, 2)`` when label 1 is the
+    lowest value, 0 the middle and 2 the highest). Outside the problem's support (if it has one) every pixel
+    is label 0 and the thresholds see only the pixels inside. ``score`` names the task score (``SCORES``).
+    """
+
+    labels_by_value: tuple[int, ...] | None = None
+    score: str = "mcc"
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"segmentation task: score must be one of {SCORES}, got {self.score!r}")
+        if self.labels_by_value is not None:
+            labels = tuple(int(v) for v in self.labels_by_value)
+            if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
+                raise ConfigError(f"segmentation task: labels_by_value must order the labels 0..K-1 (K >= 2), "
+                                  f"got {self.labels_by_value!r}")
+            object.__setattr__(self, "labels_by_value", labels)
