@@ -119,6 +119,17 @@ def problem_notes(problem: InverseProblem) -> list[str]:
         values = ", ".join(f"{float(s):.4g}" for s in problem.noise_std)
         notes.append(f"noise level estimated from the data: std {values} per measurement "
                      "(give problem.noise = { std = ... } to set it)")
+    calibration = problem.metadata.get("calibration")
+    if calibration is not None:
+        z = calibration["contact_impedance"]
+        notes.append(f"model calibrated on the reference measurement: background conductivity "
+                     f"{calibration['background']:.4g}, contact impedances {min(z):.3g}-{max(z):.3g}, misfit "
+                     f"{100 * calibration['relative_misfit']:.1f} % over {calibration['channels']} channels")
+    channels = problem.metadata.get("channels")
+    if channels is not None and channels["kept"] < channels["total"]:
+        silent = ", ".join(map(str, channels["electrodes_without_data"])) or "none"
+        notes.append(f"measured channels: {channels['kept']} of {channels['total']} (NaN or unavailable ones left "
+                     f"out); electrodes without data: {silent}")
     disc = problem.metadata.get("constraints", {}).get("disc")
     if disc is not None:
         notes.append(f"support: disc fitted to the sinogram, centre ({disc['centre'][0]:.3f}, {disc['centre'][1]:.3f}), "

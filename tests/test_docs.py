@@ -44,7 +44,7 @@ def test_own_data_page_runs_from_the_repository_root(monkeypatch):
     for number, block in enumerate(code, 1):
         exec(compile(block, f"docs/own-data.md block {number}", "exec"), namespace)
     assert namespace["calibration"].misfit_corrected < 0.01 < namespace["calibration"].misfit_linear
-    assert namespace["segmentation_scores"](namespace["result"].image, namespace["problem"].reference)[0].mcc > 0.8
+    assert namespace["segmentation_scores"](namespace["result"].image, namespace["problem"].reference)[0].value > 0.8
 
 
 @pytest.mark.parametrize("page", sorted(DOCS.rglob("*.md")), ids=lambda p: str(p.relative_to(DOCS)))

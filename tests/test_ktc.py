@@ -47,7 +47,8 @@ def _brute_ssim(truth: np.ndarray, labels: np.ndarray, label: int, std: float) -
             mu_t, mu_r = mean(window[0]), mean(window[1])
             var_t, var_r = mean(window[0] ** 2) - mu_t ** 2, mean(window[1] ** 2) - mu_r ** 2
             cov = mean(window[0] * window[1]) - mu_t * mu_r
-            values.append((2 * mu_t * mu_r + C1) * (2 * cov + C2) / ((mu_t ** 2 + mu_r ** 2 + C1) * (var_t + var_r + C2)))
+            values.append((2 * mu_t * mu_r + C1) * (2 * cov + C2)
+                          / ((mu_t ** 2 + mu_r ** 2 + C1) * (var_t + var_r + C2)))
     return float(np.mean(values))
 
 
@@ -83,7 +84,8 @@ def test_empty_map_scores_what_the_definition_gives():
 # -- reading ---------------------------------------------------------------------------------------------
 def test_reader_names_file_key_and_expected_shape(tmp_path):
     frame = read_voltages(DATA / "level_1" / "data1.mat")
-    assert frame.currents.shape == (32, 76) and frame.measurements.shape == (31, 32) and frame.voltages.shape == (76, 31)
+    assert frame.currents.shape == (32, 76) and frame.measurements.shape == (31, 32)
+    assert frame.voltages.shape == (76, 31)
     bad = tmp_path / "bad.npz"
     np.savez(bad, Inj=frame.currents, Mpat=frame.measurements.T, Uel=frame.voltages.ravel()[:-5])
     with pytest.raises(DataFileError, match=r"bad\.npz: 'Uel' should hold 76 patterns x 31 measurements = 2356"):
@@ -199,3 +201,17 @@ def test_segmentation_labels_by_conductivity_inside_the_tank():
     corners[:20, :20] = True
     assert (score.labels[corners] == 0).all()                                   # outside the tank: background
     assert score.value > 0.4
+
+
+def test_mesh_free_method_sees_the_measured_channels_as_absolute_data():
+    """The mesh-free method fits absolute voltages of the full protocol: difference data on the measured
+    channels become ``y - y_ref + V(background)`` there, and the rest is masked out."""
+    from invprior.eit.mesh_free import MeshFreeEIT
+
+    problem = read_ktc2023(DATA / "level_7" / "data1.mat", DATA / "ref.mat", **FAST)
+    operator = problem.operator
+    mask, frame = MeshFreeEIT._frame(operator, problem, 0.8, operator.contact_impedance)
+    measured = operator.channels.view(mask.shape)
+    assert torch.equal(mask > 0, measured) and (frame[~measured] == 0).all()
+    absolute = operator.model.voltages(np.full(len(operator.mesh.elements), 0.8), operator.contact_impedance.numpy())
+    assert torch.allclose(frame[measured], problem.y[0].double() + torch.from_numpy(absolute)[measured])

@@ -62,9 +62,9 @@ def test_scores_on_the_reference_grid():
     reference = torch.from_numpy(fine.astype(np.int64))[None]
     coarse = torch.from_numpy(fine.reshape(64, 2, 64, 2).mean(axis=(1, 3)))[None, None]
     score = segmentation_scores(coarse, reference)[0]
-    assert score.labels.shape == (128, 128) and score.mcc > 0.98
+    assert score.labels.shape == (128, 128) and score.value > 0.98
     shifted = torch.roll(coarse, 6, dims=-1)
-    assert segmentation_scores(shifted, reference)[0].mcc < 0.9
+    assert segmentation_scores(shifted, reference)[0].value < 0.9
     assert resize(coarse[0, 0], (128, 128)).shape == (128, 128)
     with pytest.raises(ShapeError, match=r"reference \(B=1"):
         segmentation_scores(coarse, reference[0])

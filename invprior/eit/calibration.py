@@ -40,12 +40,6 @@ class Calibration:
     misfit_rms: float
     channels: int
 
-    def describe(self) -> str:
-        z = np.asarray(self.contact_impedance)
-        return (f"background conductivity {self.background:.4g}, contact impedance {np.median(z):.3g} "
-                f"(median; {z.min():.3g}-{z.max():.3g}), misfit {100 * self.relative_misfit:.1f} % "
-                f"(rms {self.misfit_rms:.3g} over {self.channels} channels)")
-
 
 def _check(model: EITModel, voltages: np.ndarray, what: str) -> np.ndarray:
     voltages = np.asarray(voltages, dtype=np.float64)

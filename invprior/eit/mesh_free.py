@@ -192,10 +192,9 @@ class MeshFreeEIT(Method):
                 for k, (a0, length) in enumerate(around)]
         currents = torch.from_numpy(model.currents).to(dtype)                      # (L, P)
         measure = torch.from_numpy(model.measurements).to(dtype)                   # (M, L)
-        mask = torch.from_numpy(model.mask).to(dtype)                              # (P, M)
         z = operator.contact_impedance.detach().to("cpu", dtype)                   # (L,)
-        y = problem.y[0].detach().to("cpu", dtype) * mask
         background = float(getattr(operator, "background", 1.0))
+        mask, y = self._frame(operator, problem, background, z)                    # (P, M) each
         electrodes, patterns = currents.shape
         potential_scale = float(currents.abs().max()) / background                 # a typical potential
         noise = None
@@ -299,6 +298,24 @@ class MeshFreeEIT(Method):
         return Reconstruction(image, self.name, params={key: getattr(self, key) for key in settings},
                               trace=trace, iterations=steps, stop_reason=stop_reason,
                               wall_time=time.perf_counter() - start)
+
+    @staticmethod
+    def _frame(operator, problem: InverseProblem, background: float, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The mask of the voltages the data hold and the data as a full ``(P, M)`` frame: an operator with
+        ``channels`` holds only those; difference data ``y - y_ref`` become ``y - y_ref + V(background)``, the
+        absolute data the calibrated model would give."""
+        model, dtype = operator.model, torch.float64
+        mask = torch.from_numpy(model.mask).to(dtype)
+        y = problem.y[0].detach().to("cpu", dtype)
+        if operator.channels is not None:
+            measured = operator.channels.view(mask.shape)
+            frame = torch.zeros(mask.shape, dtype=dtype)
+            frame[measured] = y
+            mask, y = mask * measured, frame
+        if operator.difference:
+            sigma = np.full(len(operator.mesh.elements), background)
+            y = y + torch.from_numpy(model.voltages(sigma, z.numpy()))
+        return mask, y * mask
 
     @staticmethod
     def _image(s_net: nn.Module, operator, radius: float) -> Tensor:
