@@ -8,7 +8,8 @@ lin-DIP's error bars (the std map's forecast of the segmentation errors against 
 tuned on the ground truth. Per file and method: the KTC score of the Otsu segmentation, the time of the whole
 reconstruction (reading and calibration included) and the data misfit against the noise level.
 
-Rows go to ``--out``/rows.jsonl (written after each run; a rerun skips finished runs of the same settings);
+Rows go to ``--out``/rows.jsonl (written after each run; a rerun skips finished runs of the same settings), the
+images to ``--out``/images/ (``[x, y]`` layout);
 ``--out``/results.md is the table with the machine and the date, ``--docs`` also writes it as the
 documentation's results page. The data of every level come from ``--data`` (the challenge's folder layout:
 ``level_N/dataK.mat``, ``level_N/ref.mat``, ``ground_truth/trueK.mat``).
@@ -32,7 +33,7 @@ import torch
 from invprior.analysis.segmentation import segmentation_calibration
 from invprior.config import parse_config
 from invprior.experiment import build_method, build_posterior, build_problem, scores, support
-from invprior.io import atomic_write
+from invprior.io import atomic_write, write_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ktc2023.toml"
@@ -51,7 +52,7 @@ def methods() -> dict[str, dict]:
             "GN": raw["baseline"], "DIP": raw["method"], "lin-DIP": raw["method"]}
 
 
-def run_one(data: Path, level: int, phantom: int, label: str, method: dict, quick: bool) -> dict:
+def run_one(data: Path, level: int, phantom: int, label: str, method: dict, quick: bool, images: Path) -> dict:
     raw = tomllib.loads(EXAMPLE.read_text())
     raw["problem"].update(file=str(data / f"level_{level}" / f"data{phantom}.mat"),
                           reference=str(data / "ground_truth" / f"true{phantom}.mat"))
@@ -67,6 +68,8 @@ def run_one(data: Path, level: int, phantom: int, label: str, method: dict, quic
     result = build_method(config.method, "method").reconstruct(problem, progress=False)
     seconds = time.perf_counter() - start
     score = scores(result, problem)
+    write_npz(images / f"level{level}_phantom{phantom}_{label.replace(' ', '_')}.npz",
+              image=result.image.detach().cpu().numpy())
     meta = problem.metadata
     row = {"score": score["ktc_score"][0], "seconds": seconds, "reconstruction_seconds": result.wall_time,
            "residual": score["residual_norm"][0], "noise_norm": float(problem.noise_norm[0]),
@@ -146,7 +149,7 @@ def main() -> None:
                 if any(r["level"] == level and r["phantom"] == phantom and r["method"] == label for r in rows):
                     continue
                 row = {"level": level, "phantom": phantom, "method": label, "settings": settings,
-                       **run_one(args.data, level, phantom, label, available[label], args.quick)}
+                       **run_one(args.data, level, phantom, label, available[label], args.quick, args.out / "images")}
                 print(f"level {level} phantom {phantom} {label:12s} score {row['score']:.3f}  {row['seconds']:.0f} s  "
                       f"residual {row['residual']:.3f} (noise {row['noise_norm']:.3f})"
                       + (f"  posterior {row['posterior_seconds']:.0f} s, expected / observed error rate "

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from invprior.analysis.segmentation import (matthews_correlation, otsu_segmentation, resize, segmentation_calibration,
-                                             segmentation_scores)
+from invprior.analysis.segmentation import (anchored_otsu_thresholds, matthews_correlation, otsu_segmentation, resize,
+                                             segmentation_calibration, segmentation_scores)
 from invprior.errors import ShapeError
 
 pytest.importorskip("skimage")
@@ -95,3 +95,30 @@ def test_segmentation_calibration_by_hand():
     assert math.isnan(segmentation_calibration(values, std, (values[0] > 0.5).long()).auroc)
     with pytest.raises(ShapeError, match="segmentation_calibration"):
         segmentation_calibration(values, std[0], reference)
+
+
+def test_anchored_otsu_keeps_the_known_background_in_its_class():
+    """Background at 0 (80 %), a strong negative class at -3 and a weak positive one at +0.5: plain three-class
+    Otsu spends a threshold inside the strong class and merges the background with the weak one; with the
+    background's value known, the thresholds fall on either side of 0."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.0, 0.05, 8000), rng.uniform(-3.5, -1.0, 1000),
+                             rng.normal(0.5, 0.05, 1000)])
+    plain = otsu_segmentation(values, 3)[1]
+    assert plain[1] < 0.0                                                   # 0 lands in the top class
+    low, high = anchored_otsu_thresholds(values, 3, anchor=0.0, anchor_class=1)
+    assert -1.5 < low < -0.15 and 0.15 < high < 0.35
+    labels = np.digitize(values, [low, high], right=True)
+    assert (labels[:8000] == 1).mean() > 0.99 and (labels[9000:] == 2).mean() > 0.99
+    assert (labels[8000:9000] == 0).mean() > 0.9
+
+
+def test_anchored_otsu_equals_otsu_when_the_anchor_is_where_otsu_puts_it():
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(-2, 0.3, 500), rng.normal(0, 0.3, 2000), rng.normal(3, 0.3, 400)])
+    plain = otsu_segmentation(values, 3)[1]
+    anchored = anchored_otsu_thresholds(values, 3, anchor=0.0, anchor_class=1)
+    width = (values.max() - values.min()) / 256
+    assert np.allclose(anchored, plain, atol=1.01 * width)                 # bin edges against bin centres
+    two = anchored_otsu_thresholds(values[values < 1.5], 2, anchor=0.0, anchor_class=1)
+    assert abs(two[0] - otsu_segmentation(values[values < 1.5], 2)[1][0]) <= 1.01 * width

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 from torch import Tensor
@@ -21,8 +22,8 @@ from invprior._optional import require
 from invprior.core.task import SegmentationTask
 from invprior.errors import ShapeError
 
-__all__ = ["SegmentationCalibration", "SegmentationScore", "otsu_segmentation", "matthews_correlation", "resize",
-           "segmentation_calibration", "segmentation_scores"]
+__all__ = ["SegmentationCalibration", "SegmentationScore", "anchored_otsu_thresholds", "otsu_segmentation",
+           "matthews_correlation", "resize", "segmentation_calibration", "segmentation_scores"]
 
 _FEATURE = "Otsu segmentation"
 
@@ -57,6 +58,34 @@ def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.
     thresholds = [float(filters.threshold_otsu(image))] if classes == 2 else \
         [float(t) for t in filters.threshold_multiotsu(image, classes=classes)]
     return np.digitize(image, thresholds, right=True).astype(np.int64), thresholds  # class k: t_k-1 < v <= t_k
+
+
+def anchored_otsu_thresholds(values: Tensor | np.ndarray, classes: int, anchor: float, anchor_class: int,
+                             bins: int = 256) -> list[float]:
+    """Otsu's thresholds with one value's class known: the ``classes - 1`` cuts of a ``bins``-bin histogram that
+    maximise the between-class variance ``sum_k w_k mu_k^2`` (up to a constant) among those that put ``anchor`` in
+    class ``anchor_class`` (``t_{k-1} < anchor <= t_k``); thresholds are bin edges. For difference images, whose
+    background is 0 by construction, this keeps the background one class whatever the inclusions' contrasts."""
+    values = _numpy(values).ravel()
+    if classes not in (2, 3):
+        raise ShapeError(f"anchored_otsu_thresholds: 2 or 3 classes, got {classes}")
+    if not 0 <= anchor_class < classes:
+        raise ShapeError(f"anchored_otsu_thresholds: anchor_class must be in 0..{classes - 1}, got {anchor_class}")
+    low, high = min(float(values.min()), anchor), max(float(values.max()), anchor)
+    if high == low:
+        return [low] * (classes - 1)
+    counts, edges = np.histogram(values, bins=bins, range=(low, high))
+    sums = np.histogram(values, bins=bins, range=(low, high), weights=values)[0]
+    weight, total = np.concatenate([[0.0], np.cumsum(counts)]), np.concatenate([[0.0], np.cumsum(sums)])
+    cuts = np.array(list(combinations(range(1, bins), classes - 1)))                  # (C, K - 1) bin indices
+    bounds = np.hstack([np.zeros((len(cuts), 1), dtype=int), cuts, np.full((len(cuts), 1), bins)])
+    w = weight[bounds[:, 1:]] - weight[bounds[:, :-1]]                                  # (C, K)
+    mass = total[bounds[:, 1:]] - total[bounds[:, :-1]]
+    spread = np.where(w > 0, mass ** 2 / np.maximum(w, 1), -np.inf).sum(axis=1)       # sum_k S_k^2 / W_k
+    limits = np.hstack([np.full((len(cuts), 1), -np.inf), edges[cuts], np.full((len(cuts), 1), np.inf)])
+    allowed = (limits[:, anchor_class] < anchor) & (anchor <= limits[:, anchor_class + 1])
+    spread[~allowed] = -np.inf
+    return [float(t) for t in edges[cuts[int(np.argmax(spread))]]]
 
 
 def matthews_correlation(prediction: Tensor | np.ndarray, reference: Tensor | np.ndarray) -> float:
@@ -107,7 +136,10 @@ def _segment(image: Tensor, truth: np.ndarray, task: SegmentationTask, support: 
     values = resize(image, truth.shape)
     inside = np.ones(truth.shape, dtype=bool) if support is None else \
         resize(support.double(), truth.shape) >= 0.5
-    _, thresholds = otsu_segmentation(values[inside], classes)
+    if task.background_value is None:
+        _, thresholds = otsu_segmentation(values[inside], classes)
+    else:
+        thresholds = anchored_otsu_thresholds(values[inside], classes, task.background_value, task.background_class)
     order = np.digitize(values, thresholds, right=True).astype(np.int64)
     labels = order if task.labels_by_value is None else np.asarray(task.labels_by_value)[order]
     return _Segmented(values, order, np.where(inside, labels, 0), thresholds, inside)

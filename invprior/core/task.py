@@ -23,10 +23,18 @@ class SegmentationTask:
     the ``k``-th class in increasing value (``None``: label ``k``; e.g. ``(1, 0, 2)`` when label 1 is the
     lowest value, 0 the middle and 2 the highest). Outside the problem's support (if it has one) every pixel
     is label 0 and the thresholds see only the pixels inside. ``score`` names the task score (``SCORES``).
+    ``background_value``: a value known to belong to label 0 (e.g. 0 in a difference image); the thresholds are
+    then Otsu's among those that keep it in label 0's class (``anchored_otsu_thresholds``).
     """
 
     labels_by_value: tuple[int, ...] | None = None
     score: str = "mcc"
+    background_value: float | None = None
+
+    @property
+    def background_class(self) -> int:
+        """The position of label 0 among the classes in increasing value."""
+        return 0 if self.labels_by_value is None else self.labels_by_value.index(0)
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:

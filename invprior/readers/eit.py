@@ -36,7 +36,8 @@ __all__ = ["MODES", "MeasuredVoltages", "read_ktc2023", "read_voltages", "measur
 
 MODES = ("difference", "absolute")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: KTC2023 labels in increasing conductivity: resistive (1) < water (0) < conductive (2).
+#: KTC2023 labels in increasing conductivity: resistive (1) < water (0) < conductive (2); water is the calibrated
+#: background, ``x = 0``.
 KTC_LABELS_BY_VALUE = (1, 0, 2)
 
 
@@ -201,7 +202,8 @@ def read_ktc2023(file: str | Path, reference_measurement_file: str | Path | None
     truth = None if reference is None else _truth(reference, reference_key)
     problem = measured_eit_problem(data, ref, mode, size, h, radius, electrode_width, first_electrode_angle,
                                    background, contact_impedance, unavailable_electrodes, noise_std, truth,
-                                   SegmentationTask(KTC_LABELS_BY_VALUE, "ktc_score"), dtype, mesh_cache)
+                                   SegmentationTask(KTC_LABELS_BY_VALUE, "ktc_score", background_value=0.0),
+                                   dtype, mesh_cache)
     problem.metadata.update({"reader": "ktc2023", "file": str(file),
                              "reference_measurement_file": None if ref is None else str(reference_measurement_file)})
     return problem
