@@ -215,3 +215,19 @@ def test_mesh_free_method_sees_the_measured_channels_as_absolute_data():
     assert torch.equal(mask > 0, measured) and (frame[~measured] == 0).all()
     absolute = operator.model.voltages(np.full(len(operator.mesh.elements), 0.8), operator.contact_impedance.numpy())
     assert torch.allclose(frame[measured], problem.y[0].double() + torch.from_numpy(absolute)[measured])
+
+
+def test_absolute_mode_fits_the_frame_with_the_calibrated_model():
+    frame = read_voltages(DATA / "level_1" / "data1.mat")
+    problem = read_ktc2023(DATA / "level_1" / "data1.mat", mode="absolute", **FAST)   # no reference needed
+    assert torch.allclose(problem.y[0].double(), torch.from_numpy(frame.voltages.ravel()))
+    background = problem.operator(torch.zeros(1, 1, 32, 32, dtype=torch.float64))[0]
+    model = EITModel(problem.operator.mesh, frame.currents, frame.measurements, "cem", exclude_driven=False)
+    expected = model.voltages(np.full(len(problem.operator.mesh.elements), 0.8), 1e-5).ravel()
+    assert torch.allclose(background, torch.from_numpy(expected), rtol=1e-10)
+    misfit = np.linalg.norm(expected - frame.voltages.ravel()) / np.linalg.norm(frame.voltages)
+    assert problem.metadata["calibration"]["relative_misfit"] == pytest.approx(misfit, rel=1e-9)
+    # The raw frame's redundancy residual (systematic, the same with and without inclusions) is far above the
+    # difference data's: the reason difference imaging is the default.
+    difference = read_ktc2023(DATA / "level_1" / "data1.mat", DATA / "ref.mat", **FAST)
+    assert problem.metadata["noise"]["std"][0] > 3 * difference.metadata["noise"]["std"][0]
