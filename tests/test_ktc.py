@@ -231,3 +231,4 @@ def test_absolute_mode_fits_the_frame_with_the_calibrated_model():
     # difference data's: the reason difference imaging is the default.
     difference = read_ktc2023(DATA / "level_1" / "data1.mat", DATA / "ref.mat", **FAST)
     assert problem.metadata["noise"]["std"][0] > 3 * difference.metadata["noise"]["std"][0]
+    assert difference.metadata["noise"]["reference_std"] > 3 * difference.metadata["noise"]["std"][0]

@@ -143,6 +143,9 @@ def measured_eit_problem(data: MeasuredVoltages, reference: MeasuredVoltages | N
     else:
         std = real(noise_std, "noise_std", minimum=0.0, strict=True)
         noise = {"std": [std], "estimated": False}
+    if reference is not None and np.linalg.matrix_rank(reference.currents) < reference.currents.shape[1]:
+        # the reference frame's own redundancy residual, its systematic part included (that cancels in V - V_ref)
+        noise["reference_std"] = redundancy_noise_std(reference.currents, reference.voltages)[0]
     operator = EIT(size, mesh=mesh, currents=data.currents[:, patterns], measurements=data.measurements,
                    contact_impedance=list(calibration.contact_impedance), parametrization="exp",
                    background=calibration.background, exclude_driven=False, channels=keep[patterns],
