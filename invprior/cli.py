@@ -7,14 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from invprior import registry
 from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
 from invprior.errors import InvpriorError
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from invprior.validation import DTYPES
 
 
 def _run(args: argparse.Namespace) -> int:

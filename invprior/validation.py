@@ -6,7 +6,12 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
+import torch
+
 from invprior.errors import ConfigError
+
+#: Floating-point precisions by the names configurations and the command line use.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def positive_int(value: Any, name: str) -> int:

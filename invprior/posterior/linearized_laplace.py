@@ -37,12 +37,11 @@ from invprior.posterior.scalable import LinearModel, chunked
 from invprior.posterior.subspace import OVERSAMPLE, PriorSubspace, SubspaceRegression, prior_subspace, remainder_draws
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
-from invprior.validation import positive_int, real
+from invprior.validation import DTYPES, positive_int, real
 
 SOLVERS = ("auto", "exact", "scalable", "subspace")
 HYPERPRIORS = ("none", "tv_pred_cp")
 NOISE = ("learn", "known", "auto")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
 IMAGE_NOISE = ("none", "projected")
 PREDICTIVE_MEANS = ("auto", "network", "linearized")
 #: A subspace that keeps less than this fraction of the prior's pixel variance gets a ConvergenceWarning.

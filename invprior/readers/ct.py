@@ -26,14 +26,13 @@ from invprior.operators.ct_scanner import FanBeamScanner
 from invprior.readers.beam_hardening import BeamHardening
 from invprior.readers.files import ArrayFile
 from invprior.readers.reference import read_reference
-from invprior.validation import choice, real
+from invprior.validation import DTYPES, choice, real
 
 __all__ = ["read_sinogram", "read_htc2022", "measured_ct_problem", "MISSING"]
 
 #: The HTC2022 reference grid: 512 x 512 pixels of ``effectivePixelSizePost``, centred on the rotation axis.
 HTC2022_REFERENCE_PIXELS = 512
 MISSING = ("error", "drop")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _drop_missing(sinogram: np.ndarray, angles: tuple[float, ...], missing: str,

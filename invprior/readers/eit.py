@@ -30,12 +30,11 @@ from invprior.eit.model import EITModel
 from invprior.eit.operator import EIT
 from invprior.errors import ConfigError, DataFileError
 from invprior.readers.files import ArrayFile
-from invprior.validation import choice, real
+from invprior.validation import DTYPES, choice, real
 
 __all__ = ["MODES", "MeasuredVoltages", "read_ktc2023", "read_voltages", "measured_eit_problem"]
 
 MODES = ("difference", "absolute")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: KTC2023 labels in increasing conductivity: resistive (1) < water (0) < conductive (2); water is the calibrated
 #: background, ``x = 0``.
 KTC_LABELS_BY_VALUE = (1, 0, 2)
