@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 import tomllib
 from pathlib import Path
@@ -33,9 +32,9 @@ import torch
 from invprior.config import parse_config
 from invprior.analysis.segmentation import segmentation_calibration
 from invprior.experiment import build_method, build_posterior, build_problem, scores
-from invprior.io import atomic_write
 from invprior.readers.beam_hardening import calibrate_beam_hardening
 from invprior.readers.ct import read_htc2022
+from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -107,8 +106,8 @@ def angle_of(name: str) -> int:
     return int(name.split("_")[2].removesuffix(".mat").removesuffix("deg"))
 
 
-def table(rows: list[dict], labels: list[str], machine: str, settings: dict) -> str:
-    lines = [f"Machine: {machine}, {settings['threads']} torch threads; date {datetime.date.today().isoformat()}; "
+def table(rows: list[dict], labels: list[str], host: str, settings: dict) -> str:
+    lines = [f"Machine: {host}, {settings['threads']} torch threads; date {datetime.date.today().isoformat()}; "
              f"grid {settings['size']} x {settings['size']}.", "",
              "| data | " + " | ".join(f"{label} MCC | {label} time" for label in labels) + " | published (3rd place) |",
              "|---|" + "---|---|" * len(labels) + "---|"]
@@ -169,40 +168,32 @@ def main() -> None:
     print("beam-hardening calibration on the solid disc: " + json.dumps(check))
     available = methods()
     labels = [label for label in available if not args.methods or label in args.methods]
-    rows_path = args.out / "rows.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    rows = [r for r in rows if r.get("settings") == settings]
+    rows = load_rows(args.out, settings)
     for name in files:
         for label in labels:
             if any(r["file"] == name and r["method"] == label for r in rows):
                 continue
             raw, method = available[label]
             row = {"file": name, "method": label, "settings": settings, **run_one(raw, method, name, size, args.quick)}
-            print(f"{name:32s} {label:8s} MCC {row['mcc']:.3f}  {row['seconds']:.0f} s"
-                  + (f"  posterior {row['posterior_seconds']:.0f} s, expected / observed error rate "
-                     f"{row['expected_error_rate']:.4f} / {row['observed_error_rate']:.4f}, AUROC {row['auroc']:.3f}"
-                     if "auroc" in row else ""), flush=True)
+            print(f"{name:32s} {label:8s} MCC {row['mcc']:.3f}  {row['seconds']:.0f} s" + posterior_summary(row),
+                  flush=True)
             rows.append(row)
-            text = "".join(json.dumps(r) + "\n" for r in rows)
-            atomic_write(rows_path, lambda f: f.write(text.encode()))
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+            save_rows(args.out, rows)
     shown = [label for label in available if label not in POSTERIORS and any(r["method"] == label for r in rows)]
-    page = table(rows, shown, machine, settings)
+    page = table(rows, shown, machine(), settings)
     for label in POSTERIORS:
         if any(r["method"] == label for r in rows):
-            page += (f"\n## Error bars ({label} around DIP+TV)\n\nThe DIP example's posterior (`solver = \"subspace\"`); "
-                     "error rates on the reference grid: expected from the std (the probability of leaving the pixel's "
-                     "Otsu class), observed against the reference; AUROC of that probability for the wrong pixels.\n\n"
+            page += (f"\n## Error bars ({label} around DIP+TV)\n\nThe DIP example's posterior "
+                     "(`solver = \"subspace\"`); error rates on the reference grid: expected from the std (the "
+                     "probability of leaving the pixel's Otsu class), observed against the reference; AUROC of that "
+                     "probability for the wrong pixels.\n\n"
                      + posterior_table(rows, label))
-    print(page)
-    atomic_write(args.out / "results.md", lambda f: f.write(page.encode()))
-    if args.docs:
-        header = ("# Results: HTC2022 limited-angle CT\n\nWritten by `benchmarks/htc2022.py` (settings of "
+    write_results(args.out, page, args.docs,
+                  "# Results: HTC2022 limited-angle CT\n\nWritten by `benchmarks/htc2022.py` (settings of "
                   "`examples/htc2022_tb.toml`, `examples/htc2022_tb_dip.toml` and `examples/htc2022_tb_edip.toml`; "
                   "see [Your own data](../own-data.md)). MCC of the Otsu segmentation against the organisers' "
                   "reference; time per reconstruction including the disc fit, for DIP+TV and EDIP their automatic "
                   "TV weight and for EDIP its pretraining. A dash: not run; means only over complete columns.\n\n")
-        atomic_write(args.docs, lambda f: f.write((header + page).encode()))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import time
 import tomllib
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch
 from invprior.analysis.segmentation import segmentation_calibration
 from invprior.config import parse_config
 from invprior.experiment import build_method, build_posterior, build_problem, scores, support
-from invprior.io import atomic_write, write_npz
+from invprior.io import write_npz
+from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ktc2023.toml"
@@ -92,8 +92,8 @@ def run_one(data: Path, level: int, phantom: int, label: str, method: dict, quic
     return row
 
 
-def table(rows: list[dict], labels: list[str], machine: str, settings: dict) -> str:
-    lines = [f"Machine: {machine}, {settings['threads']} torch threads; date {datetime.date.today().isoformat()}; "
+def table(rows: list[dict], labels: list[str], host: str, settings: dict) -> str:
+    lines = [f"Machine: {host}, {settings['threads']} torch threads; date {datetime.date.today().isoformat()}; "
              "grid 64 x 64; score = mean of the two phantoms' KTC scores (each in brackets), time per phantom.", "",
              "| level | " + " | ".join(f"{label} score | {label} time" for label in labels) +
              " | supervised U-Net (published) |", "|---|" + "---|---|" * len(labels) + "---|"]
@@ -144,9 +144,7 @@ def main() -> None:
     levels = [1, 7] if args.quick else (args.levels or list(LEVELS))
     settings = {"threads": args.threads, "quick": args.quick}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows_path = args.out / "rows.jsonl"
-    rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    rows = [r for r in rows if r.get("settings") == settings]
+    rows = load_rows(args.out, settings)
     for level in levels:
         for phantom in PHANTOMS:
             for label in labels:
@@ -155,30 +153,22 @@ def main() -> None:
                 row = {"level": level, "phantom": phantom, "method": label, "settings": settings,
                        **run_one(args.data, level, phantom, label, available[label], args.quick, args.out / "images")}
                 print(f"level {level} phantom {phantom} {label:12s} score {row['score']:.3f}  {row['seconds']:.0f} s  "
-                      f"residual {row['residual']:.3f} (noise {row['noise_norm']:.3f})"
-                      + (f"  posterior {row['posterior_seconds']:.0f} s, expected / observed error rate "
-                         f"{row['expected_error_rate']:.4f} / {row['observed_error_rate']:.4f}, "
-                         f"AUROC {row['auroc']:.3f}"
-                         if "auroc" in row else ""), flush=True)
+                      f"residual {row['residual']:.3f} (noise {row['noise_norm']:.3f})" + posterior_summary(row),
+                      flush=True)
                 rows.append(row)
-                text = "".join(json.dumps(r) + "\n" for r in rows)
-                atomic_write(rows_path, lambda f: f.write(text.encode()))
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+                save_rows(args.out, rows)
     shown = [label for label in available if label not in POSTERIORS and any(r["method"] == label for r in rows)]
-    page = table(rows, shown, machine, settings)
+    page = table(rows, shown, machine(), settings)
     for label in POSTERIORS:
         if any(r["method"] == label for r in rows):
             page += (f"\n## Error bars ({label} around DIP)\n\nError rates of the three-class segmentation on the "
                      "256 x 256 grid: expected from the std (the probability of leaving the pixel's Otsu class), "
                      "observed against the ground truth; AUROC of that probability for the wrong pixels.\n\n"
                      + posterior_table(rows, label))
-    print(page)
-    atomic_write(args.out / "results.md", lambda f: f.write(page.encode()))
-    if args.docs:
-        header = ("# Results: KTC2023 water-tank EIT\n\nWritten by `benchmarks/ktc2023.py` (settings of "
+    write_results(args.out, page, args.docs,
+                  "# Results: KTC2023 water-tank EIT\n\nWritten by `benchmarks/ktc2023.py` (settings of "
                   "`examples/ktc2023.toml`; the score is the challenge's, see "
                   "[EIT on measured data](../eit.md#measured-data-the-ktc2023-water-tank)).\n\n")
-        atomic_write(args.docs, lambda f: f.write((header + page).encode()))
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def resize(image: Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def otsu_segmentation(image: Tensor | np.ndarray, classes: int = 2) -> tuple[np.ndarray, list[float]]:
     """Labels ``0 .. classes-1`` of a 2D image (or of a list of pixel values) by Otsu's thresholds (maximal
-    between-class variance over scikit-image's 256-bin histogram), and the thresholds (increasing); a value above threshold ``k``
-    is in class ``k + 1`` or higher, as scikit-image defines them."""
+    between-class variance over scikit-image's 256-bin histogram), and the thresholds (increasing); a value
+    above threshold ``k`` is in class ``k + 1`` or higher, as scikit-image defines them."""
     image = _numpy(image)
     if image.ndim not in (1, 2) or image.size == 0:
         raise ShapeError(f"otsu_segmentation needs a 2D image or a list of values, got shape {image.shape}")
