@@ -170,3 +170,24 @@ def test_seeded_runs_repeat_and_leave_the_global_rng_alone(problem):
                 stopping_params={"iterations": 5}, seed=3).reconstruct(problem, progress=False) for _ in range(2)]
     assert torch.equal(runs[0].image, runs[1].image)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_restarts_refit_an_unexplained_fit_from_the_next_seeds_and_keep_the_smallest_misfit(problem):
+    settings = dict(generator_params={"preset": "small", "channels": 8}, stopping="fixed",
+                    stopping_params={"iterations": 3}, lr=1e-2, max_iterations=3)
+    # three Adam steps cannot explain the data: every attempt runs
+    result = DIP(**settings, seed=5, restarts=2).reconstruct(problem, progress=False)
+    attempts = result.extras["restarts"][0]
+    assert [a["seed"] for a in attempts] == [5, 6, 7]
+    singles = [DIP(**settings, seed=s).reconstruct(problem, progress=False) for s in (5, 6, 7)]
+    misfits = [float((problem.operator(r.image) - problem.y).norm()) for r in singles]
+    assert [a["misfit"] for a in attempts] == pytest.approx(misfits, rel=1e-5)
+    best = min(range(3), key=misfits.__getitem__)
+    assert torch.allclose(result.image, singles[best].image)
+    assert f"seed {5 + best} of 3 attempts" in result.stop_reason
+    # a fit that explains the data (misfit below restart_misfit * ||noise||) is not refitted
+    lenient = DIP(**settings, seed=5, restarts=2, restart_misfit=1e6).reconstruct(problem, progress=False)
+    assert len(lenient.extras["restarts"][0]) == 1 and torch.equal(lenient.image, singles[0].image)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="restarts"):
+            DIP(restarts=bad)

@@ -78,6 +78,19 @@ def test_pairs_carry_the_target_noise_level_and_an_fbp_input(operator):
     assert float(psnr(inputs, targets).mean()) > 12.0  # FBP of 10 angles: a usable but poor input
 
 
+
+def test_pairs_are_zero_outside_a_support_and_unchanged_inside(operator):
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    disc = (yy - SIZE / 2 + 0.5) ** 2 + (xx - SIZE / 2 + 0.5) ** 2 <= (SIZE / 2) ** 2
+    plain, masked = SyntheticPairs(operator, 4, NOISE, seed=2), SyntheticPairs(operator, 4, NOISE, seed=2, support=disc)
+    free, inside = plain.targets(range(4)), masked.targets(range(4))
+    assert torch.equal(inside[..., disc], free[..., disc]) and not inside[..., ~disc].any()
+    assert free[..., ~disc].any()  # the test would pass trivially otherwise
+    fine = SyntheticPairs(operator, 2, NOISE, seed=2, support=disc, fine_factor=2)
+    assert not fine.measurements(range(2))[1][..., ~disc].any()
+    with pytest.raises(ConfigError, match="support"):
+        SyntheticPairs(operator, 4, NOISE, support=disc[:-1])
+
 def test_fine_grid_pairs_average_the_fine_phantom(operator):
     pairs = SyntheticPairs(operator, 2, NOISE, seed=0, fine_factor=2)
     _, targets = pairs.measurements([0, 1])

@@ -311,6 +311,32 @@ def test_dip_on_the_eit_operator_locates_an_inclusion(eit_problems):
         assert result.trace["residual"][-1] < 1.5 * float(problem.noise_norm[0])
 
 
+
+def test_pseudo_inverse_is_the_one_step_reconstruction_and_solves_its_normal_equations(eit_problems):
+    op, problems = eit_problems
+    problem = problems[0]
+    image = op.pseudo_inverse(problem.y.double())
+    assert image.shape == (1, *op.domain_shape) and op.has_pseudo_inverse
+    assert torch.allclose(image, OneStepGN(weight=op.pseudo_inverse_weight).reconstruct(problem, progress=False).image
+                          .double(), rtol=1e-6, atol=1e-9)
+    # (J^T J + lam D^T D) x = J^T (y - A(0)), with lam = weight tr(J^T J) / tr(D^T D), D the forward differences
+    x0 = torch.zeros(1, *op.domain_shape, dtype=torch.float64)
+    jac = op.jacobian(x0).numpy()
+    n = op.size
+    grid = np.arange(n * n).reshape(n, n)
+    rows = [(a, b) for a, b in zip(grid[:-1].ravel(), grid[1:].ravel())] + \
+           [(a, b) for a, b in zip(grid[:, :-1].ravel(), grid[:, 1:].ravel())]
+    diff = np.zeros((len(rows), n * n))
+    for k, (a, b) in enumerate(rows):
+        diff[k, a], diff[k, b] = -1.0, 1.0
+    lam = op.pseudo_inverse_weight * (jac ** 2).sum() / (diff ** 2).sum()
+    lhs = (jac.T @ jac + lam * diff.T @ diff) @ image.ravel().numpy()
+    rhs = jac.T @ (problem.y.double() - op(x0)).ravel().numpy()
+    assert np.linalg.norm(lhs - rhs) <= 1e-8 * np.linalg.norm(rhs)
+    # a batch is inverted image by image, and data at the background give the background
+    both = op.pseudo_inverse(torch.cat([problem.y.double(), op(x0)]))
+    assert torch.allclose(both[0], image[0]) and both[1].abs().max() < 1e-10
+
 def test_gauss_newton_needs_a_jacobian():
     from invprior.operators.denoising import Denoising
     from invprior.core.problem import InverseProblem

@@ -58,13 +58,16 @@ class SyntheticPairs(Dataset):
     input (``"fbp"``/``"pseudo_inverse"`` or ``"adjoint"``); ``fine_factor > 1`` renders and projects the
     phantom on a finer grid (operators with ``on_grid``, e.g. CT) so that the pairs avoid the inverse
     crime as the real data do. ``num_ellipses``, ``intensity_range``, ``axis_range`` and ``background`` (a body
-    ellipse under the others, for CT-like slices) shape the phantoms (``random_ellipse_parameters``).
+    ellipse under the others, for CT-like slices) shape the phantoms (``random_ellipse_parameters``);
+    ``support`` (a boolean ``(n, n)`` mask, e.g. the problem's) zeroes them outside it, where the object
+    cannot be.
     """
 
     def __init__(self, operator: ForwardOperator, count: int, noise: GaussianNoise, seed: int = 0,
                  input: str = "fbp", fine_factor: int = 1, num_ellipses: int | tuple[int, int] = (5, 12),
                  intensity_range: tuple[float, float] = (0.1, 0.6), axis_range: tuple[float, float] = (0.05, 0.4),
-                 background: float | tuple[float, float] | None = None, dtype: torch.dtype = torch.float32) -> None:
+                 background: float | tuple[float, float] | None = None, support: Tensor | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(operator, ForwardOperator):
             raise ConfigError(f"SyntheticPairs: operator must be a ForwardOperator, got {type(operator).__name__}")
         if not isinstance(noise, GaussianNoise):
@@ -95,6 +98,10 @@ class SyntheticPairs(Dataset):
                         "axis_range": tuple(axis_range),
                         "background": tuple(background) if isinstance(background, (list, tuple)) else background}
         random_ellipse_parameters(1, 0, **self.phantom)  # validates the ranges now, not at the first item
+        if support is not None and tuple(support.shape) != (self.size, self.size):
+            raise ConfigError(f"SyntheticPairs: support must be a ({self.size}, {self.size}) mask, got "
+                              f"{tuple(support.shape)}")
+        self.support = None if support is None else support.detach().cpu().bool()
         self._stored: tuple[Tensor, Tensor] | None = None
 
     def __len__(self) -> int:
@@ -107,6 +114,7 @@ class SyntheticPairs(Dataset):
                 "domain_shape": list(self.operator.domain_shape), "noise": {"std": self.noise.std,
                                                                              "relative": self.noise.relative},
                 "input": self.input, "fine_factor": self.fine_factor, "count": self.count, "seed": self.seed,
+                "support": None if self.support is None else int(self.support.sum()),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in self.phantom.items()}}
 
@@ -116,7 +124,12 @@ class SyntheticPairs(Dataset):
 
     def _phantom(self, index: int, size: int) -> Tensor:
         objects = random_ellipse_parameters(1, pair_seed(self.seed, index, PHANTOM), **self.phantom)[0]
-        return rasterize_ellipses(objects, size).unsqueeze(0).expand(self.channels, size, size)
+        image = rasterize_ellipses(objects, size)
+        if self.support is not None:
+            mask = self.support if size == self.size else self.support.repeat_interleave(
+                size // self.size, 0).repeat_interleave(size // self.size, 1)
+            image = image * mask
+        return image.unsqueeze(0).expand(self.channels, size, size)
 
     def batch(self, indices: list[int] | range) -> tuple[Tensor, Tensor]:
         """``(inputs, targets)`` of the items ``indices``, each ``(b, *domain_shape)``."""

@@ -27,7 +27,7 @@ from invprior.methods.base import Method, quality
 from invprior.metrics import psnr
 from invprior.validation import positive_int, real
 
-__all__ = ["PRIORS", "GaussNewton", "OneStepGN", "difference_matrix"]
+__all__ = ["PRIORS", "GaussNewton", "OneStepGN", "difference_matrix", "smoothness_normal_matrix"]
 
 PRIORS = ("smoothness", "tv")
 
@@ -37,6 +37,14 @@ def difference_matrix(size: int) -> sp.csr_matrix:
     step = sp.diags([-np.ones(size - 1), np.ones(size - 1)], [0, 1], shape=(size - 1, size))
     eye = sp.identity(size)
     return sp.vstack([sp.kron(step, eye), sp.kron(eye, step)]).tocsr()
+
+
+def smoothness_normal_matrix(jacobian: np.ndarray, weight: float) -> np.ndarray:
+    """``J^T J + lam D^T D`` with ``lam = weight tr(J^T J) / tr(D^T D)``: the matrix of one Gauss-Newton step
+    with the smoothness prior, for a Jacobian ``(K, n^2)`` of a square ``n x n`` image."""
+    difference = difference_matrix(math.isqrt(jacobian.shape[1]))
+    gram = (difference.T @ difference).toarray()
+    return jacobian.T @ jacobian + weight * float((jacobian * jacobian).sum()) / float(np.trace(gram)) * gram
 
 
 class GaussNewton(Method):
@@ -171,10 +179,8 @@ class OneStepGN(GaussNewton):
         if reference.shape[-2:] != y.shape[-2:]:
             raise ConfigError(f"{self.name}: the reference has shape {tuple(reference.shape)}, the data {tuple(y.shape)}")
         jac = operator.jacobian(x0).numpy()
-        difference = difference_matrix(operator.domain_shape[-1])
-        _, reg = self._penalty(x0.ravel().numpy(), difference, (difference.T @ difference).tocsr())
-        lam = self._lambda(jac, difference)
-        change = np.linalg.solve(jac.T @ jac + lam * reg.toarray(), jac.T @ (y - reference).ravel().numpy())
+        lam = self._lambda(jac, difference_matrix(operator.domain_shape[-1]))
+        change = np.linalg.solve(smoothness_normal_matrix(jac, self.weight), jac.T @ (y - reference).ravel().numpy())
         x = (x0.ravel() + torch.from_numpy(change)).view_as(x0)
         if not math.isfinite(float(x.abs().max())):
             raise ConfigError(f"{self.name}: the step is not finite (raise weight)")

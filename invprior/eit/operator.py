@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,9 @@ class EIT(ForwardOperator):
     (``invprior.eit.protocol``); measurements on driven electrodes are left out unless
     ``exclude_driven=False`` (see ``EITModel``). ``channels``: the measured entries, a boolean ``(P, M)``
     mask (missing channels drop out of the range); ``difference``: subtract the background's voltages.
-    Nonlinear; its derivatives are the adjoint method's.
+    Nonlinear; its derivatives are the adjoint method's. Its pseudo-inverse is the linearised one-step
+    reconstruction about the background ``x0``: ``x0 + (J^T J + lam D^T D)^-1 J^T (y - A(x0))`` with the
+    smoothness prior at ``pseudo_inverse_weight`` (as ``one_step_gn``; the network input of EDIP).
     """
 
     is_linear = False
@@ -94,7 +97,8 @@ class EIT(ForwardOperator):
                  measurements: Any = "adjacent", electrode_model: str = "cem",
                  contact_impedance: float | list[float] = 0.01, parametrization: str = "identity",
                  background: float = 1.0, amplitude: float = 1.0, exclude_driven: bool = True,
-                 mesh_cache: str | Path | None = None, channels: Any = None, difference: bool = False) -> None:
+                 mesh_cache: str | Path | None = None, channels: Any = None, difference: bool = False,
+                 pseudo_inverse_weight: float = 3e-2) -> None:
         size = positive_int(size, "eit: size")
         if size < 2:
             raise ConfigError(f"eit: size must be at least 2 (bilinear interpolation), got {size}")
@@ -105,7 +109,9 @@ class EIT(ForwardOperator):
                           "measurements": measurements, "electrode_model": electrode_model,
                           "contact_impedance": contact_impedance, "parametrization": parametrization,
                           "background": background, "amplitude": amplitude, "exclude_driven": exclude_driven,
-                          "mesh_cache": mesh_cache, "mesh": mesh, "channels": channels, "difference": difference}
+                          "mesh_cache": mesh_cache, "mesh": mesh, "channels": channels, "difference": difference,
+                          "pseudo_inverse_weight": pseudo_inverse_weight}
+        self.pseudo_inverse_weight = real(pseudo_inverse_weight, "eit: pseudo_inverse_weight", minimum=0.0, strict=True)
         if isinstance(mesh, (str, Path)):
             mesh = Mesh.load(mesh)
         self.mesh = mesh if mesh is not None else disc_mesh(h, electrodes, width, cache=mesh_cache)
@@ -118,6 +124,7 @@ class EIT(ForwardOperator):
         self.channels = None if channels is None else self._channels(channels, full)
         self.difference = bool(difference)
         self._background_voltages: Tensor | None = None
+        self._linearised: tuple[Tensor, np.ndarray, tuple] | None = None
         super().__init__((1, size, size), full if self.channels is None else (int(self.channels.sum()),))
 
     @staticmethod
@@ -192,6 +199,23 @@ class EIT(ForwardOperator):
         if self.channels is not None:
             weighted = weighted[self.channels.numpy()]
         return torch.from_numpy(np.asarray(sampling.T @ weighted.T).T)
+
+    def _start(self) -> Tensor:
+        """The background image ``x0`` in the parametrisation (float64, ``(1, 1, n, n)``)."""
+        value = self.background if self.parametrization == "identity" else 0.0
+        return torch.full((1, *self.domain_shape), value, dtype=torch.float64)
+
+    def _pseudo_inverse(self, y: Tensor) -> Tensor:
+        if self._linearised is None:   # J at x0 and the Cholesky factor of J^T J + lam D^T D, formed once
+            from invprior.eit.gauss_newton import smoothness_normal_matrix
+            x0 = self._start()
+            jac = self.jacobian(x0).numpy()
+            factor = scipy.linalg.cho_factor(smoothness_normal_matrix(jac, self.pseudo_inverse_weight))
+            self._linearised = (x0, jac, factor)
+        x0, jac, factor = self._linearised
+        residual = (y.detach().to("cpu", torch.float64) - self(x0)).flatten(1).numpy()
+        change = scipy.linalg.cho_solve(factor, jac.T @ residual.T).T
+        return (x0 + torch.from_numpy(change).view(-1, *self.domain_shape)).to(y)
 
     def _sampling(self) -> sp.csr_matrix:
         if getattr(self, "_sampling_matrix", None) is None:

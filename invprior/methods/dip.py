@@ -76,6 +76,12 @@ class DIP(Method):
     (``extras["generator"]``, an ``OutputMap``) gives the image in the data's units. The
     problem's ``constraints`` (bounds, support) are enforced through the generator's output.
 
+    With ``restarts > 0`` a fit that leaves the data unexplained (its kept iterate's misfit
+    ``||A x - y|| > restart_misfit * ||noise||``: a missed feature, a poor local minimum) is
+    refitted from seed ``seed + 1``, ``seed + 2``, ... up to ``restarts`` more times, and the fit with
+    the smallest misfit is kept (``extras["restarts"]`` lists every attempt). Without a noise level
+    every restart runs. The data alone decide; the default (0) fits once.
+
     With ``checkpoint`` set, the state is written atomically every ``checkpoint_every`` iterations;
     with ``resume=True`` a run whose checkpoint exists continues from it and reproduces the
     uninterrupted run exactly on the CPU.
@@ -90,7 +96,8 @@ class DIP(Method):
                  lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 5000, input_noise: float = 0.0,
                  grad_clip: float | None = None, log_every: int = 10, seed: int = 0,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
-                 auto_weight_fraction: float = 0.3, normalise: bool = True) -> None:
+                 auto_weight_fraction: float = 0.3, normalise: bool = True, restarts: int = 0,
+                 restart_misfit: float = 2.0) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
@@ -118,13 +125,26 @@ class DIP(Method):
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.resume = bool(resume)
         self.normalise = bool(normalise)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+            raise ConfigError(f"dip: restarts must be an int >= 0, got {restarts!r}")
+        self.restarts = restarts
+        self.restart_misfit = real(restart_misfit, "dip: restart_misfit", minimum=0.0, strict=True)
         self.params = {"generator": generator if isinstance(generator, str) else type(generator).__name__,
                        "generator_params": self.generator_params, "regularizer": type(self.regularizer).__name__,
                        "weight": self.weight, "stopping": type(self.stopping).__name__,
                        "stopping_params": dict(stopping_params or {}), "lr": self.lr, "optimizer": optimizer,
                        "max_iterations": max_iterations, "input_noise": self.input_noise,
                        "grad_clip": self.grad_clip, "seed": self.seed,
-                       "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise}
+                       "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise,
+                       "restarts": self.restarts, "restart_misfit": self.restart_misfit}
+
+    def reseeded(self, seed: int) -> DIP:
+        """A copy that fits from ``seed`` with its own stopping rule; this DIP is left as it is."""
+        twin = copy.copy(self)
+        twin.seed = int(seed)
+        twin.params = {**self.params, "seed": twin.seed}
+        twin.stopping = copy.deepcopy(self.stopping)
+        return twin
 
     # -- set-up -----------------------------------------------------------------------
     def _build_generator(self, problem: InverseProblem) -> OutputMap:
@@ -173,8 +193,8 @@ class DIP(Method):
         scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
         weights = [self._weights(part)[0] for part in normalised]
-        fits = [self._in_user_units(self._fit(part, weights[b], self._checkpoint_path(b, problem.batch_size), progress),
-                                    float(scales[b]), problem.constraints)
+        fits = [self._in_user_units(self._restarted_fit(part, weights[b], self._checkpoint_path(b, problem.batch_size),
+                                                        progress, float(scales[b])), float(scales[b]), problem.constraints)
                 for b, part in enumerate(normalised)]
         first = fits[0]
         return Reconstruction(
@@ -182,10 +202,38 @@ class DIP(Method):
             trace=first.trace,
             iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
             generator_state=first.generator_state, generator_input=torch.cat([f.generator_input for f in fits]),
-            extras={"best_iteration": [f.extras["best_iteration"] for f in fits], "generator": first.extras["generator"],
+            extras={"best_iteration": [f.extras["best_iteration"] for f in fits],
+                    "restarts": [f.extras["restarts"] for f in fits], "generator": first.extras["generator"],
                     "method": self, "data_scale": scales.tolist(),
                     "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
+
+    def _restarted_fit(self, problem: InverseProblem, weight: float, checkpoint: Path | None, progress: bool,
+                       scale: float) -> Reconstruction:
+        """Fit one image of the problem normalised by ``scale``, refitting from the next seeds while the kept
+        iterate leaves the data unexplained (see ``restarts``); the attempt with the smallest misfit
+        ``||A x - y||``, reported in the data's units."""
+        limit = None if problem.noise_norm is None else self.restart_misfit * float(problem.noise_norm[0]) * scale
+        attempts: list[Reconstruction] = []
+        for attempt in range(self.restarts + 1):
+            method = self if attempt == 0 else self.reseeded(self.seed + attempt)
+            path = checkpoint if checkpoint is None or attempt == 0 else checkpoint.with_name(
+                f"{checkpoint.stem}-restart{attempt}{checkpoint.suffix}")
+            fit = method._fit(problem, weight, path, progress)
+            with torch.no_grad():
+                fit.extras["misfit"] = scale * float((problem.operator(fit.image) - problem.y).norm())
+            attempts.append(fit)
+            if limit is not None and fit.extras["misfit"] <= limit:
+                break
+        index = min(range(len(attempts)), key=lambda k: attempts[k].extras["misfit"])
+        kept = attempts[index]
+        kept.extras["restarts"] = [{"seed": self.seed + k, "misfit": fit.extras["misfit"], "iterations": fit.iterations}
+                                   for k, fit in enumerate(attempts)]
+        if len(attempts) > 1:
+            misfits = ", ".join(f"{fit.extras['misfit']:.3g}" for fit in attempts)
+            kept.stop_reason += (f"; kept the fit from seed {self.seed + index} of {len(attempts)} "
+                                 f"attempts (misfits {misfits}" + ("" if limit is None else f", refit above {limit:.3g}") + ")")
+        return kept
 
     @staticmethod
     def _in_user_units(record: Reconstruction, scale: float, constraints) -> Reconstruction:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -47,11 +46,8 @@ class DeepEnsemble(SamplePredictive):
 
     def _member(self, method: DIP, k: int) -> DIP:
         """A copy of ``method`` with seed ``method.seed + seed_offset * k``; the original is left as it is."""
-        member = copy.copy(method)
-        member.seed = method.seed + self.seed_offset * k
+        member = method.reseeded(method.seed + self.seed_offset * k)
         member.checkpoint, member.resume = None, False
-        member.params = {**method.params, "seed": member.seed}
-        member.stopping = copy.deepcopy(method.stopping)  # the original's rule keeps what it recorded
         return member
 
     def fit_members(self, reconstruction: Reconstruction, problem: InverseProblem,
