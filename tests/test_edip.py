@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,30 @@ def test_pretraining_beats_the_fbp_input_on_held_out_phantoms(pretrained):
     assert history["val_psnr"][-1] > history["val_psnr"][0] + 2.0
     assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
 
+
+
+def test_pretraining_on_signed_phantoms_through_the_eit_operator_beats_its_one_step_input():
+    from invprior.eit import EIT
+    op = EIT(size=32, h=0.1, electrodes=16, parametrization="exp", difference=True)
+    xs, ys = op.to_mesh.pixel_centres()
+    disc = torch.from_numpy(np.hypot(xs[:, None], ys[None, :]) <= 1.0)
+    settings = dict(intensity_range=(-2.0, 1.0), value_range=(-2.0, 1.0), num_ellipses=(1, 2),
+                    axis_range=(0.2, 0.45), support=disc)
+    noise = GaussianNoise(relative=0.01)
+    training = SyntheticPairs(op, 1024, noise, seed=0, **settings).cache_in_memory()
+    validation = SyntheticPairs(op, 16, noise, seed=1, **settings).cache_in_memory()
+    inputs, targets = training.batch(range(64))
+    assert float(targets.min()) < -0.5 and float(targets.max()) > 0.5      # resistive and conductive ellipses
+    assert not targets[..., ~disc].any()
+    assert torch.allclose(inputs[:2], op.pseudo_inverse(training.measurements(range(2))[0].double()).float(), atol=1e-5)
+    model = pretrain(training, validation, "unet", {"preset": "small", "channels": 8}, epochs=8, batch_size=16,
+                     lr=3e-3, progress=False)
+    # measured: 18.2 dB against 17.1 dB for the one-step input (about 15 s on two cores)
+    assert model.history["val_psnr"][-1] > model.history["val_input_psnr"][-1] + 0.5, model.history
+    with pytest.raises(ConfigError, match="value_range"):
+        SyntheticPairs(op, 4, noise, intensity_range=(-2.0, 1.0))   # the default (0, 1) would clip them away
+    with pytest.raises(ConfigError, match="restarts"):
+        EDIP(pretrained="model.pt", restarts=1)
 
 def test_pretraining_resumes_exactly_after_a_crash(operator, tmp_path, monkeypatch):
     training = SyntheticPairs(operator, 48, NOISE, seed=0).cache_in_memory()

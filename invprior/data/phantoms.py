@@ -52,8 +52,10 @@ def cell_centres(size: int) -> Tensor:
     return (2.0 * torch.arange(size, dtype=torch.float64) + 1.0) / size - 1.0
 
 
-def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1) -> Tensor:
-    """Render ``f = clip(sum_k v_k 1[E_k], 0, 1)`` on a ``size x size`` grid over [-1, 1]^2 (float64).
+def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1,
+                       value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+    """Render ``f = clip(sum_k v_k 1[E_k], lo, hi)`` on a ``size x size`` grid over [-1, 1]^2 (float64),
+    ``(lo, hi) = value_range`` (default ``(0, 1)``; signed values, e.g. conductivity changes, need a wider one).
 
     ``ellipses`` has shape ``(K, 6)`` with rows ``(v, a, b, x0, y0, theta)``: ``E`` is the set
     ``((c dx + s dy) / a)^2 + ((c dy - s dx) / b)^2 <= 1`` where ``dx = x - x0``, ``dy = y - y0``,
@@ -75,7 +77,7 @@ def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1) -> Ten
         dx, dy = x - x0, y - y0
         inside = ((c * dx + s * dy) / a) ** 2 + ((c * dy - s * dx) / b) ** 2 <= 1.0
         total.add_(inside.to(torch.float64), alpha=value)  # a bool mask times a float would round to float32
-    total.clamp_(0.0, 1.0)
+    total.clamp_(*value_range)
     if supersample > 1:
         total = F.avg_pool2d(total[None, None], supersample)[0, 0]
     return total

@@ -24,7 +24,7 @@ from invprior.data.phantoms import random_ellipse_parameters, rasterize_ellipses
 from invprior.errors import ConfigError
 from invprior.generators.inputs import check_input_kind, operator_image
 from invprior.io import atomic_write
-from invprior.validation import positive_int
+from invprior.validation import number_pair, positive_int
 
 
 PHANTOM, NOISE = 0, 1  # random streams of an item
@@ -60,14 +60,15 @@ class SyntheticPairs(Dataset):
     crime as the real data do. ``num_ellipses``, ``intensity_range``, ``axis_range`` and ``background`` (a body
     ellipse under the others, for CT-like slices) shape the phantoms (``random_ellipse_parameters``);
     ``support`` (a boolean ``(n, n)`` mask, e.g. the problem's) zeroes them outside it, where the object
-    cannot be.
+    cannot be; ``value_range`` clips the summed intensities (default ``(0, 1)``; signed images such as EIT's
+    log-conductivity changes need e.g. ``(-3, 2)`` with an ``intensity_range`` of both signs).
     """
 
     def __init__(self, operator: ForwardOperator, count: int, noise: GaussianNoise, seed: int = 0,
                  input: str = "fbp", fine_factor: int = 1, num_ellipses: int | tuple[int, int] = (5, 12),
                  intensity_range: tuple[float, float] = (0.1, 0.6), axis_range: tuple[float, float] = (0.05, 0.4),
                  background: float | tuple[float, float] | None = None, support: Tensor | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 value_range: tuple[float, float] = (0.0, 1.0), dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(operator, ForwardOperator):
             raise ConfigError(f"SyntheticPairs: operator must be a ForwardOperator, got {type(operator).__name__}")
         if not isinstance(noise, GaussianNoise):
@@ -97,6 +98,14 @@ class SyntheticPairs(Dataset):
         self.phantom = {"num_ellipses": num_ellipses, "intensity_range": tuple(intensity_range),
                         "axis_range": tuple(axis_range),
                         "background": tuple(background) if isinstance(background, (list, tuple)) else background}
+        low, high = number_pair(value_range, "SyntheticPairs: value_range", "(low, high)")
+        if not low < high:
+            raise ConfigError(f"SyntheticPairs: value_range must have low < high, got {value_range!r}")
+        self.value_range = (low, high)
+        lowest, highest = self.phantom["intensity_range"]
+        if background is None and (lowest < low or highest > high):
+            raise ConfigError(f"SyntheticPairs: intensity_range {intensity_range!r} reaches outside value_range "
+                              f"{value_range!r}, which would clip those ellipses away; widen value_range")
         random_ellipse_parameters(1, 0, **self.phantom)  # validates the ranges now, not at the first item
         if support is not None and tuple(support.shape) != (self.size, self.size):
             raise ConfigError(f"SyntheticPairs: support must be a ({self.size}, {self.size}) mask, got "
@@ -115,6 +124,7 @@ class SyntheticPairs(Dataset):
                                                                              "relative": self.noise.relative},
                 "input": self.input, "fine_factor": self.fine_factor, "count": self.count, "seed": self.seed,
                 "support": None if self.support is None else int(self.support.sum()),
+                "value_range": list(self.value_range),
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in self.phantom.items()}}
 
@@ -124,7 +134,7 @@ class SyntheticPairs(Dataset):
 
     def _phantom(self, index: int, size: int) -> Tensor:
         objects = random_ellipse_parameters(1, pair_seed(self.seed, index, PHANTOM), **self.phantom)[0]
-        image = rasterize_ellipses(objects, size)
+        image = rasterize_ellipses(objects, size, value_range=self.value_range)
         if self.support is not None:
             mask = self.support if size == self.size else self.support.repeat_interleave(
                 size // self.size, 0).repeat_interleave(size // self.size, 1)

@@ -193,8 +193,9 @@ class DIP(Method):
         scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
         weights = [self._weights(part)[0] for part in normalised]
-        fits = [self._in_user_units(self._restarted_fit(part, weights[b], self._checkpoint_path(b, problem.batch_size),
-                                                        progress, float(scales[b])), float(scales[b]), problem.constraints)
+        fits = [self._in_user_units(
+                    self._restarted_fit(part, weights[b], self._checkpoint_path(b, problem.batch_size), progress,
+                                        float(scales[b])), float(scales[b]), problem.constraints)
                 for b, part in enumerate(normalised)]
         first = fits[0]
         return Reconstruction(
@@ -231,8 +232,9 @@ class DIP(Method):
                                    for k, fit in enumerate(attempts)]
         if len(attempts) > 1:
             misfits = ", ".join(f"{fit.extras['misfit']:.3g}" for fit in attempts)
-            kept.stop_reason += (f"; kept the fit from seed {self.seed + index} of {len(attempts)} "
-                                 f"attempts (misfits {misfits}" + ("" if limit is None else f", refit above {limit:.3g}") + ")")
+            above = "" if limit is None else f", refit above {limit:.3g}"
+            kept.stop_reason += (f"; kept the fit from seed {self.seed + index} of {len(attempts)} attempts "
+                                 f"(misfits {misfits}{above})")
         return kept
 
     @staticmethod

@@ -27,7 +27,7 @@ from invprior.validation import real
 PRETRAIN_DEFAULTS: dict[str, Any] = {"count": 2000, "validation_count": 64, "epochs": 10, "batch_size": 16,
                                      "lr": 1e-3, "schedule": "onecycle", "seed": 0,
                                      "generator": "unet", "generator_params": {"preset": "small"}}
-_DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "background", "fine_factor")
+_DATA_KEYS = ("num_ellipses", "intensity_range", "axis_range", "background", "value_range", "fine_factor")
 
 
 class EDIP(DIP):
@@ -55,6 +55,9 @@ class EDIP(DIP):
         if unknown:
             raise ConfigError(f"edip: unknown pretrain settings {sorted(unknown)}; allowed: "
                               f"{sorted([*PRETRAIN_DEFAULTS, *_DATA_KEYS, 'device', 'amp'])}")
+        if dip.get("restarts", 0):
+            raise ConfigError("edip: restarts re-draw the network's initial weights, but EDIP starts from the "
+                              "pretrained ones, so every restart would repeat the same fit; leave restarts at 0")
         if pretrained is None and pretrain is None:
             raise ConfigError("edip: give 'pretrained' (a model file) or 'pretrain' (settings to train one)")
         super().__init__(**dip)
