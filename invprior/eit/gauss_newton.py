@@ -27,7 +27,7 @@ from invprior.methods.base import Method, quality
 from invprior.metrics import psnr
 from invprior.validation import positive_int, real
 
-__all__ = ["PRIORS", "GaussNewton", "OneStepGN", "difference_matrix", "smoothness_normal_matrix"]
+__all__ = ["PRIORS", "GaussNewton", "OneStepGN", "difference_matrix", "prior_weight", "smoothness_normal_matrix"]
 
 PRIORS = ("smoothness", "tv")
 
@@ -39,12 +39,17 @@ def difference_matrix(size: int) -> sp.csr_matrix:
     return sp.vstack([sp.kron(step, eye), sp.kron(eye, step)]).tocsr()
 
 
-def smoothness_normal_matrix(jacobian: np.ndarray, weight: float) -> np.ndarray:
-    """``J^T J + lam D^T D`` with ``lam = weight tr(J^T J) / tr(D^T D)``: the matrix of one Gauss-Newton step
-    with the smoothness prior, for a Jacobian ``(K, n^2)`` of a square ``n x n`` image."""
+def prior_weight(jacobian: np.ndarray, difference: sp.csr_matrix, weight: float) -> float:
+    """``lam = weight tr(J^T J) / tr(D^T D)``, so that ``weight`` does not depend on the scale of the data."""
+    return weight * float((jacobian * jacobian).sum()) / float(difference.multiply(difference).sum())
+
+
+def smoothness_normal_matrix(jacobian: np.ndarray, weight: float) -> tuple[np.ndarray, float]:
+    """``(J^T J + lam D^T D, lam)`` with ``lam = prior_weight(J, D, weight)``: the matrix of one Gauss-Newton
+    step with the smoothness prior, for a Jacobian ``(K, n^2)`` of a square ``n x n`` image."""
     difference = difference_matrix(math.isqrt(jacobian.shape[1]))
-    gram = (difference.T @ difference).toarray()
-    return jacobian.T @ jacobian + weight * float((jacobian * jacobian).sum()) / float(np.trace(gram)) * gram
+    lam = prior_weight(jacobian, difference, weight)
+    return jacobian.T @ jacobian + lam * (difference.T @ difference).toarray(), lam
 
 
 class GaussNewton(Method):
@@ -91,10 +96,6 @@ class GaussNewton(Method):
         magnitude = np.sqrt(dx * dx + self.tv_epsilon ** 2)
         return float(2 * magnitude.sum()), difference.T @ sp.diags(1.0 / magnitude) @ difference
 
-    def _lambda(self, jac: np.ndarray, difference: sp.csr_matrix) -> float:
-        """``weight * tr(J^T J) / tr(D^T D)``."""
-        return self.weight * float((jac * jac).sum()) / float(difference.multiply(difference).sum())
-
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
         self._check(problem)
@@ -110,7 +111,7 @@ class GaussNewton(Method):
             flat = x.ravel().numpy()
             value, reg = self._penalty(flat, difference, gram)
             if lam is None:
-                lam = self._lambda(jac, difference)
+                lam = prior_weight(jac, difference, self.weight)
             objective = float(residual @ residual) + lam * value
             self._log(trace, step, objective, float(np.linalg.norm(residual)), x, problem)
             update = np.linalg.solve(jac.T @ jac + lam * reg.toarray(), jac.T @ residual - lam * (reg @ flat))
@@ -179,8 +180,8 @@ class OneStepGN(GaussNewton):
         if reference.shape[-2:] != y.shape[-2:]:
             raise ConfigError(f"{self.name}: the reference has shape {tuple(reference.shape)}, the data {tuple(y.shape)}")
         jac = operator.jacobian(x0).numpy()
-        lam = self._lambda(jac, difference_matrix(operator.domain_shape[-1]))
-        change = np.linalg.solve(smoothness_normal_matrix(jac, self.weight), jac.T @ (y - reference).ravel().numpy())
+        matrix, lam = smoothness_normal_matrix(jac, self.weight)
+        change = np.linalg.solve(matrix, jac.T @ (y - reference).ravel().numpy())
         x = (x0.ravel() + torch.from_numpy(change)).view_as(x0)
         if not math.isfinite(float(x.abs().max())):
             raise ConfigError(f"{self.name}: the step is not finite (raise weight)")

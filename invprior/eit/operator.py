@@ -210,7 +210,7 @@ class EIT(ForwardOperator):
             from invprior.eit.gauss_newton import smoothness_normal_matrix
             x0 = self._start()
             jac = self.jacobian(x0).numpy()
-            factor = scipy.linalg.cho_factor(smoothness_normal_matrix(jac, self.pseudo_inverse_weight))
+            factor = scipy.linalg.cho_factor(smoothness_normal_matrix(jac, self.pseudo_inverse_weight)[0])
             self._linearised = (x0, jac, factor)
         x0, jac, factor = self._linearised
         residual = (y.detach().to("cpu", torch.float64) - self(x0)).flatten(1).numpy()

@@ -100,9 +100,8 @@ class EDIP(DIP):
         data = {k: settings[k] for k in _DATA_KEYS if k in settings}
         data.setdefault("fine_factor", int(problem.metadata.get("fine_factor", 1)))
         operator = problem.operator
-        support = None if problem.constraints is None else problem.constraints.support
-        if support is not None:
-            data["support"] = support.reshape(operator.domain_shape[-2:])
+        if problem.constraints is not None and problem.constraints.support is not None:
+            data["support"] = problem.constraints.support
         training = SyntheticPairs(operator, settings["count"], model_noise, seed=settings["seed"], **data)
         validation = SyntheticPairs(operator, settings["validation_count"], model_noise,
                                     seed=settings["seed"] + 1, **data)
