@@ -236,11 +236,17 @@ def _calibration_panel(ax, truth: Tensor, methods: list[tuple[str, Tensor, Tenso
 
 def _convergence(ax, reconstruction: Reconstruction) -> None:
     trace = reconstruction.trace
-    ax.plot(trace["iteration"], trace["psnr"], lw=1.2, color="tab:blue")
+    averaged = "psnr_average" in trace
+    ax.plot(trace["iteration"], trace["psnr"], lw=0.8 if averaged else 1.2, color="tab:blue",
+            alpha=0.5 if averaged else 1.0, label="iterate" if averaged else None)
+    if averaged:
+        ax.plot(trace["iteration"], trace["psnr_average"], lw=1.2, color="tab:orange", label="averaged weights")
     kept = reconstruction.extras.get("best_iteration", [None])[0]
     if kept is not None and kept > 0:
         ax.axvline(kept, color="tab:green", ls="--", lw=1, label=f"kept: {kept}")
-    ax.axvline(reconstruction.iterations, color="tab:red", ls=":", lw=1, label=f"stopped: {reconstruction.iterations}")
+    if reconstruction.iterations != kept:
+        ax.axvline(reconstruction.iterations, color="tab:red", ls=":", lw=1,
+                   label=f"stopped: {reconstruction.iterations}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"{reconstruction.method}: PSNR vs iteration", fontsize=9)

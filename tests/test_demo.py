@@ -13,7 +13,7 @@ from invprior.cli import main
 def test_demo_writes_three_methods_the_convergence_figure_and_error_bars(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(demo.QUICK, "size", 32)
     monkeypatch.setitem(demo.DEMO["method"]["params"], "max_iterations", 25)
-    monkeypatch.setitem(demo.DEMO["method"]["params"]["stopping_params"], "patience", 5)
+    monkeypatch.setitem(demo.DEMO["method"]["params"], "init_iterations", 20)
     for key, value in {"iterations": 3, "num_samples": 16, "preconditioner_rank": 16, "cg_iterations": 10}.items():
         monkeypatch.setitem(demo.DEMO["posterior"]["params"], key, value)
     assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0

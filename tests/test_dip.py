@@ -48,7 +48,7 @@ def test_every_generator_with_every_rule(problem, generator, rule):
 
 
 def test_fit_reduces_the_data_residual(problem):
-    result = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed",
+    result = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed", init="none",
                  stopping_params={"iterations": 60}, lr=1e-2, max_iterations=60, log_every=1).reconstruct(problem, progress=False)
     residuals = result.trace["residual"]
     assert residuals[-1] < 0.5 * residuals[0]
@@ -62,7 +62,7 @@ def test_linear_generator_converges_to_the_minimum_norm_solution():
     generator = LinearGenerator(size=4, num_params=24, seed=2)
     j = generator.matrix.double()
     lipschitz = 2 / 6 * torch.linalg.matrix_norm(op.matrix @ j, ord=2).item() ** 2  # of the mean-squared loss
-    result = DIP(generator=generator, regularizer="none", optimizer="gd", stopping="fixed",
+    result = DIP(generator=generator, regularizer="none", optimizer="gd", stopping="fixed", init="none", average=0.0,
                  stopping_params={"iterations": 4000}, lr=1 / lipschitz, max_iterations=4000).reconstruct(problem, progress=False)
     expected = j @ torch.linalg.pinv(op.matrix @ j) @ y[0]
     assert torch.allclose(result.image.flatten(), expected, atol=1e-4)
@@ -76,10 +76,10 @@ def test_checkpoint_resume_is_bit_identical(problem, tmp_path, monkeypatch):
     path = tmp_path / "run.pt"
     original_log = DIP._log
 
-    def killed_at_24(self, record, problem, state, rule):
+    def killed_at_24(self, record, problem, state, *rest):
         if state.iteration == 24:
             raise KeyboardInterrupt  # the process dies between checkpoints (last one: iteration 20)
-        original_log(self, record, problem, state, rule)
+        original_log(self, record, problem, state, *rest)
 
     monkeypatch.setattr(DIP, "_log", killed_at_24)
     with pytest.raises(KeyboardInterrupt):
@@ -173,7 +173,7 @@ def test_seeded_runs_repeat_and_leave_the_global_rng_alone(problem):
 
 
 def test_restarts_refit_an_unexplained_fit_from_the_next_seeds_and_keep_the_smallest_misfit(problem):
-    settings = dict(generator_params={"preset": "small", "channels": 8}, stopping="fixed",
+    settings = dict(generator_params={"preset": "small", "channels": 8}, stopping="fixed", init="none",
                     stopping_params={"iterations": 3}, lr=1e-2, max_iterations=3)
     # three Adam steps cannot explain the data: every attempt runs
     result = DIP(**settings, seed=5, restarts=2).reconstruct(problem, progress=False)

@@ -302,7 +302,7 @@ def test_dip_on_the_eit_operator_locates_an_inclusion(eit_problems):
     """The generic DIP (U-Net, Adam, log-conductivity output) runs on the nonlinear EIT operator."""
     op, problems = eit_problems
     for inclusion, problem in zip(INCLUSIONS, problems):
-        dip = DIP(generator_params={"preset": "small", "channels": 16}, lr=1e-2, stopping="fixed",
+        dip = DIP(generator_params={"preset": "small", "channels": 16}, weight=0.0, lr=1e-2, stopping="fixed",
                   stopping_params={"iterations": 300}, max_iterations=300, log_every=50)
         result = dip.reconstruct(problem.to(dtype=torch.float64), progress=False)
         distance, value = _located(result.image, op, inclusion)
@@ -386,7 +386,7 @@ def test_lin_dip_error_bars_on_eit():
     op = EIT(size=16, h=0.15, electrodes=16, parametrization="exp")
     problem = inclusion_problem(op, [(0.4, 0.2, 0.3, 3.0)], noise=GaussianNoise(relative=0.01), seed=1)
     problem = problem.to(dtype=torch.float64)
-    fit = DIP(generator_params={"preset": "small", "channels": 8}, lr=1e-2, stopping="fixed",
+    fit = DIP(generator_params={"preset": "small", "channels": 8}, weight=0.0, lr=1e-2, stopping="fixed",
               stopping_params={"iterations": 300}, max_iterations=300, log_every=50).reconstruct(problem, progress=False)
     posterior = LinearizedLaplace(solver="exact", iterations=20, lr=0.05, variance="auto", progress=False)
     posterior.fit(fit, problem)
@@ -440,7 +440,7 @@ def _same_on(device: str) -> None:
         moved = problem.to(device=where)
         gn = GaussNewton(iterations=3).reconstruct(moved, progress=False)
         one_step = OneStepGN().reconstruct(moved, progress=False)
-        dip = DIP(generator_params={"preset": "small", "channels": 8}, lr=1e-2, stopping="fixed",
+        dip = DIP(generator_params={"preset": "small", "channels": 8}, weight=0.0, lr=1e-2, stopping="fixed",
                   stopping_params={"iterations": 100}, max_iterations=100, log_every=50, seed=0).reconstruct(moved, progress=False)
         lin = LinearizedLaplace(solver="exact", iterations=5, lr=0.05, variance="auto", progress=False).fit(dip, moved)
         assert (gn.image.device.type == one_step.image.device.type == dip.image.device.type == lin.std.device.type

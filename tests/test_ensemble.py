@@ -14,7 +14,7 @@ from invprior.posterior.ensemble import DeepEnsemble
 from invprior.posterior.mc_dropout import MCDropout
 from invprior.posterior.sample_predictive import SamplePredictive
 
-SETTINGS = dict(generator_params={"preset": "small", "channels": 4}, stopping="fixed",
+SETTINGS = dict(generator_params={"preset": "small", "channels": 4}, stopping="fixed", weight=0.0, init="none", average=0.0,
                 stopping_params={"iterations": 30}, lr=1e-2)
 
 

@@ -95,7 +95,7 @@ def fitted():
     with torch.random.fork_rng():
         torch.manual_seed(0)
         network = UNet(preset="small", scales=2, channels=3, skip_channels=1).double()
-    result = DIP(generator=network, generator_params=None, stopping="fixed", stopping_params={"iterations": 40},
+    result = DIP(generator=network, generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 40},
                  lr=1e-2).reconstruct(problem, progress=False)
     return problem, result
 

@@ -14,7 +14,7 @@ from invprior.posterior.ensemble import DeepEnsemble
 from invprior.posterior.laplace_mixture import LaplaceMixture
 from invprior.posterior.linearized_laplace import LinearizedLaplace
 
-SETTINGS = dict(generator_params={"preset": "small", "channels": 4, "scales": 2}, stopping="fixed",
+SETTINGS = dict(generator_params={"preset": "small", "channels": 4, "scales": 2}, stopping="fixed", weight=0.0, init="none", average=0.0,
                 stopping_params={"iterations": 40}, lr=1e-2)
 LAPLACE = {"iterations": 5, "lr": 0.05, "variance": "auto"}
 

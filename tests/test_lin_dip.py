@@ -50,7 +50,7 @@ def fitted():
     """A tiny DIP fitted to 6x6 CT with 4 angles (m = 44 measurements, 36 pixels), in the data's own units
     (no normalisation: the hyperparameter checks below were measured on this network)."""
     problem = _ct_problem()
-    result = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 50},
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 50},
                  lr=1e-2, normalise=False).reconstruct(problem, progress=False)
     return problem, result
 
@@ -399,7 +399,7 @@ def nonlinear_fit():
     op = ExpBlur(size=6, measurements=20)
     x = registry.get("datasets", "ellipses", size=6, seed=2, dtype=F64)
     problem = InverseProblem.simulate(op, x, GaussianNoise(std=0.05), seed=0)
-    result = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 20},
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 20},
                  lr=1e-2).reconstruct(problem, progress=False)
     return problem, result
 
@@ -627,7 +627,7 @@ def test_refit_starts_a_fresh_history(fitted):
 def test_refit_on_a_larger_image_forgets_the_dense_covariance(fitted):
     problem, result = fitted
     bigger = _ct_problem(size=8)
-    result8 = DIP(generator=_network(), generator_params=None, stopping="fixed", stopping_params={"iterations": 5},
+    result8 = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 5},
                   lr=1e-2).reconstruct(bigger, progress=False)
     post = LinearizedLaplace(max_pixels=40, iterations=1, num_samples=8, progress=False)
     assert post.fit(result, problem).solver_used == "exact"

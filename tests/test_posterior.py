@@ -85,7 +85,7 @@ def fitted():
     x = registry.get("datasets", "ellipses", size=6, seed=2, dtype=torch.float64)
     problem = InverseProblem.simulate(op, x, GaussianNoise(relative=0.05), seed=0)
     net, _ = _network()
-    result = DIP(generator=net, generator_params=None, stopping="fixed", stopping_params={"iterations": 50},
+    result = DIP(generator=net, generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 50},
                  lr=1e-2).reconstruct(problem, progress=False)
     return problem, result, LinearizedLaplace(iterations=30, progress=False).fit(result, problem)
 
@@ -171,7 +171,7 @@ def test_mc_dropout_moments_and_requirements():
 
     op = registry.get("operators", "denoising", size=8)
     problem = InverseProblem.simulate(op, registry.get("datasets", "ellipses", size=8, seed=0), GaussianNoise(std=0.1))
-    settings = dict(stopping="fixed", stopping_params={"iterations": 20}, lr=1e-2)
+    settings = dict(stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 20}, lr=1e-2)
     plain = DIP(generator_params={"preset": "small", "channels": 4}, **settings).reconstruct(problem, progress=False)
     with pytest.raises(ConfigError, match="no dropout"):
         MCDropout().fit(plain, problem)
@@ -273,7 +273,7 @@ def test_lin_dip_is_better_calibrated_than_mc_dropout(task, margin):
         op, noise = registry.get("operators", "denoising", size=16), GaussianNoise(std=0.1)
     x = registry.get("datasets", "ellipses", size=16, seed=0)
     problem = InverseProblem.simulate(op, x, noise, seed=0)
-    result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed",
+    result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed", weight=0.0, init="none", average=0.0,
                  stopping_params={"iterations": 1500}, lr=1e-2).reconstruct(problem, progress=False)
     lin = LinearizedLaplace(iterations=300, lr=0.05, progress=False).fit(result, problem)
     mcd = MCDropout(num_samples=200).fit(result, problem)
@@ -291,7 +291,7 @@ def test_an_under_fitted_dip_gets_the_linearised_posterior_mean():
     op = registry.get("operators", "ct_parallel", size=16, num_angles=10)
     x = registry.get("datasets", "ellipses", size=16, seed=0)
     problem = InverseProblem.simulate(op, x, GaussianNoise(relative=0.05), seed=0)
-    result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed",
+    result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed", weight=0.0, init="none", average=0.0,
                  stopping_params={"iterations": 150}, lr=1e-2).reconstruct(problem, progress=False)
     fits = {mean: LinearizedLaplace(iterations=100, lr=0.05, progress=False, predictive_mean=mean).fit(result, problem)
             for mean in ("auto", "network")}

@@ -15,6 +15,7 @@ from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.linalg import conjugate_gradient
 from invprior.methods.base import Method, quality
+from invprior.methods.cross_validation import FOLDS
 from invprior.methods.weight_choice import check_rule_inputs, check_weight, choose_weight
 from invprior.regularizers.tv import divergence, gradient
 from invprior.validation import positive_int, real
@@ -75,8 +76,9 @@ class Tikhonov(_Regularised):
 
     ``penalty`` chooses ``L``: ``"gradient"`` (finite differences, a smoothness prior; the default,
     it fills in unobserved pixels) or ``"identity"`` (classic ridge). ``weight`` is ``alpha``: a
-    number, ``"discrepancy"`` (per image, the largest alpha on a log grid of ``grid_size`` values
-    in ``||A||^2 [1e-6, 10]`` with residual <= tau * delta) or ``"oracle"`` (best PSNR; benchmarks only).
+    number, or a rule over a log grid of ``grid_size`` values in ``||A||^2 [1e-6, 10]``, per image:
+    ``"cv"`` (held-out cross-validation, ``invprior.methods.cross_validation``), ``"discrepancy"`` (the
+    largest alpha with residual <= tau * delta) or ``"oracle"`` (best PSNR; benchmarks only).
     """
 
     name = "tikhonov"
@@ -101,14 +103,14 @@ class Tikhonov(_Regularised):
         if self.penalty == "gradient" and len(op.domain_shape) != 3:
             raise ConfigError(f"tikhonov: penalty 'gradient' needs images (C, H, W), got {op.domain_shape}")
         start = time.perf_counter()
-        rhs = op.adjoint(problem.y)
         not_converged: list[list[float]] = []
         gram_penalty = (lambda v: -divergence(gradient(v))) if self.penalty == "gradient" else (lambda v: v)
 
-        def solve(alpha: Tensor, warm: Tensor | None) -> Tensor:
+        def solve(part: InverseProblem, alpha: Tensor, warm: Tensor | None) -> Tensor:
+            rhs = part.operator.adjoint(part.y)
             a = _per_image(alpha, rhs)
-            x, info = conjugate_gradient(lambda v: op.adjoint(op(v)) + a * gram_penalty(v), rhs, warm,
-                                         self.max_iterations, self.rtol)
+            x, info = conjugate_gradient(lambda v: part.operator.adjoint(part.operator(v)) + a * gram_penalty(v), rhs,
+                                         warm, self.max_iterations, self.rtol)
             if not bool(info.converged.all()):
                 not_converged.append(alpha.tolist())
             return x
@@ -116,10 +118,11 @@ class Tikhonov(_Regularised):
         with torch.no_grad():
             if self.rule == "fixed":
                 weights, table = self._fixed_weight(problem), []
-                x = solve(weights.to(rhs), None)
+                x = solve(problem, weights.to(problem.y), None)
             else:
                 check_rule_inputs(problem, self.rule)
-                scale = torch.full((problem.batch_size,), op.norm(dtype=rhs.dtype, device=rhs.device) ** 2)
+                y = problem.y
+                scale = torch.full((problem.batch_size,), op.norm(dtype=y.dtype, device=y.device) ** 2)
                 x, weights, table = choose_weight(solve, problem, scale, np.logspace(-6, 1, self.grid_size),
                                                   self.rule, self.tau)
         reason = "solved to rtol" if not not_converged else f"CG did not reach rtol for alpha in {not_converged}"
@@ -135,15 +138,19 @@ class TVLeastSquares(_Regularised):
 
     The operator is split as ``K = (A, c grad)`` with ``c = ||A|| / sqrt(8)`` so both blocks have
     the same scale; step sizes ``tau = sigma = 0.99 / (sqrt(2) ||A||)``. ``weight`` is ``lambda``:
-    a number, ``"discrepancy"`` or ``"oracle"`` over the per-image grid ``||A|| s [1e-2, 30]``,
-    ``s`` the image's noise std (``1e-3`` rms(y) when the data are noise-free).
+    a number, or ``"cv"`` (held-out cross-validation: the weight that predicts left-out measurements best,
+    close to the oracle and the recommended rule), ``"discrepancy"`` or ``"oracle"`` over the per-image grid
+    ``||A|| s [1e-2, 30]`` of ``grid_size`` points (default 17 for ``"cv"``, 9 otherwise), ``s`` the image's
+    noise std (estimated when not given; ``1e-3`` rms(y) when the data are noise-free).
     """
 
     name = "tv"
 
-    def __init__(self, weight: float | str = "discrepancy", tau: float = 1.1, grid_size: int = 9,
+    def __init__(self, weight: float | str = "discrepancy", tau: float = 1.1, grid_size: int | None = None,
                  iterations: int = 500, isotropic: bool = False, nonnegative: bool = True,
                  log_every: int = 10) -> None:
+        if grid_size is None:  # the cross-validation score is smooth in the weight: a finer grid pays off
+            grid_size = 17 if weight == "cv" else 9
         super().__init__(weight, tau, grid_size)
         self.iterations = positive_int(iterations, "tv: iterations")
         self.log_every = positive_int(log_every, "tv: log_every")
@@ -188,12 +195,12 @@ class TVLeastSquares(_Regularised):
         _require_linear(op, self.name)
         if len(op.domain_shape) != 3:
             raise ConfigError(f"tv needs images (C, H, W) as the operator domain, got {op.domain_shape}")
-        if self.rule == "discrepancy":
+        if self.rule in ("discrepancy", "cv"):  # cv: the noise level only centres the grid
             problem = ensure_noise_level(problem, self.name)
         start = time.perf_counter()
         norm_a = op.norm(dtype=problem.y.dtype, device=problem.y.device)
         record = Reconstruction(problem.y.new_zeros(0), self.name)
-        runs = 1 if self.rule == "fixed" else self.grid_size
+        runs = {"fixed": 1, "cv": self.grid_size * (FOLDS + 1)}.get(self.rule, self.grid_size)
         with torch.no_grad(), tqdm(total=self.iterations * runs, desc="TV (PDHG)", disable=not progress,
                                    leave=False) as bar:
             if self.rule == "fixed":
@@ -202,7 +209,7 @@ class TVLeastSquares(_Regularised):
             else:
                 check_rule_inputs(problem, self.rule)
                 x, weights, table = choose_weight(
-                    lambda w, warm: self._pdhg(problem, w, norm_a, warm, None, bar), problem,
+                    lambda part, w, warm: self._pdhg(part, w, norm_a, warm, None, bar), problem,
                     self._grid_scale(problem, norm_a), np.logspace(-2, np.log10(30.0), self.grid_size),
                     self.rule, self.tau)
         record.image = x

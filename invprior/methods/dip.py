@@ -32,7 +32,9 @@ from invprior.methods.base import Method, seeded_global_rng
 from invprior.generators.output_map import OutputMap
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
+from invprior.regularizers.tv import IsotropicTV
 from invprior.regularizers.zero import NoRegularizer
+from invprior.stopping.rules import FixedBudget
 from invprior.validation import positive_int, real
 
 
@@ -60,14 +62,28 @@ def _component(kind: str, value: Any, params: dict | None, interface: type, defa
 
 
 class DIP(Method):
-    """Deep Image Prior with a stopping rule that picks the iterate (no hand-tuned iteration count).
+    """Deep Image Prior regularised by TV, with the weight chosen from the data and averaged weights.
 
     ``generator``, ``regularizer`` and ``stopping`` are registry names (with ``*_params``) or
-    built objects. ``weight`` multiplies the regularizer: a number, or ``"auto"`` (from TV least
-    squares with the discrepancy principle, see ``_weights``). ``optimizer`` is ``"adam"`` (the
+    built objects. ``weight`` multiplies the regularizer: a number, or ``"auto"`` (the weight that
+    held-out cross-validation picks for TV least squares, see ``_reference``). ``optimizer`` is ``"adam"`` (the
     default) or ``"gd"`` (plain gradient descent, as in the theory of DIP), with step ``lr``; ``input_noise`` adds ``N(0, input_noise^2)``
     to the input at every iteration; ``grad_clip`` clips the gradient norm. The fit ends when the
     rule says so or after ``max_iterations``. Each image of a batch gets its own network.
+
+    With ``init="tv"`` (the default) the network first learns to output the TV image of the same
+    cross-validated weight (``init_iterations`` Adam steps on ``mean((G(z) - x_TV)^2)``, the data unused),
+    then the DIP+TV fit starts from there with a fresh optimiser: the fit refines the best classical image
+    instead of growing edges from noise, which a U-Net does slowly. ``init="none"``, and every nonlinear
+    operator (no TV least squares), start from the generator's initial weights.
+
+    The default rule (``"fixed"``) runs the whole budget: with the weight chosen by cross-validation the
+    regularised loss itself keeps the network from fitting the noise, so no early stop is needed. With
+    ``average`` (the default 0.99) the kept network is an exponential moving average of the weights,
+    ``theta_bar_k = b_k theta_bar_{k-1} + (1 - b_k) theta_{k-1}``, ``b_k = min(average, 1 - 1/k)`` (a plain
+    mean for the first ``1 / (1 - average)`` iterations): it removes the optimiser's jitter from the kept
+    image ``G_theta_bar(z)`` at no extra cost. A rule that keeps an earlier iterate (ES-WMV, the
+    discrepancy principle) keeps the average at that iterate. ``average = 0`` keeps the raw weights.
 
     With ``normalise`` (the default) the fit runs on ``y / s`` with ``s`` the data scale and the
     result is multiplied by ``s``: ``lr``, ``weight`` (when a number) and the generator's input
@@ -89,15 +105,17 @@ class DIP(Method):
 
     name = "dip"
     OPTIMIZERS = {"adam": torch.optim.Adam, "gd": torch.optim.SGD}
+    INITS = ("tv", "none")
 
     def __init__(self, generator: str | Generator = "unet", generator_params: dict | None = None,
-                 regularizer: str | Regularizer = "tv_anisotropic", weight: float | str = 0.0,
-                 stopping: str | StoppingRule = "eswmv", stopping_params: dict | None = None,
-                 lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 5000, input_noise: float = 0.0,
+                 regularizer: str | Regularizer = "tv_anisotropic", weight: float | str = "auto",
+                 stopping: str | StoppingRule = "fixed", stopping_params: dict | None = None,
+                 lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 2000, input_noise: float = 0.0,
                  grad_clip: float | None = None, log_every: int = 10, seed: int = 0,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
-                 auto_weight_fraction: float = 0.3, normalise: bool = True, restarts: int = 0,
-                 restart_misfit: float = 2.0) -> None:
+                 auto_weight_fraction: float = 1.0, normalise: bool = True, restarts: int = 0,
+                 restart_misfit: float = 2.0, average: float = 0.99, init: str = "tv",
+                 init_iterations: int = 300) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
@@ -129,6 +147,14 @@ class DIP(Method):
             raise ConfigError(f"dip: restarts must be an int >= 0, got {restarts!r}")
         self.restarts = restarts
         self.restart_misfit = real(restart_misfit, "dip: restart_misfit", minimum=0.0, strict=True)
+        init = "none" if init is None else init
+        if init not in self.INITS:
+            raise ConfigError(f"dip: init must be one of {self.INITS}, got {init!r}")
+        self.init = init
+        self.init_iterations = positive_int(init_iterations, "dip: init_iterations")
+        self.average = real(average, "dip: average", minimum=0.0)
+        if self.average >= 1:
+            raise ConfigError(f"dip: average must be in [0, 1) (0 keeps the raw weights), got {average!r}")
         self.params = {"generator": generator if isinstance(generator, str) else type(generator).__name__,
                        "generator_params": self.generator_params, "regularizer": type(self.regularizer).__name__,
                        "weight": self.weight, "stopping": type(self.stopping).__name__,
@@ -136,7 +162,8 @@ class DIP(Method):
                        "max_iterations": max_iterations, "input_noise": self.input_noise,
                        "grad_clip": self.grad_clip, "seed": self.seed,
                        "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise,
-                       "restarts": self.restarts, "restart_misfit": self.restart_misfit}
+                       "restarts": self.restarts, "restart_misfit": self.restart_misfit, "average": self.average,
+                       "init": self.init, "init_iterations": self.init_iterations}
 
     def reseeded(self, seed: int) -> DIP:
         """A copy that fits from ``seed`` with its own stopping rule; this DIP is left as it is."""
@@ -187,14 +214,19 @@ class DIP(Method):
     # -- fitting ----------------------------------------------------------------------
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
-        uses_auto_weight = self.weight == "auto" and not isinstance(self.regularizer, NoRegularizer)
-        if self.stopping.requires_noise_level or uses_auto_weight:
+        if self._auto_weight() and not problem.operator.is_linear:
+            raise ConfigError(f"dip: weight='auto' cross-validates TV least squares, which needs a linear operator "
+                              f"({problem.operator.name} is not); give a number as weight")
+        if self._needs_tv(problem):
+            problem = ensure_noise_level(problem, self.name)  # it centres TV's weight grid
+        elif self.stopping.requires_noise_level:
             problem = ensure_noise_level(problem, self.name)
         scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
-        weights = [self._weights(part)[0] for part in normalised]
+        references = [self._reference(part) for part in normalised]
+        weights = [weight for weight, _ in references]
         fits = [self._in_user_units(
-                    self._restarted_fit(part, weights[b], self._checkpoint_path(b, problem.batch_size), progress,
+                    self._restarted_fit(part, *references[b], self._checkpoint_path(b, problem.batch_size), progress,
                                         float(scales[b])), float(scales[b]), problem.constraints)
                 for b, part in enumerate(normalised)]
         first = fits[0]
@@ -209,8 +241,8 @@ class DIP(Method):
                     "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
                                    "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
 
-    def _restarted_fit(self, problem: InverseProblem, weight: float, checkpoint: Path | None, progress: bool,
-                       scale: float) -> Reconstruction:
+    def _restarted_fit(self, problem: InverseProblem, weight: float, start: Tensor | None, checkpoint: Path | None,
+                       progress: bool, scale: float) -> Reconstruction:
         """Fit one image of the problem normalised by ``scale``, refitting from the next seeds while the kept
         iterate leaves the data unexplained (see ``restarts``); the attempt with the smallest misfit
         ``||A x - y||``, reported in the data's units."""
@@ -220,7 +252,7 @@ class DIP(Method):
             method = self if attempt == 0 else self.reseeded(self.seed + attempt)
             path = checkpoint if checkpoint is None or attempt == 0 else checkpoint.with_name(
                 f"{checkpoint.stem}-restart{attempt}{checkpoint.suffix}")
-            fit = method._fit(problem, weight, path, progress)
+            fit = method._fit(problem, weight, start, path, progress)
             with torch.no_grad():
                 fit.extras["misfit"] = scale * float((problem.operator(fit.image) - problem.y).norm())
             attempts.append(fit)
@@ -245,24 +277,51 @@ class DIP(Method):
         record.extras["generator"] = record.extras["generator"].rescaled(scale, constraints)
         return record
 
-    def _weights(self, problem: InverseProblem) -> list[float]:
-        """The TV weight per image. ``"auto"``: ``auto_weight_fraction * 2 lambda / m``, where ``lambda`` is
-        the weight the discrepancy principle picks for TV least squares ``1/2 ||Ax - y||^2 + lambda TV``,
-        ``2 / m`` rescales it to this mean-squared loss (``m`` entries in ``y``) and the fraction (0.3)
-        leaves room for the network's own regularisation, which TV alone does not have."""
-        if self.weight != "auto":
-            return [float(self.weight)] * problem.batch_size
-        if isinstance(self.regularizer, NoRegularizer):
-            return [0.0] * problem.batch_size
-        if not problem.operator.is_linear:
-            raise ConfigError("dip: weight='auto' needs a linear operator (it solves TV least squares); give a number")
-        if problem.noise_norm is None or bool((problem.noise_norm <= 0).any()):
-            raise ConfigError("dip: weight='auto' chooses the TV weight from the noise level, which the problem "
-                              "lacks (or is 0); give noise_std/noise_norm or a number as weight")
-        tv = TVLeastSquares(weight="discrepancy").reconstruct(problem, progress=False)
-        return [self.auto_weight_fraction * 2.0 * w / problem.y[0].numel() for w in tv.params["weight"]]
+    def _needs_tv(self, problem: InverseProblem) -> bool:
+        """Whether the fit needs TV least squares: for the weight, or for the start (linear operators only)."""
+        return self._auto_weight() or (self.init == "tv" and problem.operator.is_linear)
 
-    def _fit(self, problem: InverseProblem, weight: float, checkpoint: Path | None, progress: bool) -> Reconstruction:
+    def _auto_weight(self) -> bool:
+        return self.weight == "auto" and not isinstance(self.regularizer, NoRegularizer)
+
+    def _reference(self, problem: InverseProblem) -> tuple[float, Tensor | None]:
+        """The TV weight and the start image (``init="tv"``, else None) for one image.
+
+        ``weight="auto"``: ``auto_weight_fraction * 2 lambda / m``, where ``lambda`` is the weight held-out
+        cross-validation picks for TV least squares ``1/2 ||Ax - y||^2 + lambda TV``
+        (``TVLeastSquares(weight="cv")``: the weight that best predicts left-out measurements) and ``2 / m``
+        rescales it to this mean-squared loss (``m`` entries in ``y``). The start image minimises the same
+        loss over all images (TV least squares with ``lambda = weight m / 2``); without TV in the loss, the
+        cross-validated TV image. TV is nonnegative unless the problem's constraints allow negative values.
+        """
+        m = problem.y[0].numel()
+        weight = 0.0 if isinstance(self.regularizer, NoRegularizer) or self.weight == "auto" else float(self.weight)
+        if not self._needs_tv(problem):
+            return weight, None
+        bounds = problem.constraints
+        settings = {"nonnegative": bounds is None or bounds.lower is None or bounds.lower >= 0,
+                    "isotropic": isinstance(self.regularizer, IsotropicTV)}
+        if self._auto_weight() or (self.init == "tv" and weight == 0.0):
+            tv = TVLeastSquares(weight="cv", **settings).reconstruct(problem, progress=False)
+            if self._auto_weight():
+                weight = self.auto_weight_fraction * 2.0 * tv.params["weight"][0] / m
+        if self.init != "tv":
+            return weight, None
+        if weight > 0.0 and (not self._auto_weight() or self.auto_weight_fraction != 1.0):
+            tv = TVLeastSquares(weight=weight * m / 2.0, **settings).reconstruct(problem, progress=False)
+        return weight, tv.image
+
+    def _fit_to(self, generator: Generator, z: Tensor, target: Tensor) -> None:
+        """``init_iterations`` Adam steps (step ``lr``) on ``mean((G(z) - target)^2)``."""
+        optimizer = torch.optim.Adam(generator.parameters(), lr=self.lr)
+        for _ in range(self.init_iterations):
+            loss = (generator(z) - target).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def _fit(self, problem: InverseProblem, weight: float, start: Tensor | None, checkpoint: Path | None,
+             progress: bool) -> Reconstruction:
         op, y = problem.operator, problem.y
         generator = self._build_generator(problem)
         z = generator.make_input(problem, self.seed)
@@ -275,27 +334,33 @@ class DIP(Method):
             if shape != (1, *op.domain_shape):
                 raise ShapeError(f"dip: the generator outputs images of shape {shape}, but {op.name} expects "
                                  f"(1, {', '.join(map(str, op.domain_shape))}); fix the generator's size/channels")
+            resuming = checkpoint is not None and self.resume and checkpoint.exists()
+            if start is not None and not resuming:  # a resumed run restores the weights instead
+                self._fit_to(generator, z, start)
             optimizer = self.OPTIMIZERS[self.optimizer](generator.parameters(), lr=self.lr)
             noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
             record = Reconstruction(y.new_zeros(0), self.name, params=self.params, generator_input=z)
             best_state: dict[str, Tensor] | None = None
+            average = _clone(generator.state_dict()) if self.average > 0 else None
             first = 1
             fingerprint = self._fingerprint(problem)
-            if checkpoint is not None and self.resume and checkpoint.exists():
+            if resuming:
                 payload = self._load(checkpoint, fingerprint, y.device)
                 result = payload.get("result")
                 if result is not None and (result["stopped"] or payload["iteration"] >= self.max_iterations):
                     return self._finished(record, payload, generator)
-                first, best_state = self._restore(payload, generator, optimizer, rule, noise_rng, record, y.device)
+                first, best_state, average = self._restore(payload, generator, optimizer, rule, noise_rng, record,
+                                                           y.device)
             return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
-                                 first, checkpoint, fingerprint, progress)
+                                 average, first, checkpoint, fingerprint, progress)
 
     def _iterate(self, problem: InverseProblem, weight: float, generator: Generator, z: Tensor, rule: StoppingRule,
-                 optimizer, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None, first: int,
-                 checkpoint: Path | None, fingerprint: str, progress: bool) -> Reconstruction:
+                 optimizer, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
+                 average: dict | None, first: int, checkpoint: Path | None, fingerprint: str,
+                 progress: bool) -> Reconstruction:
         op, y = problem.operator, problem.y
         watch = getattr(rule, "monitor", None)
-        snapshot = lambda: {k: v.detach().clone() for k, v in generator.state_dict().items()}
+        snapshot = lambda: _clone(generator.state_dict()) if average is None else _clone(average)
         last_good: Tensor | None = None
         final_state: dict[str, Tensor] | None = None
         iteration, stop = first - 1, False
@@ -317,6 +382,8 @@ class DIP(Method):
                     torch.nn.utils.clip_grad_norm_(generator.parameters(), self.grad_clip)
                 image = x.detach()
                 last_good = image
+                if average is not None:  # theta_bar_k from theta_{k-1}, the weights that produced x_k
+                    _accumulate(average, generator.state_dict(), min(self.average, 1.0 - 1.0 / iteration))
                 extras = {}
                 if watch in ("psnr", "ssim") and problem.x_true is not None:
                     extras[watch] = float((psnr if watch == "psnr" else ssim)(image, problem.x_true))
@@ -326,7 +393,7 @@ class DIP(Method):
                 if rule.best_iteration == iteration:
                     best_state = snapshot()  # the weights that produced the kept image (before this step)
                 if stop or iteration % self.log_every == 0 or iteration == self.max_iterations:
-                    self._log(record, problem, state, rule)
+                    self._log(record, problem, state, rule, generator, average, z)
                     bar.set_postfix({k: f"{v[-1]:.4g}" for k, v in record.trace.items() if k in ("loss", "psnr")})
                 bar.update(1)
                 if stop:
@@ -336,16 +403,21 @@ class DIP(Method):
                 optimizer.step()
                 if checkpoint is not None and iteration % self.checkpoint_every == 0:
                     self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng,
-                               record, best_state)
+                               record, best_state, average)
         if stop:
             record.stop_reason = rule.reason
         else:
             if rule.best is None:  # the rule kept nothing yet (e.g. ES-WMV before its window filled)
                 rule._keep(IterationState(iteration, last_good, math.nan, torch.zeros(1)))
                 best_state = final_state
-            record.stop_reason = (f"max_iterations = {self.max_iterations} reached before the stopping rule fired; "
-                                  f"kept iteration {rule.best_iteration}")
+            fired = "" if isinstance(rule, FixedBudget) and rule.iterations is None else \
+                " before the stopping rule fired"
+            record.stop_reason = f"max_iterations = {self.max_iterations} reached{fired}; kept iteration {rule.best_iteration}"
         record.image, record.iterations = rule.best, iteration
+        if average is not None and best_state is not None:
+            with torch.no_grad():
+                record.image = torch.func.functional_call(generator, best_state, (z,)).detach()
+            record.stop_reason += f" (weights averaged, decay {self.average:g})"
         record.generator_state = best_state
         record.extras["best_iteration"] = rule.best_iteration
         record.extras["generator"] = generator  # the network (load generator_state for the kept weights)
@@ -353,14 +425,21 @@ class DIP(Method):
             result = {"stopped": stop, "image": record.image, "iterations": iteration,
                       "stop_reason": record.stop_reason, "best_iteration": rule.best_iteration}
             self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng, record,
-                       best_state, result)
+                       best_state, average, result)
         return record
 
-    def _log(self, record: Reconstruction, problem: InverseProblem, state: IterationState, rule: StoppingRule) -> None:
+    def _log(self, record: Reconstruction, problem: InverseProblem, state: IterationState, rule: StoppingRule,
+             generator: Generator, average: dict | None, z: Tensor) -> None:
+        """One trace row: loss, residual, the rule's statistic and, with a ground truth, the iterate's PSNR/SSIM
+        (and ``psnr_average``, the averaged network's, which is what a stop here would keep)."""
         values = {"iteration": state.iteration, "loss": state.loss, "residual": float(state.residual_norm[0])}
         if problem.x_true is not None:
             values["psnr"] = float(psnr(state.image, problem.x_true)[0])
             values["ssim"] = float(ssim(state.image, problem.x_true)[0]) if min(state.image.shape[-2:]) >= 11 else math.nan
+            if average is not None:
+                with torch.no_grad():
+                    averaged = torch.func.functional_call(generator, average, (z,))
+                values["psnr_average"] = float(psnr(averaged, problem.x_true)[0])
         values["statistic"] = math.nan if rule.statistic is None else float(rule.statistic)
         record.log(**values)
 
@@ -376,14 +455,14 @@ class DIP(Method):
 
     # -- checkpoints ------------------------------------------------------------------
     def _save(self, path: Path, fingerprint: str, iteration: int, generator: Generator, optimizer, rule: StoppingRule,
-              noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
+              noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None, average: dict | None,
               result: dict | None = None) -> None:
         """Everything needed to continue after ``iteration`` (and, at the end of a fit, its result)."""
         device = next(iter(generator.state_dict().values())).device
         payload = {"fingerprint": fingerprint, "iteration": iteration, "generator": generator.state_dict(),
                    "optimizer": optimizer.state_dict(), "rule": rule.state_dict(), "noise_rng": noise_rng.get_state(),
                    "torch_rng": torch.get_rng_state(), "trace": record.trace, "best_state": best_state,
-                   "result": result}
+                   "average": average, "result": result}
         if device.type == "cuda":
             payload["cuda_rng"] = torch.cuda.get_rng_state(device)
         atomic_write(path, lambda f: torch.save(payload, f))
@@ -397,8 +476,8 @@ class DIP(Method):
         return _on_device(payload, device, keep=("noise_rng", "torch_rng", "cuda_rng"))
 
     def _restore(self, payload: dict, generator: Generator, optimizer, rule: StoppingRule, noise_rng: torch.Generator,
-                 record: Reconstruction, device: torch.device) -> tuple[int, dict | None]:
-        """Continue from ``payload``: returns the next iteration and the kept network state."""
+                 record: Reconstruction, device: torch.device) -> tuple[int, dict | None, dict | None]:
+        """Continue from ``payload``: returns the next iteration, the kept network state and the weight average."""
         generator.load_state_dict(payload["generator"])
         optimizer.load_state_dict(payload["optimizer"])
         rule.load_state_dict(payload["rule"])
@@ -407,7 +486,7 @@ class DIP(Method):
         if "cuda_rng" in payload and device.type == "cuda":
             torch.cuda.set_rng_state(payload["cuda_rng"], device)
         record.trace = payload["trace"]
-        return payload["iteration"] + 1, payload["best_state"]
+        return payload["iteration"] + 1, payload["best_state"], payload.get("average")
 
     def _finished(self, record: Reconstruction, payload: dict, generator: Generator) -> Reconstruction:
         """The stored result of a fit that had already ended."""
@@ -418,6 +497,20 @@ class DIP(Method):
         record.trace, record.generator_state = payload["trace"], payload["best_state"]
         record.extras["best_iteration"] = result["best_iteration"]
         return record
+
+
+def _clone(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@torch.no_grad()
+def _accumulate(average: dict[str, Tensor], state: dict[str, Tensor], decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * state`` for the floating-point entries (others are copied)."""
+    for key, value in state.items():
+        if value.is_floating_point():
+            average[key].mul_(decay).add_(value, alpha=1.0 - decay)
+        else:
+            average[key].copy_(value)
 
 
 def _on_device(value: Any, device: torch.device, keep: tuple[str, ...] = ()) -> Any:

@@ -39,7 +39,7 @@ class EDIP(DIP):
     ``fine_factor``; defaults ``PRETRAIN_DEFAULTS``), the model is trained on the problem's operator and
     noise level and written to ``pretrained`` for the next run. A model trained for another operator,
     geometry, image size or noise level (beyond ``noise_tolerance``) is refused. The other arguments
-    are those of ``DIP``; the generator is the pretrained one.
+    are those of ``DIP``; the generator is the pretrained one (so there is no ``init``).
     """
 
     name = "edip"
@@ -58,9 +58,11 @@ class EDIP(DIP):
         if dip.get("restarts", 0):
             raise ConfigError("edip: restarts re-draw the network's initial weights, but EDIP starts from the "
                               "pretrained ones, so every restart would repeat the same fit; leave restarts at 0")
+        if dip.get("init", "none") not in ("none", None):
+            raise ConfigError("edip: init would overwrite the pretrained weights EDIP starts from; leave init unset")
         if pretrained is None and pretrain is None:
             raise ConfigError("edip: give 'pretrained' (a model file) or 'pretrain' (settings to train one)")
-        super().__init__(**dip)
+        super().__init__(**{**dip, "init": "none"})
         self.pretrained = None if pretrained is None else Path(pretrained)
         self.pretrain_settings = None if pretrain is None else {**PRETRAIN_DEFAULTS, **pretrain}
         self.noise_tolerance = real(noise_tolerance, "edip: noise_tolerance (>= 1)", minimum=1.0)

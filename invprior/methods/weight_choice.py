@@ -1,4 +1,5 @@
-"""Choosing a regularisation weight per image: discrepancy principle or oracle PSNR over a grid."""
+"""Choosing a regularisation weight per image over a grid: held-out cross-validation, the discrepancy principle,
+or the oracle PSNR."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import torch
 from torch import Tensor
 
 from invprior.core.problem import InverseProblem
+from invprior.methods.cross_validation import held_out_errors
 from invprior.errors import ConfigError
 from invprior.metrics import psnr
 from invprior.validation import real
 
-RULES = ("discrepancy", "oracle")
+RULES = ("cv", "discrepancy", "oracle")
 
 
 def check_weight(weight: float | str, owner: str) -> float | str:
@@ -38,36 +40,42 @@ def check_rule_inputs(problem: InverseProblem, rule: str) -> None:
         raise ConfigError("weight='oracle' needs the ground truth x_true on the problem")
 
 
-def choose_weight(solve: Callable[[Tensor, Tensor | None], Tensor], problem: InverseProblem, scale: Tensor,
-                  factors: Sequence[float], rule: str, tau: float = 1.1) -> tuple[Tensor, Tensor, list[dict]]:
-    """Solve with weights ``scale * f`` (one weight per image) for every ascending factor ``f``, warm-started,
-    and pick one per image.
+def choose_weight(solve: Callable[[InverseProblem, Tensor, Tensor | None], Tensor], problem: InverseProblem,
+                  scale: Tensor, factors: Sequence[float], rule: str, tau: float = 1.1) -> tuple[Tensor, Tensor, list[dict]]:
+    """Solve with weights ``scale * f`` (one weight per image) for every ascending factor ``f``, warm-started
+    (``solve(problem, weight, warm)``), and pick one per image.
 
-    ``discrepancy``: the largest weight with ``||A x - y|| <= tau * delta`` (the smallest if none
-    qualifies). ``oracle``: the highest PSNR against ``x_true`` (for benchmarks only).
-    Returns ``(images, chosen weights (B,), table of weights / residuals / PSNRs per grid point)``.
+    ``cv``: the smallest held-out prediction error (``invprior.methods.cross_validation``; the grid is also
+    solved once per fold). ``discrepancy``: the largest weight with ``||A x - y|| <= tau * delta`` (the
+    smallest if none qualifies). ``oracle``: the highest PSNR against ``x_true`` (for benchmarks only).
+    Returns ``(images, chosen weights (B,), table of weights / residuals / PSNRs / CV errors per grid point)``.
     """
     check_rule_inputs(problem, rule)
     scale = scale.detach().to(dtype=torch.float64, device="cpu")
+    factors = sorted(factors)
+    weights = [(scale * f).to(device=problem.y.device, dtype=problem.y.dtype) for f in factors]
+    cv_errors = held_out_errors(solve, problem, weights) if rule == "cv" else None
     chosen_x: Tensor | None = None
     chosen_w = torch.zeros(problem.batch_size, dtype=torch.float64)
-    best_psnr = torch.full((problem.batch_size,), -float("inf"), dtype=torch.float64)
+    best = torch.full((problem.batch_size,), -float("inf"), dtype=torch.float64)  # the score a choice maximises
     table: list[dict] = []
     x = None
-    for factor in sorted(factors):
+    for index, factor in enumerate(factors):
         weight = scale * factor
-        x = solve(weight.to(device=problem.y.device, dtype=problem.y.dtype), x)
+        x = solve(problem, weights[index], x)
         residual = problem.residual_norm(x).detach().cpu().double()
         quality = psnr(x, problem.x_true).detach().cpu().double() if problem.x_true is not None else None
         table.append({"weight": weight.tolist(), "residual": residual.tolist(),
-                      "psnr": quality.tolist() if quality is not None else None})
+                      "psnr": quality.tolist() if quality is not None else None,
+                      "cv_error": cv_errors[index].tolist() if cv_errors is not None else None})
         if rule == "discrepancy":
             take = residual <= tau * problem.noise_norm.detach().cpu().double()
             if chosen_x is None:
                 take = torch.ones_like(take)
         else:
-            take = quality > best_psnr
-            best_psnr = torch.where(take, quality, best_psnr)
+            score = quality if rule == "oracle" else -cv_errors[index]
+            take = score > best
+            best = torch.where(take, score, best)
         mask = take.to(x.device).view(-1, *([1] * (x.ndim - 1)))
         chosen_x = x.detach().clone() if chosen_x is None else torch.where(mask, x.detach(), chosen_x)
         chosen_w = torch.where(take, weight, chosen_w)

@@ -21,15 +21,16 @@ def _residual_and_noise(state: IterationState, needs: str) -> tuple[float, float
 
 
 class FixedBudget(StoppingRule):
-    """Stop after ``iterations`` iterations and keep the last iterate."""
+    """Stop after ``iterations`` iterations and keep the last iterate; ``None`` (the default) runs the
+    method's own budget (DIP's ``max_iterations``)."""
 
-    def __init__(self, iterations: int = 1000) -> None:
-        self.iterations = positive_int(iterations, "FixedBudget: iterations")
+    def __init__(self, iterations: int | None = None) -> None:
+        self.iterations = None if iterations is None else positive_int(iterations, "FixedBudget: iterations")
         self.reset()
 
     def update(self, state: IterationState) -> bool:
         self._keep(state)
-        if state.iteration >= self.iterations:
+        if self.iterations is not None and state.iteration >= self.iterations:
             self.reason = f"fixed budget of {self.iterations} iterations reached"
             return True
         return False
