@@ -41,7 +41,7 @@ from invprior.io import atomic_write
 from invprior.methods.classical import PseudoInverse, TVLeastSquares
 from invprior.methods.dip import DIP
 from invprior.metrics import psnr
-from result_rows import machine
+from result_rows import machine, save_rows, write_results
 
 GENERATOR = {"preset": "small", "input_channels": 32}
 #: DIP+TV as the demo and the suites ran it before the robust defaults.
@@ -111,12 +111,16 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def setting_of(row: dict) -> Setting:
+    """The setting a stored row was run for (JSON turned its parameter pairs into lists)."""
+    return Setting(**{**row["setting"], "operator_params": tuple(tuple(p) for p in row["setting"]["operator_params"])})
+
+
 def page(rows: list[dict], threads: int) -> tuple[str, list[tuple[str, float, float]]]:
     """The results page and, per setting, (label, gain of "before", gain of "now" over oracle TV)."""
     by_setting: dict[str, list[dict]] = {}
     for row in rows:
-        by_setting.setdefault(Setting(**{**row["setting"], "operator_params": tuple(
-            tuple(p) for p in row["setting"]["operator_params"])}).label, []).append(row)
+        by_setting.setdefault(setting_of(row).label, []).append(row)
     mean = lambda group, key: float(np.mean([r[key] for r in group])) if all(key in r for r in group) else float("nan")
     lines = ["| setting | seeds | pseudo-inverse | TV discrepancy | TV cv | TV oracle | DIP+TV before | DIP+TV now "
              "| now: best iterate | now - oracle TV | time before / now |", "|" + "---|" * 11]
@@ -132,8 +136,7 @@ def page(rows: list[dict], threads: int) -> tuple[str, list[tuple[str, float, fl
         gains.append((label, cells[4] - cells[3], gain))
     everything = lambda key: np.array([r[key] for r in rows])
     now, oracle, discrepancy = everything("dip_now"), everything("tv_oracle"), everything("tv_discrepancy")
-    below = [f"{Setting(**{**r['setting'], 'operator_params': tuple(tuple(p) for p in r['setting']['operator_params'])}).label}"
-             f" seed {r['seed']} ({r['dip_now'] - r['tv_discrepancy']:+.2f} dB)"
+    below = [f"{setting_of(r).label} seed {r['seed']} ({r['dip_now'] - r['tv_discrepancy']:+.2f} dB)"
              for r in rows if r["dip_now"] < r["tv_discrepancy"]]
     cost = everything("dip_now_seconds") / everything("dip_before_seconds")
     summary = [
@@ -167,9 +170,7 @@ def figure(gains: list[tuple[str, float, float]], path: Path) -> None:
     ax.set_xlabel("PSNR gain over TV with the oracle weight (dB)")
     ax.legend(loc="lower left")
     fig.tight_layout()
-    with open(path.with_suffix(".tmp.png"), "wb") as handle:
-        fig.savefig(handle, dpi=110)
-    path.with_suffix(".tmp.png").replace(path)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -183,29 +184,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "rows.jsonl"
-    rows = load(path)
+    rows = load(args.out / "rows.jsonl")
     done = {(json.dumps(r["setting"], sort_keys=True), r["seed"]) for r in rows}
     for setting in grid(args.only):
         for seed in args.seeds:
             if (json.dumps(asdict(setting), sort_keys=True), seed) in done:
                 continue
             row = run(setting, seed)
-            rows.append(json.loads(json.dumps(row)))
-            atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+            rows.append(json.loads(json.dumps(row)))  # as a rerun reads it back
+            save_rows(args.out, rows)
             print(f"{setting.label} seed {seed}: TV disc {row['tv_discrepancy']:.2f} cv {row['tv_cv']:.2f} oracle "
                   f"{row['tv_oracle']:.2f} | DIP before {row['dip_before']:.2f} ({row['dip_before_seconds']:.0f} s) "
                   f"now {row['dip_now']:.2f} ({row['dip_now_seconds']:.0f} s, best {row['dip_now_best']:.2f})",
                   flush=True)
     text, gains = page(rows, args.threads)
-    print(text)
-    atomic_write(args.out / "results.md", lambda f: f.write(text.encode()))
+    header = ("# Results: DIP+TV without ground truth\n\nWritten by `benchmarks/dip_robustness.py`; what the "
+              "columns mean is in its docstring and in [DIP](../dip.md#automatic-choices).\n\n"
+              "![PSNR gain over oracle TV per setting](../figures/dip_robustness.png)\n\n")
+    write_results(args.out, text, args.docs, header)
     figure(gains, args.out / "gain_over_oracle_tv.png")
     if args.docs:
-        header = ("# Results: DIP+TV without ground truth\n\nWritten by `benchmarks/dip_robustness.py`; what the "
-                  "columns mean is in its docstring and in [DIP](../dip.md#automatic-choices).\n\n"
-                  "![PSNR gain over oracle TV per setting](../figures/dip_robustness.png)\n\n")
-        atomic_write(args.docs, lambda f: f.write((header + text).encode()))
         figure(gains, args.docs.parent.parent / "figures" / "dip_robustness.png")
 
 

@@ -217,9 +217,7 @@ class DIP(Method):
         if self._auto_weight() and not problem.operator.is_linear:
             raise ConfigError(f"dip: weight='auto' cross-validates TV least squares, which needs a linear operator "
                               f"({problem.operator.name} is not); give a number as weight")
-        if self._needs_tv(problem):
-            problem = ensure_noise_level(problem, self.name)  # it centres TV's weight grid
-        elif self.stopping.requires_noise_level:
+        if self.stopping.requires_noise_level or self._needs_tv(problem):  # TV: it centres the weight grid
             problem = ensure_noise_level(problem, self.name)
         scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
