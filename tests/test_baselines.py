@@ -119,3 +119,13 @@ def test_tv_beats_fbp_on_30_angle_ct_of_ellipses():
     fbp = psnr(FBP().reconstruct(problem).image, x)
     tv = psnr(TVLeastSquares(iterations=300, grid_size=7).reconstruct(problem, progress=False).image, x)
     assert (tv - fbp).min() > 3.0, (fbp, tv)
+
+
+def test_tv_fills_a_hole_from_its_neighbours_not_from_zero():
+    """A constant image with a missing box: TV's minimiser is the constant everywhere (zero TV, exact fit),
+    and a small weight moves a pixel the data do not reach by O(weight) per step, so only a start from the
+    smooth fill (not from zero) is there within 100 iterations."""
+    op = Inpainting(size=24, box=(8, 8, 8, 8))
+    y = op(torch.full((1, 1, 24, 24), 0.7, dtype=torch.float64))
+    x = TVLeastSquares(weight=1e-4, iterations=100).reconstruct(InverseProblem(op, y), progress=False).image
+    assert torch.allclose(x, torch.full_like(x, 0.7), atol=1e-3)

@@ -83,7 +83,10 @@ def held_out_errors(solve: Callable[[InverseProblem, Tensor, Tensor | None], Ten
     ``solve(problem, weight, warm)`` fits one problem (warm-started from ``warm``, the previous weight's fit).
     The score is only as good as the fold fits' convergence: where the held-out entries leave unknowns that
     only the penalty reaches (held-out pixels in denoising or inpainting), an iterative solver that stops
-    early leaves them near its start at small weights, and the score then favours larger weights. A fold's fit
+    early leaves them near its start at small weights, so ``solve`` should start cold fits from a fill of
+    the fold's own data (TV does: ``smooth_fill``), not from zero. For operators without redundancy between
+    entries (denoising) the score measures how well neighbours predict a pixel, which is not how well the
+    weight denoises it: there it can miss the best weight in either direction. A fold's fit
     uses ``weight * (kept entries / all entries)``, the same balance of data and penalty as on the full data
     for a penalty added to ``1/2 ||A x - y||^2``.
     """
