@@ -80,6 +80,23 @@ def test_auto_weight_is_the_cross_validated_tv_weight_and_the_start_its_image(pr
     assert float(psnr(result.image, cv.image * scale)) > 30.0
 
 
+def _second_step(problem: InverseProblem, warmup: int, init: str) -> float:
+    """The largest parameter change of the second data-fit step (kept weights theta_1 -> final theta_2)."""
+    fit = DIP(generator=LinearGenerator(size=SIZE, num_params=64, seed=1), weight=1e-3, init=init, init_iterations=5, warmup=warmup, lr=0.05, average=0.0, max_iterations=2)
+    result = fit.reconstruct(problem, progress=False)
+    after = result.extras["generator"].state_dict()
+    return max(float((after[k] - v).abs().max()) for k, v in result.generator_state.items())
+
+
+def test_learning_rate_warms_up_after_the_tv_start_only(problem):
+    """Adam moves every parameter by about lr per step whatever the gradient; after the TV start the step k
+    uses lr * min(1, k / warmup), so step 2 moves by about 2 lr / warmup; a cold start is not slowed."""
+    lr = 0.05
+    assert _second_step(problem, 0, "tv") == pytest.approx(lr, rel=0.3)
+    assert _second_step(problem, 100, "tv") == pytest.approx(lr * 2 / 100, rel=0.3)
+    assert _second_step(problem, 100, "none") == pytest.approx(lr, rel=0.3)
+
+
 class _Square(ForwardOperator):
     def __init__(self) -> None:
         super().__init__((1, 4, 4), (1, 4, 4))
@@ -95,7 +112,8 @@ def test_automatic_choices_refuse_what_they_cannot_do():
     # a nonlinear operator with a given weight starts from the generator's own weights (no TV least squares)
     fit = DIP(generator=LinearGenerator(size=4), weight=0.0, max_iterations=2).reconstruct(nonlinear, progress=False)
     assert fit.iterations == 2
-    for bad in ({"average": 1.0}, {"average": -0.1}, {"init": "fbp"}, {"init_iterations": 0}):
+    for bad in ({"average": 1.0}, {"average": -0.1}, {"init": "fbp"}, {"init_iterations": 0},
+                {"warmup": -1}, {"warmup": 1.5}):
         with pytest.raises(ConfigError):
             DIP(**bad)
     with pytest.raises(ConfigError, match="init would overwrite the pretrained weights"):

@@ -73,8 +73,10 @@ class DIP(Method):
 
     With ``init="tv"`` (the default) the network first learns to output the TV image of the same
     cross-validated weight (``init_iterations`` Adam steps on ``mean((G(z) - x_TV)^2)``, the data unused),
-    then the DIP+TV fit starts from there with a fresh optimiser: the fit refines the best classical image
-    instead of growing edges from noise, which a U-Net does slowly. ``init="none"``, and every nonlinear
+    then the DIP+TV fit starts from there with a fresh optimiser whose step ramps up linearly over the first
+    ``warmup`` iterations (``lr min(1, k / warmup)``: Adam's first steps have size ``lr`` whatever the gradient,
+    which would throw the network far from the start): the fit refines the best classical image instead of
+    growing edges from noise, which a U-Net does slowly. ``init="none"``, and every nonlinear
     operator (no TV least squares), start from the generator's initial weights.
 
     The default rule (``"fixed"``) runs the whole budget: with the weight chosen by cross-validation the
@@ -115,7 +117,7 @@ class DIP(Method):
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
                  auto_weight_fraction: float = 1.0, normalise: bool = True, restarts: int = 0,
                  restart_misfit: float = 2.0, average: float = 0.99, init: str = "tv",
-                 init_iterations: int = 300) -> None:
+                 init_iterations: int = 300, warmup: int = 200) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
         if optimizer not in self.OPTIMIZERS:
             raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
@@ -152,6 +154,9 @@ class DIP(Method):
             raise ConfigError(f"dip: init must be one of {self.INITS}, got {init!r}")
         self.init = init
         self.init_iterations = positive_int(init_iterations, "dip: init_iterations")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ConfigError(f"dip: warmup must be an int >= 0 (0: no warm-up), got {warmup!r}")
+        self.warmup = warmup
         self.average = real(average, "dip: average", minimum=0.0)
         if self.average >= 1:
             raise ConfigError(f"dip: average must be in [0, 1) (0 keeps the raw weights), got {average!r}")
@@ -163,7 +168,7 @@ class DIP(Method):
                        "grad_clip": self.grad_clip, "seed": self.seed,
                        "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise,
                        "restarts": self.restarts, "restart_misfit": self.restart_misfit, "average": self.average,
-                       "init": self.init, "init_iterations": self.init_iterations}
+                       "init": self.init, "init_iterations": self.init_iterations, "warmup": self.warmup}
 
     def reseeded(self, seed: int) -> DIP:
         """A copy that fits from ``seed`` with its own stopping rule; this DIP is left as it is."""
@@ -349,13 +354,14 @@ class DIP(Method):
                     return self._finished(record, payload, generator)
                 first, best_state, average = self._restore(payload, generator, optimizer, rule, noise_rng, record,
                                                            y.device)
+            warmup = self.warmup if start is not None else 0
             return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
-                                 average, first, checkpoint, fingerprint, progress)
+                                 average, first, checkpoint, fingerprint, progress, warmup)
 
     def _iterate(self, problem: InverseProblem, weight: float, generator: Generator, z: Tensor, rule: StoppingRule,
                  optimizer, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
                  average: dict | None, first: int, checkpoint: Path | None, fingerprint: str,
-                 progress: bool) -> Reconstruction:
+                 progress: bool, warmup: int) -> Reconstruction:
         op, y = problem.operator, problem.y
         watch = getattr(rule, "monitor", None)
         snapshot = lambda: _clone(generator.state_dict()) if average is None else _clone(average)
@@ -398,6 +404,9 @@ class DIP(Method):
                     break
                 if iteration == self.max_iterations:
                     final_state = snapshot()
+                if warmup:  # a function of the iteration alone, so a resumed run steps the same
+                    for group in optimizer.param_groups:
+                        group["lr"] = self.lr * min(1.0, iteration / warmup)
                 optimizer.step()
                 if checkpoint is not None and iteration % self.checkpoint_every == 0:
                     self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng,
