@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from invprior import registry
+from invprior import __version__, registry
 from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
 from invprior.errors import InvpriorError
@@ -77,6 +77,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invprior", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"invprior {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one problem x one method from a TOML configuration")
     run.add_argument("config", help="TOML configuration file")

@@ -8,7 +8,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,11 +22,24 @@ except ImportError:  # not POSIX: no advisory locks
     fcntl = None  # type: ignore[assignment]
 
 
+def _new_file(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty file ``.name.<random>.tmp`` in ``folder``, opened for writing, with the permissions a plain
+    ``open`` would give it (``0o666`` less the process's umask; ``tempfile.mkstemp`` would give ``0o600``)."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(file)`` on a temporary file and rename it to ``path``; no partial file is ever left."""
+    """Call ``write(file)`` on a temporary file and rename it to ``path``; no partial file is ever left. The
+    file gets the permissions the umask allows (``0o644`` under the usual ``022``), as with ``open``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

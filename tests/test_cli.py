@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -77,3 +78,28 @@ def test_list_shows_components_with_their_distribution(capsys):
     assert main(["list", "operators"]) == 0
     out = capsys.readouterr().out
     assert "ct_parallel" in out and "invprior.operators.ct:ParallelBeamCT" in out and " invprior " in out
+
+
+def _python(*args: str, umask: int = 0o022) -> str:
+    """stdout of ``python *args`` in a fresh interpreter with its own umask (the test process's is left alone)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True,
+                          preexec_fn=lambda: os.umask(umask)).stdout
+
+
+def test_version_and_python_dash_m_match_the_package_metadata():
+    import tomllib
+    from pathlib import Path
+
+    version = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert _python("-m", "invprior", "--version").strip() == f"invprior {version}"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_result_files_get_the_permissions_the_umask_allows(tmp_path, umask, mode):
+    code = "import sys, invprior.io as io; io.atomic_write(sys.argv[1], lambda f: f.write(b'x'))"
+    _python("-c", code, str(tmp_path / "a.bin"), umask=umask)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary file left
