@@ -11,23 +11,30 @@ from invprior import __version__, registry
 from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
 from invprior.errors import InvpriorError
-from invprior.validation import DTYPES
+from invprior.validation import DTYPES, torch_device
+
+DEVICE_HELP = "torch device: auto (a CUDA GPU when there is one, else the CPU; the default), cpu, cuda, cuda:N, mps"
 
 
 def _run(args: argparse.Namespace) -> int:
     from invprior.experiment import run
     from invprior.report import problem_notes, summary_lines, write_report
 
+    device = torch_device(args.device)
     config = load_config(args.config)
     out = Path(args.out)
-    done = run(config, not args.quiet, args.device, DTYPES[args.dtype], workdir=out)
+    done = run(config, not args.quiet, device, DTYPES[args.dtype], workdir=out)
     metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction}, config.raw,
                            title=config.problem.label, posterior=done.posterior,
                            posterior_name=config.posterior.name if config.posterior else "")
     for line in problem_notes(done.problem):
         print(line)
     print("\n".join(summary_lines(metrics, ["baseline", "method"])))
+    if not args.keep_checkpoint:  # the results are written: the state to resume from is no longer needed
+        for path in done.checkpoints:
+            path.unlink(missing_ok=True)
     written = ["metrics.json", "reconstruction.npz", "figure.png"]
+    written += ["trace.csv"] if done.reconstruction.trace else []
     written += ["uncertainty.png"] if done.posterior is not None and done.problem.x_true is not None else []
     written += ["segmentation.png", "segmentation_figure.png"] if done.problem.reference is not None else []
     print(f"wrote {', '.join(str(out / name) for name in written)}")
@@ -37,13 +44,14 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from invprior.demo import run_demo
 
-    run_demo(Path(args.out), progress=not args.quiet, device=args.device, quick=args.quick)
+    run_demo(Path(args.out), progress=not args.quiet, device=torch_device(args.device), quick=args.quick)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from invprior.bench import load_suite, run_suite, write_results
 
+    device = torch_device(args.device)
     name, runs = load_suite(args.suite)
     out = Path(args.out)
     print(f"suite {name}: {len(runs)} runs -> {out}")
@@ -52,7 +60,8 @@ def _bench(args: argparse.Namespace) -> int:
         outcome = f"PSNR {record['psnr']:.2f} dB" if record["status"] == "ok" else f"FAILED: {record['error']}"
         print(f"  {record['label']:16s} {record['key']}  {outcome}  ({record['wall_time_s']:.1f} s)", flush=True)
 
-    records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, progress=report)
+    records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, str(device),
+                        progress=report)
     paths = write_results(records, out, name)
     failed = sum(r.get("status") != "ok" for r in records)
     print(f"{len(records)} runs ({failed} failed); wrote {', '.join(str(p) for p in paths)}")
@@ -82,13 +91,16 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one problem x one method from a TOML configuration")
     run.add_argument("config", help="TOML configuration file")
     run.add_argument("--out", required=True, help="output folder (metrics.json, reconstruction.npz, figure.png)")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--keep-checkpoint", action="store_true",
+                     help="keep the method's checkpoint in --out after a finished run (a stopped run always keeps it, "
+                          "and the next run resumes from it)")
     run.set_defaults(handler=_run)
     demo = sub.add_parser("demo", help="the built-in demo: real CT slice, FBP vs TV vs DIP+TV")
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    demo.add_argument("--device", default="auto", help=DEVICE_HELP)
     demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
@@ -100,6 +112,7 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
     bench.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     bench.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.set_defaults(handler=_bench)
     lst = sub.add_parser("list", help="list registered components and the distribution providing each")
     lst.add_argument("kind", nargs="?", choices=registry.KINDS, help="only this kind")

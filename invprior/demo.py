@@ -14,6 +14,8 @@ import copy
 import warnings
 from pathlib import Path
 
+import torch
+
 from invprior.config import ComponentSpec, parse_config
 from invprior.errors import ConvergenceWarning
 from invprior.experiment import build_method, build_posterior, build_problem
@@ -43,7 +45,7 @@ def demo_config(quick: bool = False) -> dict:
     return config
 
 
-def run_demo(out: Path, progress: bool = True, device: str = "cpu", quick: bool = False) -> dict:
+def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu", quick: bool = False) -> dict:
     """Run FBP, TV (discrepancy principle) and DIP+TV (automatic choices) and write metrics and figures to ``out``."""
     raw = demo_config(quick)
     config = parse_config(raw)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,8 @@ def run(config: RunConfig, progress: bool = True, device: torch.device | str = "
     baseline_spec = config.baseline or default_baseline(problem)
     baseline = build_method(baseline_spec, "baseline").reconstruct(problem, progress)
     resumable = {"checkpoint": workdir / f"checkpoint-{config.method.name}.pt", "resume": True} if workdir else {}
-    reconstruction = build_method(config.method, "method", **resumable).reconstruct(problem, progress)
+    method = build_method(config.method, "method", **resumable)
+    reconstruction = method.reconstruct(problem, progress)
     posterior = None
     if config.posterior is not None:
         posterior = build_posterior(config.posterior, progress=progress, seed=config.seed)
@@ -199,14 +200,16 @@ def run(config: RunConfig, progress: bool = True, device: torch.device | str = "
             posterior.fit(reconstruction, problem)
         except ConfigError as exc:
             raise ConfigError(f"posterior ({config.posterior.name}): {exc}") from None
-    return RunResult(problem, baseline, reconstruction, posterior)
+    return RunResult(problem, baseline, reconstruction, posterior, method.checkpoint_files(problem.batch_size))
 
 
 @dataclass
 class RunResult:
-    """What ``run`` produced; ``posterior`` is ``None`` without a ``[posterior]`` section."""
+    """What ``run`` produced; ``posterior`` is ``None`` without a ``[posterior]`` section; ``checkpoints`` are the
+    method's state files in ``workdir`` (for a caller to remove once the results are written)."""
 
     problem: InverseProblem
     baseline: Reconstruction
     reconstruction: Reconstruction
     posterior: PosteriorApproximation | None = None
+    checkpoints: list[Path] = field(default_factory=list)

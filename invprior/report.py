@@ -23,7 +23,8 @@ from invprior.io import atomic_write, write_json, write_npz
 def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Reconstruction],
                  config: dict[str, Any], title: str = "", posterior: PosteriorApproximation | None = None,
                  posterior_name: str = "") -> dict[str, Any]:
-    """Write ``metrics.json``, ``reconstruction.npz`` and ``figure.png`` to ``out`` (atomically).
+    """Write ``metrics.json``, ``reconstruction.npz``, ``trace.csv`` (the main result's per-iteration trace, when
+    it has one) and ``figure.png`` to ``out`` (atomically).
 
     ``results`` maps a role (e.g. ``"baseline"``, ``"method"``) to a reconstruction; the last one is
     the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
@@ -32,7 +33,8 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     With a reference segmentation the main result's segmentation is written as ``segmentation.png``
     (a picture on the reference's grid, row 0 at the top, like the reference file) and drawn beside the
     reference and their differences in ``segmentation_figure.png``. Arrays in ``reconstruction.npz``
-    are in the ``[x, y]`` layout (``invprior.data.orientation``).
+    are in the ``[x, y]`` layout (``invprior.data.orientation``); ``layout_*`` arrays say where the entries of
+    ``y`` sit (``ForwardOperator.layout``: inpainting's ``layout_observed`` mask, CT's ``layout_angles``).
     """
     out = Path(out)
     main = list(results.values())[-1]
@@ -55,7 +57,10 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
         arrays["posterior_mean"], arrays["std"] = posterior.mean, posterior.std
     if problem.x_true is not None:
         arrays["x_true"] = problem.x_true
+    arrays.update({f"layout_{name}": value for name, value in problem.operator.layout().items()})
     write_npz(out / "reconstruction.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    if main.trace:
+        write_trace(out / "trace.csv", main.trace)
 
     def caption(role: str) -> str:
         m = metrics[role]
@@ -75,6 +80,15 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     if problem.reference is not None:
         write_segmentation(out, main, problem, title, posterior)
     return metrics
+
+
+def write_trace(path: Path, trace: dict[str, list[float]]) -> None:
+    """The trace as CSV, one column per quantity and one row per logged iteration (a quantity logged less
+    often leaves its later cells empty)."""
+    rows = max(len(values) for values in trace.values())
+    lines = [",".join(trace)] + [",".join(repr(values[i]) if i < len(values) else "" for values in trace.values())
+                                 for i in range(rows)]
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem, title: str,

@@ -14,6 +14,28 @@ from invprior.errors import ConfigError
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def torch_device(name: str) -> torch.device:
+    """The device a run uses: ``"auto"`` is the first CUDA GPU when torch sees one, else the CPU; any other
+    name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) must name hardware this machine has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: torch sees no CUDA GPU on this machine; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available on this machine; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: invprior runs on cpu, cuda or mps, not {device.type}")
+    return device
+
+
 def positive_int(value: Any, name: str) -> int:
     """An integer >= 1 (booleans refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:

@@ -39,7 +39,11 @@ def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
     assert metrics["method"]["method"] == "tv" and metrics["baseline"]["method"] == "pseudo_inverse"
     assert metrics["method"]["psnr_mean"] > metrics["baseline"]["psnr_mean"] + 3
     arrays = np.load(tmp_path / "out" / "reconstruction.npz")
-    assert set(arrays.files) == {"x_hat", "x_true", "y", "baseline", "method"}
+    assert set(arrays.files) == {"x_hat", "x_true", "y", "baseline", "method", "layout_observed"}
+    observed = arrays["layout_observed"]  # y lists the observed pixels, row-major: it places y back
+    assert observed.shape == (24, 24) and observed.sum() == arrays["y"].shape[-1] == 24 * 24 // 2
+    misfit = arrays["y"][0, 0] - arrays["x_true"][0, 0][observed]  # the noise (std 0.05) if y is placed right
+    assert 0.035 < misfit.std() < 0.065 and abs(misfit.mean()) < 0.02
     assert np.array_equal(arrays["x_hat"], arrays["method"])
     assert arrays["x_hat"].shape == arrays["x_true"].shape == (1, 1, 24, 24)
     assert (tmp_path / "out" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,3 +107,24 @@ def test_result_files_get_the_permissions_the_umask_allows(tmp_path, umask, mode
     _python("-c", code, str(tmp_path / "a.bin"), umask=umask)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == mode
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]  # no temporary file left
+
+
+@pytest.mark.parametrize("command", [["run", "missing.toml", "--out", "o"], ["demo", "--out", "o"],
+                                     ["bench", "missing.toml", "--out", "o"]])
+@pytest.mark.parametrize("device, message", [("gpu", "unknown device 'gpu'"), ("xpu", "runs on cpu, cuda or mps"),
+                                             ("cuda:99", "cuda")])
+def test_a_device_the_machine_lacks_is_one_line_before_any_work(tmp_path, capsys, command, device, message):
+    """Checked before the configuration is even read (the file does not exist) and before any output is made."""
+    assert main([*command[:-1], str(tmp_path / "o"), "--device", device]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("invprior: error: device") and message in error and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_device_is_a_gpu_exactly_when_torch_sees_one():
+    import torch
+
+    from invprior.validation import torch_device
+
+    assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch_device("cpu") == torch.device("cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_demo_writes_three_methods_the_convergence_figure_and_error_bars(tmp_pat
     assert "dip_tv" in out and "DIP+TV:" in out and "lin-DIP" in out
 
 
-def test_run_with_a_dip_config_checkpoints_in_the_output_folder(tmp_path):
+def test_run_with_a_dip_config_checkpoints_in_the_output_folder_and_removes_it_when_done(tmp_path):
     config = tmp_path / "dip.toml"
     config.write_text("""
 [problem]
@@ -45,11 +46,23 @@ noise = { std = 0.1 }
 name = "dip"
 [method.params]
 generator_params = { preset = "small", channels = 8 }
+weight = 0.01
+init = "none"
 stopping = "fixed"
 stopping_params = { iterations = 12 }
 checkpoint_every = 5
+log_every = 4
 """)
-    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert (tmp_path / "out" / "checkpoint-dip.pt").exists()
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--keep-checkpoint"]) == 0
+    assert (out / "checkpoint-dip.pt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"]["method"] == "dip" and "fixed budget of 12" in metrics["method"]["stop_reason"]
+    trace = (out / "trace.csv").read_text().splitlines()
+    columns = trace[0].split(",")
+    assert [float(row.split(",")[columns.index("iteration")]) for row in trace[1:]] == [4.0, 8.0, 12.0]
+    first = (out / "reconstruction.npz").read_bytes()
+    # the rerun finds the finished checkpoint (no new fit: the same image), then removes it
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "checkpoint-dip.pt").exists()
+    assert np.array_equal(np.load(io.BytesIO(first))["x_hat"], np.load(out / "reconstruction.npz")["x_hat"])

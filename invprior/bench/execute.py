@@ -51,9 +51,9 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
 
 
-def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
-    """Execute ``run`` on ``threads`` torch threads (the caller's count is restored) and return its record:
-    settings, metrics, timings, peak memory, versions."""
+def run_one(run: Run, commit: str, threads: int = 1, device: str = "cpu") -> dict[str, Any]:
+    """Execute ``run`` on ``device`` with ``threads`` torch threads (the caller's count is restored) and return its
+    record: settings, metrics, timings, peak memory, versions."""
     from invprior import __version__
     from invprior.analysis.calibration import posterior_calibration
     from invprior.config import parse_config
@@ -62,13 +62,13 @@ def run_one(run: Run, commit: str, threads: int = 1) -> dict[str, Any]:
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     record: dict[str, Any] = {"key": run.key, "label": run.label, "setting": run.setting, "method_key": run.method,
-                              "commit": commit, "invprior": __version__, "threads": threads,
+                              "commit": commit, "invprior": __version__, "threads": threads, "device": device,
                               "torch": torch.__version__, "python": platform.python_version()}
     _flatten("", run.config, record)
     start = time.perf_counter()
     try:
         config = parse_config(run.config)
-        problem = build_problem(config.problem, config.seed)
+        problem = build_problem(config.problem, config.seed).to(device)
         result = build_method(config.method, "method").reconstruct(problem, progress=False)
         metrics = scores(result, problem)
         record.update(status="ok", psnr=metrics["psnr_mean"], ssim=metrics.get("ssim_mean"),
@@ -97,13 +97,14 @@ def _dask_client(scheduler: str | None, workers: int):
 
 
 def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", workers: int = 2,
-              scheduler: str | None = None, threads: int = 1,
+              scheduler: str | None = None, threads: int = 1, device: str = "cpu",
               progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Run every run of ``runs`` not yet finished in ``out``; return all records (old and new).
 
     ``executor="local"``: a process pool of ``workers`` processes, each used for one run only;
     ``"dask"``: ``dask.distributed`` at ``scheduler`` (a ``LocalCluster`` of ``workers`` processes when
-    ``None``; there a worker serves several runs, so ``peak_memory_mib`` is its peak so far). Failed
+    ``None``; there a worker serves several runs, so ``peak_memory_mib`` is its peak so far). Every run uses
+    ``device`` (a torch device name). Failed
     runs, including runs whose worker died, are recorded and tried again on the next call.
     """
     if executor not in EXECUTORS:
@@ -136,14 +137,14 @@ def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", wor
 
     if todo and executor == "local":
         with ProcessPoolExecutor(max_workers=workers, max_tasks_per_child=1) as pool:
-            futures = {pool.submit(run_one, r, commit, threads): r for r in todo}
+            futures = {pool.submit(run_one, r, commit, threads, device): r for r in todo}
             for future in as_completed(futures):
                 collect(future, futures[future])
     elif todo:
         from dask.distributed import as_completed as dask_completed
         client = _dask_client(scheduler, workers)
         try:
-            futures = {client.submit(run_one, r, commit, threads, pure=False): r for r in todo}
+            futures = {client.submit(run_one, r, commit, threads, device, pure=False): r for r in todo}
             for future in dask_completed(list(futures)):
                 collect(future, futures[future])
         finally:

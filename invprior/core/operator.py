@@ -90,6 +90,11 @@ class ForwardOperator(ABC):
             raise TypeError(f"{self.name} is nonlinear and has no adjoint; linearise it with torch.func.vjp")
         return self._adjoint(check_batch(y, self.range_shape, "measurement y", self.name))
 
+    def layout(self) -> dict[str, Tensor]:
+        """Arrays that say where the entries of ``y`` sit (inpainting: the mask of observed pixels; CT: the
+        projection angles), saved beside ``y`` in ``reconstruction.npz``; none by default."""
+        return {}
+
     @property
     def T(self) -> ForwardOperator:
         """The adjoint as an operator of its own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -22,6 +23,10 @@ class Method(ABC):
     @abstractmethod
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         """Reconstruct ``problem.x`` from ``problem.y``; ``progress`` shows a progress bar on long loops."""
+
+    def checkpoint_files(self, batch: int) -> list[Path]:
+        """The state files a run on ``batch`` images writes to resume from (none for a method without them)."""
+        return []
 
 
 def quality(x: Tensor, problem: InverseProblem) -> dict[str, float]:

@@ -192,6 +192,10 @@ class DIP(Method):
         network = generator.to(device=problem.y.device, dtype=problem.y.dtype)
         return OutputMap(network, 1.0, problem.constraints)
 
+    def checkpoint_files(self, batch: int) -> list[Path]:
+        paths = [self._checkpoint_path(index, batch) for index in range(batch)]
+        return [path for path in paths if path is not None]
+
     def _checkpoint_path(self, index: int, batch: int) -> Path | None:
         if self.checkpoint is None:
             return None

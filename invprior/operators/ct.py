@@ -308,6 +308,10 @@ class CTOperator(ForwardOperator):
     def __repr__(self) -> str:
         return f"{self.name}(size={self.size}, backend={self.backend!r}, geometry={self.geometry})"
 
+    def layout(self) -> dict[str, Tensor]:
+        """``angles``: the projection angle (radians) of each sinogram row."""
+        return {"angles": torch.as_tensor(self.geometry.angles(), dtype=torch.float64)}
+
     # -- evaluation ---------------------------------------------------------------------
     def _matrix_forward(self, x: Tensor) -> Tensor:
         return _sparse_apply(self._cast("matrix", self._matrix, x), x, self.range_shape)

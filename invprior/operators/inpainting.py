@@ -72,6 +72,10 @@ class Inpainting(ForwardOperator):
         self.index = mask.flatten().nonzero().squeeze(1)
         super().__init__(shape, (channels, int(self.index.numel())))
 
+    def layout(self) -> dict[str, Tensor]:
+        """``observed``: the ``(H, W)`` mask; ``y[b, c]`` lists the observed pixels of ``x[b, c]`` in row-major order."""
+        return {"observed": self.mask}
+
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(2)[:, :, self._cast("index", self.index, x)]
 
