@@ -135,7 +135,7 @@ def page(rows: list[dict], threads: int) -> tuple[str, list[tuple[str, float, fl
                      f"{mean(group, 'dip_before_seconds'):.0f} / {mean(group, 'dip_now_seconds'):.0f} s |")
         gains.append((label, cells[4] - cells[3], gain))
     everything = lambda key: np.array([r[key] for r in rows])
-    now, oracle, discrepancy = everything("dip_now"), everything("tv_oracle"), everything("tv_discrepancy")
+    now, oracle = everything("dip_now"), everything("tv_oracle")
     below = [f"{setting_of(r).label} seed {r['seed']} ({r['dip_now'] - r['tv_discrepancy']:+.2f} dB)"
              for r in rows if r["dip_now"] < r["tv_discrepancy"]]
     cost = everything("dip_now_seconds") / everything("dip_before_seconds")

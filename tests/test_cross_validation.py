@@ -10,7 +10,7 @@ from invprior import GaussianNoise, InverseProblem
 from invprior.core.problem import NoiseEstimateWarning
 from invprior.data.phantoms import random_ellipses
 from invprior.methods.classical import Tikhonov, TVLeastSquares
-from invprior.methods.cross_validation import MaskedOperator, fold_labels, held_out_errors, training_problem
+from invprior.methods.cross_validation import MaskedOperator, fold_labels, held_out_errors
 from invprior.metrics import psnr
 from invprior.operators.compressed_sensing import GaussianCS
 from invprior.operators.ct import ParallelBeamCT

@@ -193,7 +193,7 @@ def test_fbp_is_linear_and_its_gradient_is_its_adjoint():
 
 # -- errors ---------------------------------------------------------------------------------
 def test_unknown_backend_and_bad_fbp_settings():
-    with pytest.raises(ConfigError, match="unknown CT backend 'gpu'"):
+    with pytest.raises(ConfigError, match="CT backend must be one of 'sparse', 'odl'; got 'gpu'"):
         ParallelBeamCT(size=8, backend="gpu")
     with pytest.raises(ConfigError, match="filter_type"):
         ParallelBeamCT(size=8, filter_type="Gauss")

@@ -24,6 +24,7 @@ import torch
 
 from invprior.bench.suite import Run
 from invprior.errors import ConfigError
+from invprior.validation import choice
 from invprior.io import atomic_write, write_npz
 
 __all__ = ["EXECUTORS", "run_one", "run_suite", "git_commit"]
@@ -107,8 +108,7 @@ def run_suite(runs: Iterable[Run], out: str | Path, executor: str = "local", wor
     ``device`` (a torch device name). Failed
     runs, including runs whose worker died, are recorded and tried again on the next call.
     """
-    if executor not in EXECUTORS:
-        raise ConfigError(f"bench: executor must be one of {EXECUTORS}, got {executor!r}")
+    choice(executor, EXECUTORS, "bench: executor")
     folder = Path(out) / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     runs = list(runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invprior.errors import ConfigError
+from invprior.validation import choice
 
 __all__ = ["SCORES", "SCORE_LABELS", "SegmentationTask"]
 
@@ -37,8 +38,7 @@ class SegmentationTask:
         return 0 if self.labels_by_value is None else self.labels_by_value.index(0)
 
     def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ConfigError(f"segmentation task: score must be one of {SCORES}, got {self.score!r}")
+        choice(self.score, SCORES, "segmentation task: score")
         if self.labels_by_value is not None:
             labels = tuple(int(v) for v in self.labels_by_value)
             if sorted(labels) != list(range(len(labels))) or len(labels) < 2:

@@ -25,7 +25,7 @@ from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
 from invprior.methods.base import Method, quality
 from invprior.metrics import psnr
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 __all__ = ["PRIORS", "GaussNewton", "OneStepGN", "difference_matrix", "prior_weight", "smoothness_normal_matrix"]
 
@@ -64,8 +64,7 @@ class GaussNewton(Method):
     def __init__(self, weight: float = 3e-2, prior: str = "smoothness", iterations: int = 10,
                  tv_epsilon: float = 1e-2, tol: float = 1e-4, start: float | None = None) -> None:
         self.weight = real(weight, f"{self.name}: weight", minimum=0.0, strict=True)
-        if prior not in PRIORS:
-            raise ConfigError(f"{self.name}: prior must be one of {PRIORS}, got {prior!r}")
+        choice(prior, PRIORS, f"{self.name}: prior")
         self.prior = prior
         self.iterations = positive_int(iterations, f"{self.name}: iterations")
         self.tv_epsilon = real(tv_epsilon, f"{self.name}: tv_epsilon", minimum=0.0, strict=True)

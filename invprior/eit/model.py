@@ -28,6 +28,7 @@ from invprior.eit.fem import Stiffness, edge_mass
 from invprior.eit.mesh import Mesh
 from invprior.eit.protocol import current_patterns, measurement_patterns
 from invprior.errors import ConfigError, NonFiniteError, ShapeError
+from invprior.validation import choice
 
 __all__ = ["ELECTRODE_MODELS", "EITModel", "Solution"]
 
@@ -60,8 +61,7 @@ class EITModel:
                  cache_size: int = 4) -> None:
         if not isinstance(mesh, Mesh):
             raise ConfigError(f"EIT: mesh must be an invprior.eit.Mesh, got {type(mesh).__name__}")
-        if electrode_model not in ELECTRODE_MODELS:
-            raise ConfigError(f"EIT: electrode_model must be one of {ELECTRODE_MODELS}, got {electrode_model!r}")
+        choice(electrode_model, ELECTRODE_MODELS, "EIT: electrode_model")
         self.mesh, self.electrode_model = mesh, electrode_model
         self.electrodes = mesh.num_electrodes
         if self.electrodes < 2:

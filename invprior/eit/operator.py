@@ -29,7 +29,7 @@ from invprior.eit.autograd import eit_voltages
 from invprior.eit.mesh import Mesh, disc_mesh
 from invprior.eit.model import EITModel
 from invprior.errors import ConfigError, ShapeError
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 __all__ = ["PARAMETRIZATIONS", "PixelToMesh", "EIT"]
 
@@ -102,8 +102,7 @@ class EIT(ForwardOperator):
         size = positive_int(size, "eit: size")
         if size < 2:
             raise ConfigError(f"eit: size must be at least 2 (bilinear interpolation), got {size}")
-        if parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(f"eit: parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
+        choice(parametrization, PARAMETRIZATIONS, "eit: parametrization")
         self.background = real(background, "eit: background", minimum=0.0, strict=True)
         self._settings = {"h": h, "electrodes": electrodes, "width": width, "currents": currents,
                           "measurements": measurements, "electrode_model": electrode_model,

@@ -7,13 +7,13 @@ from torch import Tensor
 
 from invprior.core.problem import InverseProblem
 from invprior.errors import ConfigError
+from invprior.validation import choice
 
 INPUT_KINDS = ("noise", "pseudo_inverse", "fbp", "adjoint")
 
 
 def check_input_kind(kind: str) -> str:
-    if kind not in INPUT_KINDS:
-        raise ConfigError(f"input must be one of {INPUT_KINDS}, got {kind!r}")
+    choice(kind, INPUT_KINDS, "input")
     return kind
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from invprior.core.interfaces import Generator
 from invprior.core.problem import InverseProblem
 from invprior.errors import ConfigError
+from invprior.validation import choice
 from invprior.generators.inputs import check_input_kind, operator_image, seeded_noise
 
 #: Settings used in the field: 3 scales x 32 channels for 28-64 px images (lin-DIP),
@@ -62,8 +63,8 @@ class UNet(Generator):
                  out_channels: int = 1, input: str = "noise", input_channels: int = 1, input_scale: float = 0.1,
                  norm_groups: int = 4, leaky_slope: float = 0.2, sigmoid: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        if preset is not None and preset not in PRESETS:
-            raise ConfigError(f"UNet: unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        if preset is not None:
+            choice(preset, PRESETS, "UNet: preset")
         base = PRESETS.get(preset, {}) if preset else {}
         scales = scales if scales is not None else base.get("scales")
         if not isinstance(scales, int) or scales < 1:

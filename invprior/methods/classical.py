@@ -18,7 +18,7 @@ from invprior.methods.base import Method, quality
 from invprior.methods.cross_validation import FOLDS
 from invprior.methods.weight_choice import check_rule_inputs, check_weight, choose_weight
 from invprior.regularizers.tv import divergence, gradient
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 
 def _require_linear(operator: ForwardOperator, method: str) -> None:
@@ -106,8 +106,7 @@ class Tikhonov(_Regularised):
 
     def __init__(self, weight: float | str = "discrepancy", penalty: str = "gradient", tau: float = 1.1,
                  grid_size: int = 15, max_iterations: int = 300, rtol: float = 1e-6) -> None:
-        if penalty not in self.PENALTIES:
-            raise ConfigError(f"tikhonov: penalty must be one of {self.PENALTIES}, got {penalty!r}")
+        choice(penalty, self.PENALTIES, "tikhonov: penalty")
         super().__init__(weight, tau, grid_size)
         self.penalty = penalty
         self.max_iterations = positive_int(max_iterations, "tikhonov: max_iterations")

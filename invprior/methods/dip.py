@@ -35,7 +35,7 @@ from invprior.metrics import psnr, ssim
 from invprior.regularizers.tv import IsotropicTV
 from invprior.regularizers.zero import NoRegularizer
 from invprior.stopping.rules import FixedBudget
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 
 def _configuration(component: object) -> list:
@@ -119,8 +119,7 @@ class DIP(Method):
                  restart_misfit: float = 2.0, average: float = 0.99, init: str = "tv",
                  init_iterations: int = 300, warmup: int = 200) -> None:
         self.lr = real(lr, "dip: lr", minimum=0.0, strict=True)
-        if optimizer not in self.OPTIMIZERS:
-            raise ConfigError(f"dip: optimizer must be one of {tuple(self.OPTIMIZERS)}, got {optimizer!r}")
+        choice(optimizer, self.OPTIMIZERS, "dip: optimizer")
         self.optimizer = optimizer
         self.input_noise = real(input_noise, "dip: input_noise", minimum=0.0)
         self.grad_clip = None if grad_clip is None else real(grad_clip, "dip: grad_clip", minimum=0.0, strict=True)
@@ -150,8 +149,7 @@ class DIP(Method):
         self.restarts = restarts
         self.restart_misfit = real(restart_misfit, "dip: restart_misfit", minimum=0.0, strict=True)
         init = "none" if init is None else init
-        if init not in self.INITS:
-            raise ConfigError(f"dip: init must be one of {self.INITS}, got {init!r}")
+        choice(init, self.INITS, "dip: init")
         self.init = init
         self.init_iterations = positive_int(init_iterations, "dip: init_iterations")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:

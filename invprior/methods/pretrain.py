@@ -27,7 +27,7 @@ from invprior.io import atomic_write, content_hash
 from invprior.methods.base import seeded_global_rng
 from invprior.methods.pretrained import Pretrained
 from invprior.metrics import psnr
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 AMP = ("auto", "on", "off")
@@ -108,10 +108,8 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     batch_size = positive_int(batch_size, "pretrain: batch_size")
     lr = real(lr, "pretrain: lr", minimum=0.0, strict=True)
     weight_decay = real(weight_decay, "pretrain: weight_decay", minimum=0.0)
-    if schedule not in SCHEDULES:
-        raise ConfigError(f"pretrain: schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if amp not in AMP:
-        raise ConfigError(f"pretrain: amp must be one of {AMP}, got {amp!r}")
+    choice(schedule, SCHEDULES, "pretrain: schedule")
+    choice(amp, AMP, "pretrain: amp")
     params = dict(generator_params or {})
     if params.get("input", training.input) != training.input:
         raise ConfigError(f"pretrain: generator input {params['input']!r} differs from the pairs' input "

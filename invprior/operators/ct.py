@@ -29,7 +29,7 @@ from torch import Tensor
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, linear_apply
 from invprior.errors import ConfigError
-from invprior.validation import number_pair, positive_int, real
+from invprior.validation import choice, number_pair, positive_int, real
 from invprior.operators.adapters.odl import OdlOperator
 
 __all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBeamCT", "FanBeamCT"]
@@ -90,8 +90,7 @@ class CTGeometry:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if self.beam not in ("parallel", "fan"):
-            raise ConfigError(f"beam must be 'parallel' or 'fan', got {self.beam!r}")
+        choice(self.beam, ("parallel", "fan"), "beam")
         fan = self.beam == "fan"
         extent = real(self.extent, "extent (half side of the image domain)", minimum=0.0, strict=True)
         set_(self, "extent", extent)
@@ -257,8 +256,7 @@ class CTOperator(ForwardOperator):
         if self._beam is not None and geometry.beam != self._beam:
             raise ConfigError(f"{type(self).__name__} needs a {self._beam}-beam geometry, got beam={geometry.beam!r}")
         size = positive_int(size, "size")
-        if backend not in CT_BACKENDS:
-            raise ConfigError(f"unknown CT backend {backend!r}; choose one of {', '.join(CT_BACKENDS)}")
+        choice(backend, CT_BACKENDS, "CT backend")
         if not (callable(filter_type) or filter_type in FBP_FILTERS):
             raise ConfigError(
                 f"unknown filter_type {filter_type!r}; choose one of {', '.join(FBP_FILTERS)} or a callable")

@@ -37,7 +37,7 @@ from invprior.posterior.scalable import LinearModel, chunked
 from invprior.posterior.subspace import OVERSAMPLE, PriorSubspace, SubspaceRegression, prior_subspace, remainder_draws
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
-from invprior.validation import DTYPES, positive_int, real
+from invprior.validation import DTYPES, choice, positive_int, real
 
 SOLVERS = ("auto", "exact", "scalable", "subspace")
 HYPERPRIORS = ("none", "tv_pred_cp")
@@ -115,17 +115,13 @@ class LinearizedLaplace(GaussianPredictive):
                  image_noise: str | float = "projected", image_noise_rank: int = 100,
                  predictive_mean: str = "auto", discrepancy_tau: float = 1.1, seed: int = 0,
                  progress: bool = True) -> None:
-        if solver not in SOLVERS:
-            raise ConfigError(f"LinearizedLaplace: solver must be one of {SOLVERS}, got {solver!r}")
-        if hyperprior not in HYPERPRIORS:
-            raise ConfigError(f"LinearizedLaplace: hyperprior must be one of {HYPERPRIORS}, got {hyperprior!r}")
-        if noise not in NOISE:
-            raise ConfigError(f"LinearizedLaplace: noise must be one of {NOISE}, got {noise!r}")
+        choice(solver, SOLVERS, "LinearizedLaplace: solver")
+        choice(hyperprior, HYPERPRIORS, "LinearizedLaplace: hyperprior")
+        choice(noise, NOISE, "LinearizedLaplace: noise")
         self.noise = noise
         if solver == "subspace" and hyperprior != "none":
             raise ConfigError("LinearizedLaplace: solver='subspace' fits a global prior scale; it takes no hyperprior")
-        if dtype not in DTYPES:
-            raise ConfigError(f"LinearizedLaplace: dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        choice(dtype, DTYPES, "LinearizedLaplace: dtype")
         self.solver, self.hyperprior, self.dtype = solver, hyperprior, DTYPES[dtype]
         self.iterations = positive_int(iterations, "LinearizedLaplace: iterations")
         self.lr = real(lr, "LinearizedLaplace: lr", minimum=0.0, strict=True)

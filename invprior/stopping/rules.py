@@ -9,7 +9,7 @@ import torch
 
 from invprior.core.interfaces import IterationState, StoppingRule
 from invprior.errors import ConfigError
-from invprior.validation import positive_int, real
+from invprior.validation import choice, positive_int, real
 
 
 def _residual_and_noise(state: IterationState, needs: str) -> tuple[float, float]:
@@ -170,8 +170,7 @@ class Patience(_Improvement):
     """
 
     def __init__(self, monitor: str = "loss", mode: str = "min", patience: int = 500, min_delta: float = 0.0) -> None:
-        if mode not in ("min", "max"):
-            raise ConfigError(f"Patience: mode must be 'min' or 'max', got {mode!r}")
+        choice(mode, ("min", "max"), "Patience: mode")
         self.monitor, self.mode = monitor, mode
         self.patience = positive_int(patience, "Patience: patience")
         self.min_delta = real(min_delta, "Patience: min_delta", minimum=0.0)
