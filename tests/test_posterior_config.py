@@ -22,7 +22,8 @@ BASE = {
     "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": 4}, "image": "ellipses", "size": 8,
                 "noise": {"relative": 0.05}},
     "method": {"name": "dip", "params": {"generator_params": {"preset": "small", "scales": 2, "channels": 4},
-                                         "stopping": "fixed", "stopping_params": {"iterations": 30}, "lr": 1e-2}},
+                                         "stopping": "fixed", "stopping_params": {"iterations": 30}, "lr": 1e-2,
+                                         "weight": 0.0, "init": "none", "average": 0.0}},  # the fit is not under test
 }
 
 
@@ -132,7 +133,7 @@ size = 8
 noise = { relative = 0.05 }
 [method]
 name = "dip"
-params = { generator_params = { preset = "small", scales = 2, channels = 4 }, stopping = "fixed", stopping_params = { iterations = 30 }, lr = 1e-2 }
+params = { generator_params = { preset = "small", scales = 2, channels = 4 }, stopping = "fixed", stopping_params = { iterations = 30 }, lr = 1e-2, weight = 0.0, init = "none", average = 0.0 }
 [posterior]
 name = "linearized_laplace"
 params = { iterations = 5 }
