@@ -6,7 +6,7 @@ the cameraman and the ellipses (64 x 64), each for every ``--seeds`` seed. Colum
 CT), TV with the discrepancy principle and with held-out cross-validation (the library's grids, 9 and 17 weights),
 TV with the oracle weight (the ground truth picks it from 17 weights: a reference only), DIP+TV as it was before the robust defaults ("before": a fraction 0.3 of TV's
 discrepancy weight, ES-WMV with window 100 and patience 1000, at most 3000 iterations), DIP+TV with the defaults
-of ``DIP`` ("now": cross-validated TV weight, TV start, averaged weights, 2000 iterations), the best PSNR the
+of ``DIP`` ("now": cross-validated TV weight, TV start, averaged weights, 1000 iterations), the best PSNR the
 "now" run's kept (averaged) network reached along its trajectory (logged every 10 iterations: what a perfect stop
 would have kept) and the wall time of both DIP fits. Nothing but the oracle column sees the ground truth.
 

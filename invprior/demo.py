@@ -3,7 +3,7 @@ then lin-DIP error bars around the DIP+TV image.
 
 Data are simulated on a 3x finer grid (no inverse crime). TV picks its weight by the discrepancy
 principle (what a user tries first); DIP+TV runs with ``DIP``'s automatic choices (TV weight by held-out
-cross-validation, TV start, averaged weights, a 2000-iteration budget), so nothing is tuned with the ground truth. The linearised Laplace posterior
+cross-validation, TV start, averaged weights, a 1000-iteration budget), so nothing is tuned with the ground truth. The linearised Laplace posterior
 (scalable path, a short type-II fit and a few hundred Matheron samples, sized for two CPU cores)
 gives the std map and the calibration plot in ``uncertainty.png``.
 """
@@ -29,7 +29,7 @@ DEMO = {
     "method": {"name": "dip", "params": {
         "generator": "unet", "generator_params": {"preset": "small", "input_channels": 32},
         "regularizer": "tv_anisotropic", "weight": "auto", "init": "tv", "average": 0.99, "stopping": "fixed",
-        "lr": 1e-3, "max_iterations": 2000, "log_every": 10}},
+        "lr": 1e-3, "max_iterations": 1000, "log_every": 10}},
     "posterior": {"name": "linearized_laplace", "params": {
         "solver": "scalable", "variance": "auto", "iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 50,
         "cg_rtol": 3e-2, "preconditioner_rank": 1200, "num_samples": 1000, "sample_batch": "auto",

@@ -112,7 +112,7 @@ class DIP(Method):
     def __init__(self, generator: str | Generator = "unet", generator_params: dict | None = None,
                  regularizer: str | Regularizer = "tv_anisotropic", weight: float | str = "auto",
                  stopping: str | StoppingRule = "fixed", stopping_params: dict | None = None,
-                 lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 2000, input_noise: float = 0.0,
+                 lr: float = 1e-3, optimizer: str = "adam", max_iterations: int = 1000, input_noise: float = 0.0,
                  grad_clip: float | None = None, log_every: int = 10, seed: int = 0,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 500, resume: bool = False,
                  auto_weight_fraction: float = 1.0, normalise: bool = True, restarts: int = 0,
