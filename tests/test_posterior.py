@@ -274,7 +274,7 @@ def test_lin_dip_is_better_calibrated_than_mc_dropout(task, margin):
     x = registry.get("datasets", "ellipses", size=16, seed=0)
     problem = InverseProblem.simulate(op, x, noise, seed=0)
     result = DIP(generator_params={"preset": "small", "channels": 8, "scales": 3, "dropout": 0.05}, stopping="fixed", weight=0.0, init="none", average=0.0,
-                 stopping_params={"iterations": 1500}, lr=1e-2).reconstruct(problem, progress=False)
+                 stopping_params={"iterations": 1500}, max_iterations=1500, lr=1e-2).reconstruct(problem, progress=False)
     lin = LinearizedLaplace(iterations=300, lr=0.05, progress=False).fit(result, problem)
     mcd = MCDropout(num_samples=200).fit(result, problem)
     assert lin.mean_used == "network"  # 1500 steps fit the data to the noise level (discrepancy CT 0.81, denoising 0.02)
