@@ -4,8 +4,9 @@ Grid: parallel-beam CT of the CT slice and the ellipses (64 x 64, data from a 3x
 angles and 2.5 / 5 / 10 % noise, and denoising, inpainting, Gaussian compressed sensing and Gaussian deblurring of
 the cameraman and the ellipses (64 x 64), each for every ``--seeds`` seed. Columns: the pseudo-inverse (FBP for
 CT), TV with the discrepancy principle and with held-out cross-validation (the library's grids, 9 and 17 weights),
-TV with the oracle weight (the ground truth picks it from 17 weights: a reference only), DIP+TV as it was before the robust defaults ("before": a fraction 0.3 of TV's
-discrepancy weight, ES-WMV with window 100 and patience 1000, at most 3000 iterations), DIP+TV with the defaults
+TV with the oracle weight (the ground truth picks it from 17 weights: a reference only), DIP+TV as it was before
+the robust defaults ("before": a fraction 0.3 of TV's discrepancy weight, ES-WMV with window 100 and patience
+1000, at most 3000 iterations), DIP+TV with the defaults
 of ``DIP`` ("now": cross-validated TV weight, TV start, averaged weights, 1000 iterations), the best PSNR the
 "now" run's kept (averaged) network reached along its trajectory (logged every 10 iterations: what a perfect stop
 would have kept) and the wall time of both DIP fits. Nothing but the oracle column sees the ground truth.
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from result_rows import machine, save_rows, write_results
 
 from invprior.config import parse_config
 from invprior.core.problem import InverseProblem
@@ -41,7 +43,6 @@ from invprior.io import atomic_write
 from invprior.methods.classical import PseudoInverse, TVLeastSquares
 from invprior.methods.dip import DIP
 from invprior.metrics import psnr
-from result_rows import machine, save_rows, write_results
 
 GENERATOR = {"preset": "small", "input_channels": 32}
 #: DIP+TV as the demo and the suites ran it before the robust defaults.
@@ -83,7 +84,10 @@ def problem_of(setting: Setting, seed: int) -> InverseProblem:
 
 def run(setting: Setting, seed: int) -> dict:
     problem = problem_of(setting, seed)
-    quality = lambda image: float(psnr(image, problem.x_true)[0])
+
+    def quality(image) -> float:
+        return float(psnr(image, problem.x_true)[0])
+
     row: dict = {"setting": asdict(setting), "seed": seed}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,7 +95,8 @@ def run(setting: Setting, seed: int) -> dict:
             row["pseudo_inverse"] = quality(PseudoInverse().reconstruct(problem).image)
         for rule in ("discrepancy", "cv", "oracle"):
             start = time.perf_counter()
-            tv = TVLeastSquares(weight=rule, grid_size=17 if rule == "oracle" else None).reconstruct(problem, progress=False)
+            tv = TVLeastSquares(weight=rule, grid_size=17 if rule == "oracle" else None).reconstruct(
+                problem, progress=False)
             row[f"tv_{rule}"], row[f"tv_{rule}_weight"] = quality(tv.image), tv.params["weight"][0]
             row[f"tv_{rule}_seconds"] = time.perf_counter() - start
         scale = float(data_scale(problem)[0])
@@ -121,7 +126,10 @@ def page(rows: list[dict], threads: int) -> tuple[str, list[tuple[str, float, fl
     by_setting: dict[str, list[dict]] = {}
     for row in rows:
         by_setting.setdefault(setting_of(row).label, []).append(row)
-    mean = lambda group, key: float(np.mean([r[key] for r in group])) if all(key in r for r in group) else float("nan")
+
+    def mean(group: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in group])) if all(key in r for r in group) else float("nan")
+
     lines = ["| setting | seeds | pseudo-inverse | TV discrepancy | TV cv | TV oracle | DIP+TV before | DIP+TV now "
              "| now: best iterate | now - oracle TV | time before / now |", "|" + "---|" * 11]
     gains = []
@@ -134,7 +142,10 @@ def page(rows: list[dict], threads: int) -> tuple[str, list[tuple[str, float, fl
         lines.append(f"| {label} | {len(group)} | " + " | ".join(text) + f" | {gain:+.2f} | "
                      f"{mean(group, 'dip_before_seconds'):.0f} / {mean(group, 'dip_now_seconds'):.0f} s |")
         gains.append((label, cells[4] - cells[3], gain))
-    everything = lambda key: np.array([r[key] for r in rows])
+
+    def everything(key: str) -> np.ndarray:
+        return np.array([r[key] for r in rows])
+
     now, oracle = everything("dip_now"), everything("tv_oracle")
     below = [f"{setting_of(r).label} seed {r['seed']} ({r['dip_now'] - r['tv_discrepancy']:+.2f} dB)"
              for r in rows if r["dip_now"] < r["tv_discrepancy"]]

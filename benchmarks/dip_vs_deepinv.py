@@ -47,19 +47,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import deepinv
 import torch
 import torch.nn.functional as F
+from deepinv.loss.mc import MCLoss
 from torch import Tensor, nn
 
-import deepinv
-from deepinv.loss.mc import MCLoss
 from invprior import registry
 from invprior.core.noise import GaussianNoise
 from invprior.core.problem import InverseProblem
-from invprior.methods.classical import TVLeastSquares
 from invprior.demo import DEMO
-from invprior.methods.dip import DIP
 from invprior.methods.base import seeded_global_rng
+from invprior.methods.classical import TVLeastSquares
+from invprior.methods.dip import DIP
 from invprior.methods.peers import DeepinvDIP
 from invprior.metrics import psnr
 from invprior.operators.adapters.deepinv import to_deepinv

@@ -4,7 +4,8 @@ One U-Net is pretrained on random-ellipse pairs (FBP input -> phantom) pushed th
 noise model (written to ``--out``/pretrained.pt and reused; pretraining resumes from its checkpoint).
 Then, on the real CT slice and on held-out ellipse phantoms (data simulated on a 3x finer grid), DIP
 (noise input, fresh weights) and EDIP (FBP input, pretrained weights) run the same DIP+TV loss for the
-same number of iterations (wall times include DIP's automatic TV-weight solve, a few seconds). Per run: steady PSNR (median of the last 10 % of the trace), rise time
+same number of iterations (wall times include DIP's automatic TV-weight solve, a few seconds). Per run: steady
+PSNR (median of the last 10 % of the trace), rise time
 (first iteration within 0.1 dB of the run's own steady PSNR), the iteration and wall time at which the
 run first comes within 0.1 dB of DIP's steady PSNR, and the speed-up of EDIP over DIP to that target.
 
@@ -66,7 +67,8 @@ def pretrained_model(args: argparse.Namespace, operator, network: dict) -> tuple
     noise = GaussianNoise(relative=args.noise)
     start = time.perf_counter()
     phantom = phantom_settings(args)
-    training = SyntheticPairs(operator, args.count, noise, seed=0, fine_factor=3, **phantom).cache(args.out / "pairs.pt")
+    training = SyntheticPairs(operator, args.count, noise, seed=0, fine_factor=3, **phantom).cache(
+        args.out / "pairs.pt")
     validation = SyntheticPairs(operator, 64, noise, seed=1, fine_factor=3, **phantom).cache_in_memory()
     data_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -164,7 +166,8 @@ def main() -> None:
     marks = {"DIP": head["dip_to_dip_steady"], "EDIP": head["edip_to_dip_steady"]}
     curves = [("DIP", head["dip_iterations"], head["dip_psnr"]), ("EDIP", head["edip_iterations"], head["edip_psnr"])]
     figure = convergence_figure(args.out / "edip.png", curves, spectra(first, path, network, args.spectrum_k),
-                                title=f"CT slice {args.size}x{args.size}, {args.angles} angles, {100 * args.noise:g} % noise",
+                                title=f"CT slice {args.size}x{args.size}, {args.angles} angles, "
+                                      f"{100 * args.noise:g} % noise",
                                 marks=marks, reference=head["dip_steady_psnr"] - 0.1)
     print(f"wrote {rows_path} and {figure}")
 

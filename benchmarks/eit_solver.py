@@ -136,7 +136,8 @@ def figure(path: Path) -> None:
     panels = [("truth", problem.x_true)] + [(f"{r.method} ({float(psnr(r.image, problem.x_true)):.1f} dB)", r.image)
                                             for r in (gn, dip, free)]
     for r in (gn, dip, free):
-        print(f"{r.method}: {float(psnr(r.image, problem.x_true)):.2f} dB, {r.wall_time:.1f} s, {r.iterations} iterations")
+        print(f"{r.method}: {float(psnr(r.image, problem.x_true)):.2f} dB, {r.wall_time:.1f} s, "
+              f"{r.iterations} iterations")
     eit_figure(path, problem.operator, panels, title="EIT, 16 electrodes (CEM), 1 % noise, examples/eit_dip.toml")
     print(f"wrote {path}")
 
@@ -163,9 +164,12 @@ def main() -> None:
         def value(key: str, fmt: str = ".3f") -> str:
             return format(r[key], fmt) if key in r else "-"
         print(f"| {label} | {r['elements']} | {value('max_rel_diff', '.1e')} | {r['ours_forward_s']:.3f} "
-              f"({r['ours_cem_forward_s']:.3f}) | {value('pyeit_forward_s')} | {ratio('pyeit_forward_s', 'ours_forward_s')} "
-              f"| {value('ours_jacobian_s')} | {value('pyeit_jacobian_s')} | {ratio('pyeit_jacobian_s', 'ours_jacobian_s')} "
-              f"| {r['ours_gradient_s']:.3f} | {value('pyeit_gradient_s')} | {ratio('pyeit_gradient_s', 'ours_gradient_s')} |",
+              f"({r['ours_cem_forward_s']:.3f}) | {value('pyeit_forward_s')} "
+              f"| {ratio('pyeit_forward_s', 'ours_forward_s')} "
+              f"| {value('ours_jacobian_s')} | {value('pyeit_jacobian_s')} "
+              f"| {ratio('pyeit_jacobian_s', 'ours_jacobian_s')} "
+              f"| {r['ours_gradient_s']:.3f} | {value('pyeit_gradient_s')} "
+              f"| {ratio('pyeit_gradient_s', 'ours_gradient_s')} |",
               flush=True)
         if "jacobian_rel_diff" in r:
             print(f"  Jacobians agree to {r['jacobian_rel_diff']:.1e} (relative to the largest entry)")

@@ -28,13 +28,13 @@ import tomllib
 from pathlib import Path
 
 import torch
+from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
-from invprior.config import parse_config
 from invprior.analysis.segmentation import segmentation_calibration
+from invprior.config import parse_config
 from invprior.experiment import build_method, build_posterior, build_problem, scores
 from invprior.readers.beam_hardening import calibrate_beam_hardening
 from invprior.readers.ct import read_htc2022
-from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

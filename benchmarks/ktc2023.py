@@ -32,12 +32,12 @@ import tomllib
 from pathlib import Path
 
 import torch
+from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
 from invprior.analysis.segmentation import segmentation_calibration
 from invprior.config import parse_config
 from invprior.experiment import build_method, build_posterior, build_problem, scores, support
 from invprior.io import write_npz
-from result_rows import load_rows, machine, posterior_summary, save_rows, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ktc2023.toml"

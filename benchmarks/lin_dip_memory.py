@@ -1,6 +1,6 @@
 """Peak memory of scalable lin-DIP against image size, with the network and the sketch rank held fixed.
 
-The issue's goal is memory growing linearly with image size. Each size runs in its own process: a short
+It checks that memory grows no faster than linearly with image size. Each size runs in its own process: a short
 DIP+TV fit (the weights only need to exist; memory does not depend on how well they fit), then lin-DIP
 with the demo's scalable settings (float32 products, rank-``--rank`` Nystrom preconditioner refreshed
 before sampling, ``--samples`` Matheron samples). Reported per size: the peak resident memory that
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from uq_calibration import PeakMemory, read_rows
 
 
@@ -45,15 +44,16 @@ def measure(size: int, args: argparse.Namespace) -> dict:
     })
     problem = build_problem(config.problem, 0, torch.float32)
     dip = build_method(config.method, "method").reconstruct(problem, progress=False)
-    params = {**DEMO["posterior"]["params"], "iterations": args.steps, "preconditioner_rank": args.rank,
-              "num_samples": args.samples}
+    demo = DEMO["posterior"]["params"]
+    params = {**demo, "evidence": {**demo["evidence"], "iterations": args.steps, "preconditioner_rank": args.rank},
+              "sampling": {**demo["sampling"], "num_samples": args.samples}}
     posterior = build_posterior(ComponentSpec("linearized_laplace", params), progress=False, seed=0)
     with PeakMemory() as memory:
         start = time.perf_counter()
         posterior.fit(dip, problem)
         seconds = time.perf_counter() - start
     return {"size": size, "pixels": size * size, "measurements": int(problem.y.numel()),
-            "parameters": sum(p.numel() for p in dip.extras["generator"].parameters()), "rank": args.rank,
+            "parameters": sum(p.numel() for p in dip.networks[0].generator.parameters()), "rank": args.rank,
             "samples": args.samples, "extra_mib": memory.extra_mib,
             "process_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}
 

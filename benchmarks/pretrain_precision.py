@@ -51,7 +51,8 @@ def main() -> None:
         seconds = sum(model.history["seconds"]) / args.epochs
         baseline = baseline or seconds
         dtype = autocast_dtype(device, amp)
-        print(f"| {amp} | {str(dtype or torch.float32).replace('torch.', '')} | {seconds:.1f} | {baseline / seconds:.2f}x "
+        print(f"| {amp} | {str(dtype or torch.float32).replace('torch.', '')} | {seconds:.1f} "
+              f"| {baseline / seconds:.2f}x "
               f"| {model.history['val_psnr'][-1]:.2f} | {model.history['val_input_psnr'][-1]:.2f} |")
 
 

@@ -8,9 +8,11 @@ runs are fitted around it. lin-DIP keeps its default image-space noise term
 ``lin_mll_no_eta`` and ``lin_mll_dip_mean``, not run by default, are MLL without the term and MLL around the DIP
 fit ``x*`` whatever its discrepancy. Each row:
 test log-likelihood of the ground truth per pixel on p x p patches (p = 1, 2, 10), 95 % coverage,
-mean std, RMSE, wall time of the uncertainty fit (with its ratio to the DIP fit) and its peak extra resident memory (sampled every 10 ms from /proc).
-Like the ``invprior`` command, the script lets the C heap keep freed memory (``invprior.allocator``; lin-DIP's
-products about 1.2x faster, the DIP fit unchanged); ``--plain-allocator`` keeps glibc's defaults.
+mean std, RMSE, wall time of the uncertainty fit (with its ratio to the DIP fit) and its peak extra resident memory
+(sampled every 10 ms from /proc).
+Like the ``invprior`` command, the script lets the C heap keep freed memory (``invprior.allocator``: lin-DIP's
+batched products then reuse their pages instead of faulting in fresh ones); ``--plain-allocator`` keeps glibc's
+defaults.
 
 Rows go to ``--out`` (JSON lines, appended atomically per row); a rerun skips the rows already
 there, so an interrupted benchmark resumes. At the end a Markdown table is printed, then per setting lin-DIP's
@@ -79,10 +81,11 @@ def dip_params(size: int, patience: int = 500) -> dict:
     """DIP+TV with a 3-scale U-Net (dropout 0.05 so MC dropout can use the same fit); ES-WMV stopping
     (window 100, ``patience`` iterations, watching only once ``||A x - y|| <= 1.1 delta``: no stop before the data
     are fitted); Adam's lr 1e-2 up to 32x32, 3e-3 at 64x64, 1e-3 above (the demo's)."""
-    return {"generator": "unet", "generator_params": {"preset": "small", "scales": 3, "channels": 16 if size <= 32 else 32,
-                                                      "dropout": 0.05},
+    return {"generator": "unet", "generator_params": {"preset": "small", "scales": 3,
+                                                      "channels": 16 if size <= 32 else 32, "dropout": 0.05},
             "regularizer": "tv_anisotropic", "weight": "auto", "stopping": "eswmv",
-            "stopping_params": {"window": 100, "patience": patience, "discrepancy_tau": 1.1}, "lr": 1e-2 if size <= 32 else 3e-3 if size <= 64 else 1e-3,
+            "stopping_params": {"window": 100, "patience": patience, "discrepancy_tau": 1.1},
+            "lr": 1e-2 if size <= 32 else 3e-3 if size <= 64 else 1e-3,
             "max_iterations": 2000 if size <= 32 else 3000}
 
 
@@ -90,36 +93,45 @@ def posterior_specs(size: int, quick: bool, steps: int, variance: float | str, s
     """Registry name and parameters per method; the scalable lin-DIP path above 32x32 pixels."""
     scalable = size * size > 1024
     samples = samples or (64 if quick else 1000)
-    lin = {"iterations": steps, "lr": 0.05, "variance": variance, "solver": "scalable" if scalable else "exact"}
+    solver: dict = {"kind": "exact"}
+    prior = {"variance": variance}
+    evidence: dict = {"iterations": steps, "lr": 0.05}
+    sampling: dict = {}
     if scalable:
-        lin.update(num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200,
-                   sample_preconditioner_rank=2000 if size >= 128 else 1200,
-                   num_samples=samples, sample_batch="auto", sample_cg_rtol=1e-2, dtype="float32")
+        solver = {"kind": "scalable", "batch": "auto", "dtype": "float32"}
+        evidence.update(num_probes=4 if size >= 128 else 8, cg_iterations=50, preconditioner_rank=1200)
+        sampling = {"preconditioner_rank": 2000 if size >= 128 else 1200, "num_samples": samples, "cg_rtol": 1e-2}
+    lin = {"solver": solver, "prior": prior, "evidence": evidence, "sampling": sampling}
     members = 2 if quick else 5
     per_member = {"num_samples": max(1, samples // members)} if scalable else {}  # the pool holds ``samples``
     return {
         "lin_mll": {"name": "linearized_laplace", "params": dict(lin)},
-        "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "hyperprior": "tv_pred_cp"}},
-        "lin_mll_no_eta": {"name": "linearized_laplace", "params": {**lin, "image_noise": "none"}},
-        "lin_mll_dip_mean": {"name": "linearized_laplace", "params": {**lin, "predictive_mean": "network"}},
+        "lin_tv_map": {"name": "linearized_laplace", "params": {**lin, "prior": {**prior, "hyperprior": "tv_pred_cp"}}},
+        "lin_mll_no_eta": {"name": "linearized_laplace", "params": {**lin, "sampling": {**sampling,
+                                                                                         "image_noise": "none"}}},
+        "lin_mll_dip_mean": {"name": "linearized_laplace", "params": {**lin, "sampling": {**sampling,
+                                                                                           "mean": "network"}}},
         "mc_dropout": {"name": "mc_dropout", "params": {"num_samples": samples}},
         "deep_ensemble": {"name": "deep_ensemble", "params": {"members": members}},
-        "lin_mixture": {"name": "laplace_mixture", "params": {"members": members, "laplace": {**lin, **per_member}}},
+        "lin_mixture": {"name": "laplace_mixture",
+                        "params": {"members": members, "laplace": {**lin, "sampling": {**sampling, **per_member}}}},
     }
 
 
 def key(row: dict) -> tuple:
-    return (row["size"], row["image"], row["angles"], row["noise"], row["seed"], row.get("patience", 500), row["method"])
+    return (row["size"], row["image"], row["angles"], row["noise"], row["seed"], row.get("patience", 500),
+            row["method"])
 
 
-def run_setting(size: int, image: str, angles: int, noise: float, seed: int, methods: list[str], args: argparse.Namespace,
-                done: set[tuple]) -> list[dict]:
+def run_setting(size: int, image: str, angles: int, noise: float, seed: int, methods: list[str],
+                args: argparse.Namespace, done: set[tuple]) -> list[dict]:
     quick, out = args.quick, args.out
     config = parse_config({
         "seed": seed,
         "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": angles}, "image": image,
                     "size": size, "noise": {"relative": noise}},
-        "method": {"name": "dip", "params": {**dip_params(size, args.patience), **({"max_iterations": 200} if quick else {})}},
+        "method": {"name": "dip",
+                   "params": {**dip_params(size, args.patience), **({"max_iterations": 200} if quick else {})}},
     })
     base = {"size": size, "image": image, "angles": angles, "noise": noise, "seed": seed,
             **({"patience": args.patience} if args.patience != 500 else {})}
@@ -152,7 +164,8 @@ def run_setting(size: int, image: str, angles: int, noise: float, seed: int, met
                "reused_freed_memory": args.reused_freed_memory,
                "seconds": seconds, "time_ratio_to_dip": seconds / dip.wall_time, "peak_extra_mib": memory.extra_mib,
                **({"reused_member_fits_seconds": ensemble["seconds"]} if reused else {}),
-               "cg_warnings": len(caught) - len(others), "other_warnings": sorted({message[:200] for message in others}),
+               "cg_warnings": len(caught) - len(others),
+               "other_warnings": sorted({message[:200] for message in others}),
                "cg_summary": getattr(posterior, "cg_summary", {}),
                **mean_choice(posterior),
                **posterior_calibration(posterior, problem.x_true)}
@@ -245,7 +258,8 @@ def main() -> None:
                         help="lin-DIP's starting prior variance: 'auto' (default) or a number")
     parser.add_argument("--samples", type=int, help="posterior samples (default 1000)")
     parser.add_argument("--patience", type=int, default=500,
-                        help="ES-WMV patience of the DIP fits (default 500, the tables' protocol; the library's is 1000)")
+                        help="ES-WMV patience of the DIP fits (default 500, the tables' protocol; "
+                             "the library's is 1000)")
     parser.add_argument("--plain-allocator", action="store_true",
                         help="keep glibc's allocator defaults (by default the C heap keeps freed memory, as in the "
                              "invprior command: invprior.allocator)")

@@ -10,6 +10,7 @@ from invprior.core import (
     GaussianNoise,
     Generator,
     InverseProblem,
+    Method,
     PosteriorApproximation,
     Reconstruction,
     Regularizer,
@@ -19,6 +20,6 @@ from invprior.core import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ForwardOperator", "Generator", "Regularizer", "StoppingRule", "PosteriorApproximation",
+    "ForwardOperator", "Generator", "Regularizer", "StoppingRule", "PosteriorApproximation", "Method",
     "InverseProblem", "Reconstruction", "GaussianNoise", "registry", "__version__",
 ]

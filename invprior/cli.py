@@ -1,4 +1,5 @@
-"""The ``invprior`` command line: ``run`` a configuration, ``demo``, ``bench`` a suite, ``list`` registered components."""
+"""The ``invprior`` command line: ``run`` a configuration, ``demo``, ``bench`` a suite, ``list`` registered
+components."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from invprior import __version__, registry
 from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
 from invprior.errors import InvpriorError
-from invprior.validation import DTYPES, torch_device
+from invprior.validation import DTYPES, torch_device, torch_dtype
 
 DEVICE_HELP = "torch device: auto (a CUDA GPU when there is one, else the CPU; the default), cpu, cuda, cuda:N, mps"
 
@@ -21,9 +24,10 @@ def _run(args: argparse.Namespace) -> int:
     from invprior.report import problem_notes, summary_lines, write_report
 
     device = torch_device(args.device)
+    dtype = torch_dtype(args.dtype, device)
     config = load_config(args.config)
     out = Path(args.out)
-    done = run(config, not args.quiet, device, DTYPES[args.dtype], workdir=out)
+    done = run(config, not args.quiet, device, dtype, workdir=out)
     metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction}, config.raw,
                            title=config.problem.label, posterior=done.posterior,
                            posterior_name=config.posterior.name if config.posterior else "")
@@ -120,14 +124,27 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: str) -> str:
+    """``message`` with its lines joined by spaces: every error the command reports is one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``invprior`` command."""
+    """Entry point of the ``invprior`` command: an ``InvpriorError``, a file that cannot be read or written, or
+    running out of GPU memory is one line on stderr and exit code 2; an interrupt (Ctrl-C) is one line and 130."""
     args = make_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except InvpriorError as exc:
-        print(f"invprior: error: {exc}", file=sys.stderr)
+    except (InvpriorError, OSError) as exc:
+        print(f"invprior: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except torch.cuda.OutOfMemoryError as exc:
+        print(f"invprior: error: out of GPU memory ({_one_line(str(exc))}); use a smaller problem or --device cpu",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("invprior: interrupted", file=sys.stderr)
+        return 130
 
 
 def console() -> int:

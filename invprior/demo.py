@@ -3,9 +3,9 @@ then lin-DIP error bars around the DIP+TV image.
 
 Data are simulated on a 3x finer grid (no inverse crime). TV picks its weight by the discrepancy
 principle (what a user tries first); DIP+TV runs with ``DIP``'s automatic choices (TV weight by held-out
-cross-validation, TV start, averaged weights, a 1000-iteration budget), so nothing is tuned with the ground truth. The linearised Laplace posterior
-(scalable path, a short type-II fit and a few hundred Matheron samples, sized for two CPU cores)
-gives the std map and the calibration plot in ``uncertainty.png``.
+cross-validation, TV start, averaged weights, a 1000-iteration budget), so nothing is tuned with the ground
+truth. The linearised Laplace posterior (scalable path, a short type-II fit and Matheron samples, sized for two
+CPU cores) gives the std map and the calibration plot in ``uncertainty.png``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from invprior.errors import ConvergenceWarning
 from invprior.experiment import build_method, build_posterior, build_problem
 from invprior.report import summary_lines, write_report
 
-DEMO = {
+DEMO: dict[str, Any] = {
     "seed": 0,
     "problem": {"operator": "ct_parallel", "operator_params": {"num_angles": 30}, "image": "ct_slice",
                 "size": 128, "fine_factor": 3, "noise": {"relative": 0.025}},
@@ -31,9 +32,10 @@ DEMO = {
         "regularizer": "tv_anisotropic", "weight": "auto", "init": "tv", "average": 0.99, "stopping": "fixed",
         "lr": 1e-3, "max_iterations": 1000, "log_every": 10}},
     "posterior": {"name": "linearized_laplace", "params": {
-        "solver": "scalable", "variance": "auto", "iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 50,
-        "cg_rtol": 3e-2, "preconditioner_rank": 1200, "num_samples": 1000, "sample_batch": "auto",
-        "sample_cg_rtol": 3e-2, "dtype": "float32"}},
+        "solver": {"kind": "scalable", "dtype": "float32"}, "prior": {"variance": "auto"},
+        "evidence": {"iterations": 20, "lr": 0.05, "num_probes": 4, "cg_iterations": 50, "cg_rtol": 3e-2,
+                     "preconditioner_rank": 1200},
+        "sampling": {"num_samples": 1000, "cg_rtol": 3e-2}}},
 }
 QUICK = {"size": 64}
 
@@ -49,6 +51,7 @@ def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu
     """Run FBP, TV (discrepancy principle) and DIP+TV (automatic choices) and write metrics and figures to ``out``."""
     raw = demo_config(quick)
     config = parse_config(raw)
+    assert config.baseline is not None and config.posterior is not None  # both are in DEMO
     problem = build_problem(config.problem, config.seed).to(device)
     results = {
         "fbp": build_method(config.baseline, "baseline").reconstruct(problem, progress),
@@ -67,7 +70,9 @@ def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu
     for warning in caught:
         if issubclass(warning.category, ConvergenceWarning):
             print(f"note: {warning.message}")
-    print(f"wrote {out / 'metrics.json'}, {out / 'reconstruction.npz'}, {out / 'figure.png'}, {out / 'uncertainty.png'}")
+    names = ("metrics.json", "reconstruction.npz", "figure.png", "uncertainty.png")
+    written = ", ".join(str(out / name) for name in names)
+    print(f"wrote {written}")
     return metrics
 
 __all__ = ["run_demo", "demo_config"]

@@ -23,7 +23,29 @@ class ShapeError(InvpriorError, ValueError):
 
 
 class ConfigError(InvpriorError, ValueError):
-    """A configuration value is missing or invalid; the message names the key."""
+    """A configuration value or argument is missing or invalid; the message names the key."""
+
+
+class WrongTypeError(InvpriorError, TypeError):
+    """An argument is not of the type a component takes (an operator, a physics model), or a call passes
+    arguments it does not take; the message names the argument."""
+
+
+class NonlinearOperatorError(InvpriorError, TypeError):
+    """A linear-only operation (adjoint ``A^T``, operator norm ``||A||_2``) was asked of a nonlinear operator."""
+
+
+class NotSupportedError(InvpriorError, NotImplementedError):
+    """A component lacks an optional capability that was asked of it (a pseudo-inverse, a forward-mode derivative)."""
+
+
+class PluginError(InvpriorError, ImportError):
+    """A registered component (a plugin's, or a built-in whose optional dependency is broken) failed to load or is
+    written for another plugin API; the message names its distribution and entry point."""
+
+
+class NotFittedError(InvpriorError, RuntimeError):
+    """A result was asked for before ``fit`` or ``reconstruct`` produced it."""
 
 
 class UnknownComponentError(InvpriorError, KeyError):
@@ -48,6 +70,10 @@ class ConvergenceWarning(RuntimeWarning):
 
 class NonFiniteError(InvpriorError, FloatingPointError):
     """A quantity that must be finite (a Jacobian, a hyperparameter, a likelihood) is NaN or infinite."""
+
+
+class NonFiniteInputError(NonFiniteError, ValueError):
+    """A tensor passed in (a measurement ``y``, a ground truth ``x_true``) holds NaN or infinite values."""
 
 
 class DataFileError(InvpriorError, ValueError):

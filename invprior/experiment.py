@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,43 +14,22 @@ from invprior import registry
 from invprior.analysis.segmentation import segmentation_scores
 from invprior.config import ComponentSpec, ConstraintsSpec, MeasuredSpec, ProblemSpec, RunConfig
 from invprior.core.constraints import ImageConstraints
-from invprior.core.interfaces import PosteriorApproximation
+from invprior.core.interfaces import Method, PosteriorApproximation
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
-from invprior.methods.base import Method
 from invprior.metrics import psnr, relative_error, ssim
 
 
 def build(kind: str, spec: ComponentSpec, where: str, params_where: str | None = None, **defaults: Any) -> Any:
-    """Construct a registered component; failures become a ConfigError naming the config key.
-
-    ``where`` names the key holding the component's name, ``params_where`` the one holding its
-    parameters (default ``where.params``). ``defaults`` are passed only when the constructor
-    accepts them and the spec does not set them.
-    """
-    params_where = params_where or f"{where}.params"
-    try:
-        factory = registry.load(kind, spec.name)
-    except (KeyError, ImportError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    try:
-        accepted = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        accepted = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    params = {k: v for k, v in defaults.items() if (k in accepted or takes_any) and k not in spec.params}
-    params.update(spec.params)
-    try:
-        return factory(**params)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{params_where}: cannot build {kind} '{spec.name}' with {spec.params}: {exc}") from None
-    except ImportError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    """The component ``spec`` names, built by ``registry.build``; failures are a ConfigError naming ``where`` (the key
+    of its name) or ``params_where`` (of its parameters, default ``where.params``)."""
+    return registry.build(kind, spec.name, spec.params, defaults=defaults, where=where, params_where=params_where)
 
 
-def build_problem(spec: ProblemSpec | MeasuredSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> InverseProblem:
+def build_problem(spec: ProblemSpec | MeasuredSpec, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> InverseProblem:
     """The configured problem: read by a registered reader (``MeasuredSpec``) or simulated (``ProblemSpec``),
     with its constraints, if any."""
     problem = read_problem(spec, dtype) if isinstance(spec, MeasuredSpec) else simulate_problem(spec, seed, dtype)
@@ -80,11 +58,15 @@ def build_constraints(spec: ConstraintsSpec, problem: InverseProblem) -> tuple[I
     description: dict[str, Any] = {"lower": spec.lower, "upper": spec.upper, "support": spec.support}
     support = None
     if spec.support == "disc":
+        from invprior.operators.ct import CTOperator
         from invprior.operators.ct_support import fit_disc
 
+        if not isinstance(problem.operator, CTOperator):
+            raise ConfigError(f"problem.constraints.support: 'disc' is fitted to a CT sinogram; "
+                              f"{problem.operator.name} is not a CT operator")
         if problem.batch_size != 1:
             raise ConfigError("problem.constraints.support: a fitted disc needs one image (num_images = 1)")
-        noise = float(problem.noise_std[0]) if problem.noise_std is not None else 0.0
+        noise = float(problem.noise_std[0]) if isinstance(problem.noise_std, Tensor) else 0.0
         disc = fit_disc(problem.operator, problem.y[0, 0], noise)
         support = disc.mask(problem.operator, spec.margin)
         description["disc"] = {"centre": list(disc.centre), "radius": disc.radius, "margin_pixels": spec.margin}
@@ -92,6 +74,7 @@ def build_constraints(spec: ConstraintsSpec, problem: InverseProblem) -> tuple[I
         from invprior.data.orientation import picture_to_image
         from invprior.readers.reference import read_reference
 
+        assert spec.support_file is not None  # the configuration requires it with support = "file"
         support = torch.from_numpy(picture_to_image(read_reference(spec.support_file, spec.support_key) > 0))
         grid = tuple(problem.operator.domain_shape[-2:])
         if tuple(support.shape) != grid:
@@ -113,15 +96,20 @@ def simulate_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torc
     """
     operator: ForwardOperator = build("operators", spec.operator, "problem.operator", "problem.operator_params",
                                       size=spec.size)
-    images = lambda size: build("datasets", spec.image, "problem.image", "problem.image_params", size=size,
-                                n=spec.num_images, seed=seed, dtype=dtype)
-    meta = {"operator": spec.operator.name, "image": spec.image.name, "size": spec.size, "fine_factor": spec.fine_factor}
+
+    def images(size: int) -> Tensor:
+        return build("datasets", spec.image, "problem.image", "problem.image_params", size=size, n=spec.num_images,
+                     seed=seed, dtype=dtype)
+
+    meta = {"operator": spec.operator.name, "image": spec.image.name, "size": spec.size,
+            "fine_factor": spec.fine_factor}
     if spec.fine_factor == 1:
         x_true = images(spec.size)
         clean = None
     else:
         if not hasattr(operator, "on_grid"):
-            raise ConfigError(f"problem.fine_factor: operator '{spec.operator.name}' cannot be evaluated on a finer grid")
+            raise ConfigError(f"problem.fine_factor: operator '{spec.operator.name}' cannot be evaluated on a finer "
+                              "grid")
         fine = images(spec.size * spec.fine_factor)
         with torch.no_grad():
             clean = operator.on_grid(spec.size * spec.fine_factor)(fine)
@@ -134,10 +122,7 @@ def simulate_problem(spec: ProblemSpec, seed: int = 0, dtype: torch.dtype = torc
 
 def build_method(spec: ComponentSpec, where: str, **defaults: Any) -> Method:
     """A registered reconstruction method (``defaults`` as in ``build``)."""
-    method = build("methods", spec, where, **defaults)
-    if not hasattr(method, "reconstruct"):
-        raise ConfigError(f"{where}: '{spec.name}' is not a reconstruction method")
-    return method
+    return build("methods", spec, where, **defaults)
 
 
 def default_baseline(problem: InverseProblem) -> ComponentSpec:
@@ -161,9 +146,9 @@ def scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict[str,
             out[name], out[f"{name}_mean"] = values, sum(values) / len(values)
     if problem.reference is not None:
         segmented = segmentation_scores(reconstruction.image, problem.reference, problem.task, support(problem))
-        metric = segmented[0].metric
-        out[metric] = [s.value for s in segmented]
-        out[f"{metric}_mean"] = sum(out[metric]) / len(segmented)
+        score = segmented[0].metric
+        out[score] = [s.value for s in segmented]
+        out[f"{score}_mean"] = sum(out[score]) / len(segmented)
         out["otsu_thresholds"] = [s.thresholds for s in segmented]
     return out
 
@@ -175,10 +160,7 @@ def support(problem: InverseProblem) -> Tensor | None:
 
 def build_posterior(spec: ComponentSpec, where: str = "posterior", **defaults: Any) -> PosteriorApproximation:
     """A registered posterior approximation (``defaults`` as in ``build``)."""
-    posterior = build("posteriors", spec, where, **defaults)
-    if not isinstance(posterior, PosteriorApproximation):
-        raise ConfigError(f"{where}: '{spec.name}' is not a posterior approximation")
-    return posterior
+    return build("posteriors", spec, where, **defaults)
 
 
 def run(config: RunConfig, progress: bool = True, device: torch.device | str = "cpu",

@@ -6,6 +6,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from invprior.io import atomic_write
 
 def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_panel: tuple[str, Tensor] | None = None,
                       title: str = "", curve: Reconstruction | None = None, scale_from: int = 0) -> Path:
-    """Images side by side on a shared grey scale (first channel of panel ``scale_from``), an error map,
+    """Images in rows of ``COLUMNS`` on a shared grey scale (first channel of panel ``scale_from``), an error map,
     and optionally the PSNR-vs-iteration curve of an iterative reconstruction with its kept
     iterate and its stop marked.
 
@@ -31,8 +32,7 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
     low, high = float(images[scale_from][1].min()), float(images[scale_from][1].max())
     show_curve = curve is not None and "psnr" in curve.trace
     count = len(images) + (error_panel is not None) + show_curve
-    fig.set_size_inches(3.2 * count, 3.6)
-    axes = fig.subplots(1, count, squeeze=False)[0]
+    axes = _grid(fig, count)
     for ax, (caption, array) in zip(axes, images):
         ax.imshow(array.T, cmap="gray", vmin=low, vmax=high, origin="lower")
         ax.set_title(caption, fontsize=9)
@@ -44,6 +44,7 @@ def comparison_figure(path: str | Path, panels: list[tuple[str, Tensor]], error_
         ax.axis("off")
         fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     if show_curve:
+        assert curve is not None  # show_curve needs a curve
         _convergence(axes[-1], curve)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -72,7 +73,10 @@ def segmentation_figure(path: str | Path, image: Tensor, labels, reference, capt
     for ax in grid:
         ax.axis("off")
     axes = iter(grid)
-    show = lambda ax, array, **kw: ax.imshow(np.asarray(array).T, origin="lower", **kw)
+
+    def show(ax: Any, array: Any, **kw: Any) -> Any:
+        return ax.imshow(np.asarray(array).T, origin="lower", **kw)
+
     ax = next(axes)
     shown = show(ax, image[0, 0].detach().cpu().float().numpy(), cmap="gray")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
@@ -103,7 +107,7 @@ def segmentation_figure(path: str | Path, image: Tensor, labels, reference, capt
 def uncertainty_figure(path: str | Path, x_true: Tensor, mean: Tensor, std: Tensor, title: str = "",
                        curve_bins: int = 20, *, label: str = "", extra: list[tuple[str, Tensor, Tensor]] | None = None
                        ) -> Path:
-    """One row of four panels: the reconstruction ``mean`` (grey scale of ``x_true``), the predictive
+    """Four panels in a 2 x 2 grid: the reconstruction ``mean`` (grey scale of ``x_true``), the predictive
     ``std`` map, the ``|x_true - mean|`` map, and a calibration plot.
 
     The std and error maps share one colour scale, from 0 to the larger of the largest std and
@@ -124,16 +128,17 @@ def uncertainty_figure(path: str | Path, x_true: Tensor, mean: Tensor, std: Tens
         try:
             name, m, s = item
         except (TypeError, ValueError):
-            raise ShapeError(f"uncertainty_figure: 'extra' entries must be (label, mean, std) triples, got {item!r}") from None
-        methods.append((str(name), _plane(m, f"extra mean {name!r}", truth.shape), _plane(s, f"extra std {name!r}", truth.shape)))
+            raise ShapeError(f"uncertainty_figure: 'extra' entries must be (label, mean, std) triples, "
+                             f"got {item!r}") from None
+        methods.append((str(name), _plane(m, f"extra mean {name!r}", truth.shape),
+                        _plane(s, f"extra std {name!r}", truth.shape)))
     _, recon, sigma = methods[0]
     error = (truth - recon).abs()
     scale = max(float(sigma.max()), float(torch.quantile(error.flatten(), 0.995)))
     scale = scale if scale > 0 else 1.0
 
     fig = new_figure()
-    fig.set_size_inches(3.4 * 4, 3.6)
-    axes = fig.subplots(1, 4)
+    axes = _grid(fig, 4, columns=2)
     low, high = float(truth.min()), float(truth.max())
     axes[0].imshow(recon.numpy().T, cmap="gray", vmin=low, vmax=high, origin="lower")
     axes[0].set_title(f"reconstruction ({methods[0][0]})" if label else "reconstruction (mean)", fontsize=9)
@@ -175,9 +180,9 @@ def convergence_figure(path: str | Path, curves: list[tuple[str, Sequence[float]
     ax.legend(fontsize=7, loc="lower right")
     if spectra is not None:
         ax = axes[1]
-        for label, values in spectra:
-            values = values.detach().double().cpu()
-            ax.semilogy(range(1, values.numel() + 1), (values / values[0]).numpy(), lw=1.2, label=label)
+        for label, spectrum in spectra:
+            singular = spectrum.detach().double().cpu()
+            ax.semilogy(range(1, singular.numel() + 1), (singular / singular[0]).numpy(), lw=1.2, label=label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("index i")
         ax.set_ylabel("s_i / s_1")
@@ -205,7 +210,8 @@ def _calibration_panel(ax, truth: Tensor, methods: list[tuple[str, Tensor, Tenso
     for (name, m, s), colour in zip(methods, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
                                               "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")):
         predicted, observed = calibration_curve(truth, m, s, bins=bins)
-        points = [(a, b) for a, b in zip(predicted, observed) if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
+        points = [(a, b) for a, b in zip(predicted, observed)
+                  if a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)]
         if points:
             ax.plot(*zip(*points), marker="o", ms=3, lw=1.2, color=colour, label=name)
             extent += [v for pair in points for v in pair]
@@ -252,6 +258,21 @@ def _convergence(ax, reconstruction: Reconstruction) -> None:
     ax.set_title(f"{reconstruction.method}: PSNR vs iteration", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
+
+
+#: Panels per row of a figure grid, and the size of one panel in inches: readable at page width.
+COLUMNS, PANEL_INCHES = 3, 4.0
+
+
+def _grid(fig, count: int, columns: int = COLUMNS) -> list:
+    """``count`` axes in rows of at most ``columns`` (the figure sized to match); unused cells are hidden."""
+    columns = min(count, columns)
+    rows = -(-count // columns)
+    fig.set_size_inches(PANEL_INCHES * columns, PANEL_INCHES * rows + 0.4)
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return axes[:count]
 
 
 def new_figure():

@@ -34,7 +34,7 @@ def _new_file(folder: Path, name: str) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file and rename it to ``path``; no partial file is ever left. The
     file gets the permissions the umask allows (``0o644`` under the usual ``022``), as with ``open``."""
     path = Path(path)
@@ -94,5 +94,5 @@ def write_json(path: str | Path, data: Any) -> Path:
 def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     """Atomically write a compressed ``.npz`` archive."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs match **arrays to allow_pickle: bool
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from invprior.errors import ShapeError
+from invprior.errors import ConfigError, ShapeError
 
 __all__ = ["psnr", "ssim", "relative_error"]
 
@@ -24,7 +24,8 @@ def _prepare(x: Tensor, x_true: Tensor, metric: str, min_ndim: int = 2) -> tuple
     if x.shape != x_true.shape:
         raise ShapeError(f"{metric}: x has shape {tuple(x.shape)} but x_true has shape {tuple(x_true.shape)}")
     if x.ndim < min_ndim:
-        raise ShapeError(f"{metric}: expected a batch with at least {min_ndim} dims (B, ...), got shape {tuple(x.shape)}")
+        raise ShapeError(f"{metric}: expected a batch with at least {min_ndim} dims (B, ...), "
+                         f"got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x[0].numel() == 0:
         raise ShapeError(f"{metric}: got an empty batch of shape {tuple(x.shape)}")
     dtype = torch.promote_types(torch.promote_types(x.dtype, x_true.dtype), torch.float32)
@@ -40,10 +41,11 @@ def _data_range(x_true: Tensor, data_range: float | Tensor | None, metric: str) 
     else:
         rng = torch.as_tensor(data_range, dtype=x_true.dtype, device=x_true.device)
         if rng.numel() not in (1, batch):
-            raise ShapeError(f"{metric}: data_range must be a number or hold one value per image ({batch}), got {rng.numel()}")
+            raise ShapeError(f"{metric}: data_range must be a number or hold one value per image ({batch}), "
+                             f"got {rng.numel()}")
         rng = rng.reshape(-1).expand(batch)
     if not bool((rng > 0).all()) or not bool(torch.isfinite(rng).all()):
-        raise ValueError(
+        raise ConfigError(
             f"{metric}: data range must be finite and > 0 for every image, got {rng.tolist()}"
             + (" (x_true is constant; pass data_range explicitly)" if data_range is None else "")
         )
@@ -109,6 +111,6 @@ def relative_error(x: Tensor, x_true: Tensor) -> Tensor:
     x, x_true = _prepare(x, x_true, "relative_error")
     norm_true = torch.linalg.vector_norm(x_true.flatten(1), dim=1)
     if not bool((norm_true > 0).all()):
-        raise ValueError("relative_error: x_true is zero for some image, so the relative error is undefined")
+        raise ConfigError("relative_error: x_true is zero for some image, so the relative error is undefined")
     return torch.linalg.vector_norm((x - x_true).flatten(1), dim=1) / norm_true
 

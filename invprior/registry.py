@@ -7,20 +7,21 @@ Plugin API: a plugin distribution declares the version of this API it was writte
 group ``invprior.api`` (one entry pointing at a version string, e.g. ``api =
 "my_plugin:INVPRIOR_API"`` with ``INVPRIOR_API = "1.0"``). Its components load only when the major
 version equals ``PLUGIN_API``'s; a plugin that declares none is loaded with a warning. What the
-API covers: the five interfaces and their documented methods, ``InverseProblem``,
-``Reconstruction``, ``GaussianNoise``,
-the ``Method`` base class and this module's functions.
+API covers: the five interfaces and ``Method`` with their documented methods, ``InverseProblem``,
+``Reconstruction`` and ``FittedNetwork``, ``GaussianNoise`` and this module's functions.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.metadata as metadata
+import inspect
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from invprior.errors import UnknownComponentError
+from invprior.errors import ConfigError, InvpriorError, PluginError, UnknownComponentError, WrongTypeError
 
 KINDS: tuple[str, ...] = ("operators", "generators", "regularizers", "stopping", "posteriors", "datasets", "methods",
                           "readers")
@@ -86,22 +87,21 @@ def load(kind: str, name: str) -> Any:
     try:
         component = metadata.EntryPoint(entry.name, entry.target, f"invprior.{kind}").load()
     except Exception as exc:  # a broken plugin must be reported, whatever it raises
-        raise ImportError(
+        raise PluginError(
             f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
             f"failed to load: {type(exc).__name__}: {exc}"
         ) from exc
     base = _base_class(kind)
     if base is not None and not (isinstance(component, type) and issubclass(component, base)) \
             and not (callable(component) and not isinstance(component, type)):
-        raise ImportError(f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
+        raise PluginError(f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
                           f"is {component!r}, not a {base.__name__} subclass or a factory")
     return component
 
 
 def _base_class(kind: str) -> type | None:
     """The interface a component of ``kind`` implements (``None``: datasets and readers are plain functions)."""
-    from invprior.core import ForwardOperator, Generator, PosteriorApproximation, Regularizer, StoppingRule
-    from invprior.methods.base import Method
+    from invprior.core import ForwardOperator, Generator, Method, PosteriorApproximation, Regularizer, StoppingRule
     return {"operators": ForwardOperator, "generators": Generator, "regularizers": Regularizer,
             "stopping": StoppingRule, "posteriors": PosteriorApproximation, "methods": Method}.get(kind)
 
@@ -113,7 +113,7 @@ def declared_api(distribution: str) -> str | None:
             try:
                 return str(ep.load())
             except Exception as exc:
-                raise ImportError(f"distribution {distribution!r} declares its invprior plugin API through "
+                raise PluginError(f"distribution {distribution!r} declares its invprior plugin API through "
                                   f"{ep.value}, which failed to load: {type(exc).__name__}: {exc}") from exc
     return None
 
@@ -131,7 +131,7 @@ def _check_api(distribution: str) -> None:
                           f"targets (entry point group 'invprior.api'); assuming {PLUGIN_API}", stacklevel=3)
         return
     if version.split(".")[0] != PLUGIN_API.split(".")[0]:
-        raise ImportError(f"plugin distribution {distribution!r} targets invprior plugin API {version}, but this "
+        raise PluginError(f"plugin distribution {distribution!r} targets invprior plugin API {version}, but this "
                           f"invprior {_own_version()} provides API {PLUGIN_API} (the major versions must match); "
                           f"install a release of {distribution!r} for API {PLUGIN_API.split('.')[0]}.x")
 
@@ -142,15 +142,52 @@ def _own_version() -> str:
 
 
 def get(kind: str, name: str, **params: Any) -> Any:
-    """Construct the component registered as ``name`` with keyword ``params`` (a factory's result
-    must implement the kind's interface too)."""
-    component = load(kind, name)(**params)
+    """Construct the component registered as ``name`` with keyword ``params`` (see ``build``)."""
+    return build(kind, name, params)
+
+
+def build(kind: str, name: str, params: Mapping[str, Any] | None = None, *, defaults: Mapping[str, Any] | None = None,
+          where: str | None = None, params_where: str | None = None) -> Any:
+    """The one way a component is constructed: the class or factory registered as ``name``, called with
+    ``params``; each of ``defaults`` is passed too where the constructor takes it and ``params`` does not set it.
+    The result must implement the kind's interface. With ``where`` (the configuration key that names the
+    component; ``params_where``, default ``where.params``, the key of its parameters) every failure is a
+    one-line ``ConfigError`` naming that key."""
+    params = dict(params or {})
+    try:
+        factory = load(kind, name)
+    except (UnknownComponentError, ImportError) as exc:
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+    accepted = _keywords(factory)
+    chosen = {k: v for k, v in (defaults or {}).items() if (accepted is None or k in accepted) and k not in params}
+    try:
+        component = factory(**chosen, **params)
+    except (InvpriorError, TypeError) as exc:
+        if where is None:
+            raise
+        raise ConfigError(f"{params_where or f'{where}.params'}: cannot build {kind} '{name}' with {params}: "
+                          f"{exc}") from None
     base = _base_class(kind)
     if base is not None and not isinstance(component, base):
-        entry = entries(kind)[name]
-        raise TypeError(f"{kind} component {name!r} from distribution {entry.distribution!r} built a "
-                        f"{type(component).__name__}, not a {base.__name__}")
+        message = (f"{kind} component {name!r} from distribution {entries(kind)[name].distribution!r} built a "
+                   f"{type(component).__name__}, not a {base.__name__}")
+        if where is None:
+            raise WrongTypeError(message)
+        raise ConfigError(f"{where}: {message}")
     return component
+
+
+def _keywords(factory: Any) -> set[str] | None:
+    """The keyword parameters ``factory`` accepts (``None``: any, it takes ``**kwargs`` or has no signature)."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
 
 
 def load_all(kind: str) -> tuple[dict[str, Any], dict[str, str]]:

@@ -7,16 +7,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from invprior.analysis.calibration import posterior_calibration
+from invprior.analysis.segmentation import segmentation_calibration, segmentation_scores
 from invprior.core.interfaces import PosteriorApproximation
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.core.task import SCORE_LABELS
-from invprior.experiment import scores, support
-from invprior.figures import comparison_figure, uncertainty_figure
-from invprior.analysis.segmentation import segmentation_calibration, segmentation_scores
 from invprior.data.orientation import image_to_picture
-from invprior.figures import segmentation_figure
+from invprior.errors import ConfigError
+from invprior.experiment import scores, support
+from invprior.figures import comparison_figure, segmentation_figure, uncertainty_figure
 from invprior.io import atomic_write, write_json, write_npz
 
 
@@ -28,8 +30,8 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
 
     ``results`` maps a role (e.g. ``"baseline"``, ``"method"``) to a reconstruction; the last one is
     the main result: its image is ``x_hat`` and its error map and convergence curve are drawn.
-    With a fitted ``posterior`` its mean and std maps go into the arrays (``posterior_mean``, ``std``), its calibration into
-    ``metrics["posterior"]`` and the uncertainty panels into ``uncertainty.png``.
+    With a fitted ``posterior`` its mean and std maps go into the arrays (``posterior_mean``, ``std``), its calibration
+    into ``metrics["posterior"]`` and the uncertainty panels into ``uncertainty.png``.
     With a reference segmentation the main result's segmentation is written as ``segmentation.png``
     (a picture on the reference's grid, row 0 at the top, like the reference file) and drawn beside the
     reference and their differences in ``segmentation_figure.png``. Arrays in ``reconstruction.npz``
@@ -38,9 +40,10 @@ def write_report(out: str | Path, problem: InverseProblem, results: dict[str, Re
     """
     out = Path(out)
     main = list(results.values())[-1]
-    metrics = {"config": config, "problem": problem.metadata,
-               "noise_norm": problem.noise_norm.tolist() if problem.noise_norm is not None else None,
-               **{role: scores(r, problem) for role, r in results.items()}}
+    metrics: dict[str, Any] = {
+        "config": config, "problem": problem.metadata,
+        "noise_norm": problem.noise_norm.tolist() if isinstance(problem.noise_norm, Tensor) else None,
+        **{role: scores(r, problem) for role, r in results.items()}}
     if posterior is not None:
         metrics["posterior"] = {"name": posterior_name or type(posterior).__name__,
                                 "wall_time_s": getattr(posterior, "wall_time", None),
@@ -96,9 +99,12 @@ def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem,
     """``segmentation.png`` (the main result's labels as a picture) and ``segmentation_figure.png``."""
     from PIL import Image
 
-    score = segmentation_scores(main.image[:1], problem.reference[:1], problem.task, support(problem))[0]
+    reference = problem.reference
+    if reference is None:
+        raise ConfigError("write_segmentation: the problem has no reference segmentation")
+    score = segmentation_scores(main.image[:1], reference[:1], problem.task, support(problem))[0]
     picture = image_to_picture(score.labels)
-    binary = int(problem.reference.max()) <= 1
+    binary = int(reference.max()) <= 1
     png = Image.fromarray(picture.astype(bool) if binary else picture.astype("uint8"))
 
     def save(handle) -> None:
@@ -107,7 +113,7 @@ def write_segmentation(out: Path, main: Reconstruction, problem: InverseProblem,
     atomic_write(out / "segmentation.png", save)
     caption = f"{main.method}: {SCORE_LABELS[score.metric]} {score.value:.3f}"
     segmentation_figure(out / "segmentation_figure.png", main.image[:1], score.labels,
-                        problem.reference[0].cpu().numpy(), caption, title=title,
+                        reference[0].cpu().numpy(), caption, title=title,
                         std=None if posterior is None else posterior.std)
 
 
@@ -120,7 +126,7 @@ def kept_variance(posterior: PosteriorApproximation) -> dict[str, Any]:
 def mean_choice(posterior: PosteriorApproximation) -> dict[str, Any]:
     """Which predictive mean a posterior chose and the discrepancy it chose by (``mean_used``, ``discrepancy``:
     lin-DIP's ``predictive_mean="auto"``); empty for posteriors without the choice."""
-    if not hasattr(posterior, "mean_used"):
+    if not (hasattr(posterior, "mean_used") and hasattr(posterior, "discrepancy")):
         return {}
     return {"mean_used": posterior.mean_used, "discrepancy": posterior.discrepancy}
 
@@ -129,7 +135,7 @@ def problem_notes(problem: InverseProblem) -> list[str]:
     """What the user should know about a problem that was read or set up for them: the noise level when it
     was estimated, a fitted support."""
     notes = []
-    if problem.noise_estimated:
+    if problem.noise_estimated and isinstance(problem.noise_std, Tensor):
         values = ", ".join(f"{float(s):.4g}" for s in problem.noise_std)
         notes.append(f"noise level estimated from the data: std {values} per measurement "
                      "(give problem.noise = { std = ... } to set it)")
@@ -146,8 +152,8 @@ def problem_notes(problem: InverseProblem) -> list[str]:
                      f"out); electrodes without data: {silent}")
     disc = problem.metadata.get("constraints", {}).get("disc")
     if disc is not None:
-        notes.append(f"support: disc fitted to the sinogram, centre ({disc['centre'][0]:.3f}, {disc['centre'][1]:.3f}), "
-                     f"radius {disc['radius']:.3f} (image units)")
+        notes.append(f"support: disc fitted to the sinogram, centre ({disc['centre'][0]:.3f}, "
+                     f"{disc['centre'][1]:.3f}), radius {disc['radius']:.3f} (image units)")
     return notes
 
 

@@ -36,10 +36,26 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The floating-point precision ``name`` (a key of ``DTYPES``), refused where ``device`` lacks it
+    (MPS has no float64)."""
+    dtype = DTYPES[choice(name, DTYPES, "dtype")]
+    if device.type == "mps" and dtype == torch.float64:
+        raise ConfigError(f"dtype {name!r}: MPS has no float64; use float32 or the cpu device")
+    return dtype
+
+
 def positive_int(value: Any, name: str) -> int:
     """An integer >= 1 (booleans refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def nonnegative_int(value: Any, name: str) -> int:
+    """An integer >= 0 (booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
     return int(value)
 
 
@@ -62,7 +78,7 @@ def fraction(value: Any, name: str, allow_zero: bool = False) -> float:
 
 
 def number_pair(value: Any, name: str, meaning: str) -> tuple[float, float]:
-    """Two finite numbers, e.g. a range; ``meaning`` says what they are in the error (``"(start, stop) in radians"``)."""
+    """Two finite numbers, e.g. a range; ``meaning`` says what they are in the error (e.g. ``"(start, stop)"``)."""
     try:
         first, second = (real(v, name) for v in value)
     except (TypeError, ValueError) as exc:

@@ -31,7 +31,8 @@ def _tuned_faults() -> tuple[bool, list[int]]:
 def test_reused_memory_is_not_faulted_in_again():
     """Every round writes 32768 fresh pages' worth. With glibc's defaults the heap hands them back and faults
     them in again, for a few rounds or for every round depending on where the blocks land (rounds 4-8
-    measured: 0, 4096 or 163680 faults); once the heap keeps freed memory, only the first three rounds fault (the third at most one block)."""
+    measured: 0, 4096 or 163680 faults); once the heap keeps freed memory, only the first three rounds fault
+    (the third at most one block)."""
     tuned_ok, tuned = _tuned_faults()
     if not tuned_ok:
         pytest.skip("no glibc mallopt on this system")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from invprior import GaussianNoise, InverseProblem
+from invprior.core.problem import NoiseEstimateWarning
 from invprior.data.phantoms import random_ellipses
 from invprior.errors import ConfigError
-from invprior.core.problem import NoiseEstimateWarning
 from invprior.methods.classical import PseudoInverse, Tikhonov, TVLeastSquares
 from invprior.metrics import psnr
 from invprior.operators.compressed_sensing import GaussianCS

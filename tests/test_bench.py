@@ -43,7 +43,8 @@ def test_a_suite_expands_into_a_grid_of_valid_run_configurations():
     ({**TINY, "seeds": "0"}, "seeds"),
     ({**TINY, "problems": [{"operator": "no_such_operator", "image": "ellipses", "size": 8}]}, r"problems\[0\]"),
     ({**TINY, "methods": [{"params": {}}]}, "needs 'name'"),
-    ({**TINY, "methods": [{"name": "tikhonv"}]}, r"methods\[0\]: no methods component named 'tikhonv'\. Did you mean 'tikhonov'"),
+    ({**TINY, "methods": [{"name": "tikhonv"}]},
+     r"methods\[0\]: no methods component named 'tikhonv'\. Did you mean 'tikhonov'"),
 ])
 def test_bad_suites_are_refused(suite, match):
     with pytest.raises(ConfigError, match=match):
@@ -125,7 +126,8 @@ def test_a_run_on_images_too_small_for_ssim_keeps_its_psnr_and_shows_no_ssim():
     problem = build_problem(config.problem, config.seed)
     direct = float(psnr(build_method(config.method, "method").reconstruct(problem, False).image, problem.x_true))
     assert record["psnr"] == pytest.approx(direct, abs=1e-5)
-    assert "| Tikhonov | 1 | " in summary_markdown([record], "small") and " | - | " in summary_markdown([record], "small")
+    assert "| Tikhonov | 1 | " in summary_markdown([record], "small")
+    assert " | - | " in summary_markdown([record], "small")
 
 
 def test_summary_shows_posterior_calibration_when_runs_fitted_one():

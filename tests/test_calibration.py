@@ -47,7 +47,8 @@ def test_batched_dense_path_matches_a_per_patch_loop(shape):
         expected = _brute_force(x, mean, cov, patch)
         assert patch_log_likelihood(x, mean, cov, patch) == pytest.approx(expected, rel=1e-12, abs=1e-12)
         # keyword form and (H, W) images give the same number
-        assert patch_log_likelihood(x[0, 0], mean[0, 0], covariance=cov, patch=patch) == pytest.approx(expected, rel=1e-12)
+        assert patch_log_likelihood(x[0, 0], mean[0, 0], covariance=cov, patch=patch) == pytest.approx(
+            expected, rel=1e-12)
 
 
 def test_samples_path_converges_to_the_dense_path():

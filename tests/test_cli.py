@@ -33,7 +33,10 @@ def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
     config.write_text(CONFIG.format(method="tv", params="iterations = 100, grid_size = 5"))
     assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert matplotlib.get_backend() == backend  # the user's plotting set-up is left alone
-    strict = lambda token: (_ for _ in ()).throw(ValueError(f"non-standard JSON {token}"))
+
+    def strict(token):
+        raise ValueError(f"non-standard JSON {token}")
+
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(), parse_constant=strict)
     assert metrics["method"]["method"] == "tv" and metrics["baseline"]["method"] == "pseudo_inverse"
     assert metrics["method"]["psnr_mean"] > metrics["baseline"]["psnr_mean"] + 3
@@ -52,10 +55,14 @@ def test_run_writes_metrics_arrays_and_figure(tmp_path, capsys):
 
 @pytest.mark.parametrize("text, message", [
     ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\nsize=8\n', "method: missing"),
-    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\ncolour=1\n[method]\nname="tv"', "problem.colour: unknown key"),
-    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=-1}\n[method]\nname="tv"', "problem.noise.std must be"),
-    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\nsize="big"\n[method]\nname="tv"', "problem.size: expected a positive int"),
-    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\n[method]\nname="tv"\nparams=3', "method.params: expected a table"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\ncolour=1\n[method]\nname="tv"',
+     "problem.colour: unknown key"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=-1}\n[method]\nname="tv"',
+     "problem.noise.std must be"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\nsize="big"\n[method]\nname="tv"',
+     "problem.size: expected a positive int"),
+    ('[problem]\noperator="denoising"\nimage="ellipses"\nnoise={std=0.1}\n[method]\nname="tv"\nparams=3',
+     "method.params: expected a table"),
 ])
 def test_bad_configs_name_the_key(text, message):
     import tomllib

@@ -15,8 +15,9 @@ def test_demo_writes_three_methods_the_convergence_figure_and_error_bars(tmp_pat
     monkeypatch.setitem(demo.QUICK, "size", 32)
     monkeypatch.setitem(demo.DEMO["method"]["params"], "max_iterations", 25)
     monkeypatch.setitem(demo.DEMO["method"]["params"], "init_iterations", 20)
-    for key, value in {"iterations": 3, "num_samples": 16, "preconditioner_rank": 16, "cg_iterations": 10}.items():
-        monkeypatch.setitem(demo.DEMO["posterior"]["params"], key, value)
+    for group, key, value in (("evidence", "iterations", 3), ("evidence", "preconditioner_rank", 16),
+                              ("evidence", "cg_iterations", 10), ("sampling", "num_samples", 16)):
+        monkeypatch.setitem(demo.DEMO["posterior"]["params"][group], key, value)
     assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [metrics[k]["method"] for k in ("fbp", "tv", "dip_tv")] == ["fbp", "tv", "dip"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from invprior import GaussianNoise, InverseProblem, Regularizer, registry
-from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.core.problem import NoiseEstimateWarning
+from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.generators.linear import LinearGenerator
 from invprior.generators.output_map import OutputMap
 from invprior.generators.unet import UNet
@@ -41,7 +41,7 @@ def test_every_generator_with_every_rule(problem, generator, rule):
     assert result.image.shape == problem.x_true.shape and torch.isfinite(result.image).all()
     assert 1 <= result.iterations <= 6 and result.stop_reason
     assert result.trace["iteration"][-1] == result.iterations
-    assert result.generator_state is not None
+    assert len(result.networks) == 1 and result.fitted_by is dip
     # the kept image is the generator's output at the kept iteration
     best = result.extras["best_iteration"][0]
     assert 1 <= best <= result.iterations
@@ -49,7 +49,8 @@ def test_every_generator_with_every_rule(problem, generator, rule):
 
 def test_fit_reduces_the_data_residual(problem):
     result = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed", init="none",
-                 stopping_params={"iterations": 60}, lr=1e-2, max_iterations=60, log_every=1).reconstruct(problem, progress=False)
+                 stopping_params={"iterations": 60}, lr=1e-2, max_iterations=60,
+                 log_every=1).reconstruct(problem, progress=False)
     residuals = result.trace["residual"]
     assert residuals[-1] < 0.5 * residuals[0]
 
@@ -63,7 +64,8 @@ def test_linear_generator_converges_to_the_minimum_norm_solution():
     j = generator.matrix.double()
     lipschitz = 2 / 6 * torch.linalg.matrix_norm(op.matrix @ j, ord=2).item() ** 2  # of the mean-squared loss
     result = DIP(generator=generator, regularizer="none", optimizer="gd", stopping="fixed", init="none", average=0.0,
-                 stopping_params={"iterations": 4000}, lr=1 / lipschitz, max_iterations=4000).reconstruct(problem, progress=False)
+                 stopping_params={"iterations": 4000}, lr=1 / lipschitz,
+                 max_iterations=4000).reconstruct(problem, progress=False)
     expected = j @ torch.linalg.pinv(op.matrix @ j) @ y[0]
     assert torch.allclose(result.image.flatten(), expected, atol=1e-4)
 
@@ -90,10 +92,11 @@ def test_checkpoint_resume_is_bit_identical(problem, tmp_path, monkeypatch):
     assert torch.equal(resumed.image, full.image)
     assert resumed.trace.keys() == full.trace.keys()
     for key in full.trace:  # NaN-aware comparison (the rule's statistic is NaN until its window fills)
-        assert torch.equal(torch.tensor(resumed.trace[key]).nan_to_num(-1.0), torch.tensor(full.trace[key]).nan_to_num(-1.0))
+        assert torch.equal(torch.tensor(resumed.trace[key]).nan_to_num(-1.0),
+                           torch.tensor(full.trace[key]).nan_to_num(-1.0))
     assert resumed.extras["best_iteration"] == full.extras["best_iteration"]
-    for key, value in full.generator_state.items():
-        assert torch.equal(resumed.generator_state[key], value)
+    for key, value in full.networks[0].state.items():
+        assert torch.equal(resumed.networks[0].state[key], value)
     # a finished run is returned from its checkpoint without fitting again
     again = DIP(checkpoint=path, resume=True, **settings).reconstruct(problem, progress=False)
     assert torch.equal(again.image, full.image) and again.iterations == full.iterations
@@ -110,11 +113,10 @@ def test_kept_image_is_what_the_kept_weights_produce(problem, rule, params):
     generator = UNet(preset="small", channels=8)
     result = DIP(generator=generator, stopping=rule, stopping_params=params, weight=1e-4, lr=1e-2,
                  max_iterations=7).reconstruct(problem, progress=False)
-    fitted = result.extras["generator"]  # the network behind its output map (data scale, constraints)
-    assert isinstance(fitted, OutputMap) and fitted.network is not generator
-    fitted.load_state_dict(result.generator_state)
+    network = result.networks[0]  # the generator behind its output map (data scale, constraints)
+    assert isinstance(network.generator, OutputMap) and network.generator.network is not generator
     with torch.no_grad():
-        assert torch.allclose(fitted(result.generator_input), result.image, atol=1e-6)
+        assert torch.allclose(network.kept()(network.input), result.image, atol=1e-6)
 
 
 class _NaNAfter(Regularizer):
@@ -142,7 +144,8 @@ def test_generator_shape_mismatch_is_refused_before_fitting(problem):
     with pytest.raises(ShapeError, match=r"outputs images of shape \(1, 1, 8, 8\)"):
         DIP(generator=LinearGenerator(size=8), max_iterations=5).reconstruct(problem, progress=False)
     with pytest.raises(ShapeError, match=r"\(1, 2, 16, 16\)"):
-        DIP(generator=UNet(preset="small", channels=4, out_channels=2), max_iterations=5).reconstruct(problem, progress=False)
+        DIP(generator=UNet(preset="small", channels=4, out_channels=2),
+            max_iterations=5).reconstruct(problem, progress=False)
 
 
 def test_small_images_and_rule_settings_that_cannot_work_are_refused():

@@ -82,10 +82,11 @@ def test_auto_weight_is_the_cross_validated_tv_weight_and_the_start_its_image(pr
 
 def _second_step(problem: InverseProblem, warmup: int, init: str) -> float:
     """The largest parameter change of the second data-fit step (kept weights theta_1 -> final theta_2)."""
-    fit = DIP(generator=LinearGenerator(size=SIZE, num_params=64, seed=1), weight=1e-3, init=init, init_iterations=5, warmup=warmup, lr=0.05, average=0.0, max_iterations=2)
+    fit = DIP(generator=LinearGenerator(size=SIZE, num_params=64, seed=1), weight=1e-3, init=init, init_iterations=5,
+              warmup=warmup, lr=0.05, average=0.0, max_iterations=2)
     result = fit.reconstruct(problem, progress=False)
-    after = result.extras["generator"].state_dict()
-    return max(float((after[k] - v).abs().max()) for k, v in result.generator_state.items())
+    after = result.networks[0].generator.state_dict()
+    return max(float((after[k] - v).abs().max()) for k, v in result.networks[0].state.items())
 
 
 def test_learning_rate_warms_up_after_the_tv_start_only(problem):

@@ -25,9 +25,11 @@ def _problem(task: str) -> InverseProblem:
                                        GaussianNoise(std=0.1), seed=0)
     if task == "inpainting":
         op = registry.get("operators", "inpainting", size=SIZE, missing_fraction=0.5, seed=1)
-        return InverseProblem.simulate(op, registry.get("datasets", "camera", size=SIZE), GaussianNoise(std=0.05), seed=0)
+        return InverseProblem.simulate(op, registry.get("datasets", "camera", size=SIZE), GaussianNoise(std=0.05),
+                                       seed=0)
     op = registry.get("operators", "ct_parallel", size=SIZE, num_angles=30)
-    return InverseProblem.simulate(op, registry.get("datasets", "ct_slice", size=SIZE), GaussianNoise(relative=0.025), seed=0)
+    return InverseProblem.simulate(op, registry.get("datasets", "ct_slice", size=SIZE),
+                                   GaussianNoise(relative=0.025), seed=0)
 
 
 # inpainting: cross-validation predicts held-out pixels from their neighbours and picks too small a TV weight here

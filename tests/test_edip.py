@@ -395,7 +395,8 @@ def test_steady_psnr_and_rise_time_on_a_known_curve():
     first = rise_time(iterations, curve)
     assert curve[iterations.index(first)] >= steady - 0.1 > curve[iterations.index(first) - 1]
     assert rise_time(iterations, curve, target=40.0) is None
-    assert rise_time(iterations, curve, target=10.0, tolerance=0.0) == next(i for i, v in zip(iterations, curve) if v >= 10)
+    assert rise_time(iterations, curve, target=10.0, tolerance=0.0) == next(
+        i for i, v in zip(iterations, curve) if v >= 10)
     with pytest.raises(ConfigError):
         steady_psnr([float("nan")])
     with pytest.raises(ConfigError):
@@ -414,6 +415,7 @@ def test_convergence_figure_is_written(tmp_path):
 
 def test_every_example_configuration_parses():
     from pathlib import Path
+
     from invprior.config import load_config
     examples = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
     assert any(p.name == "ct_edip.toml" for p in examples)

@@ -14,13 +14,13 @@ import torch
 pytest.importorskip("triangle")
 
 from invprior import registry  # noqa: E402
-from invprior.eit import EIT, EITModel, Mesh, disc_mesh, eit_voltages, polygon_mesh  # noqa: E402
 from invprior.core.noise import GaussianNoise  # noqa: E402
+from invprior.eit import EIT, EITModel, Mesh, disc_mesh, eit_voltages, polygon_mesh  # noqa: E402
 from invprior.eit.fem import Stiffness, boundary_load  # noqa: E402
 from invprior.eit.gauss_newton import GaussNewton, OneStepGN  # noqa: E402
 from invprior.eit.phantoms import inclusion_problem  # noqa: E402
-from invprior.methods.dip import DIP  # noqa: E402
 from invprior.errors import ConfigError, ShapeError  # noqa: E402
+from invprior.methods.dip import DIP  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_neumann_disc_converges_at_second_order(k):
         weights = np.bincount(mesh.elements.ravel(), np.repeat(mesh.areas / 3, 3), minlength=len(mesh.nodes))
         system = sp.bmat([[k_matrix, sp.csr_matrix(weights[:, None])], [sp.csr_matrix(weights[None]), None]])
         u = spla.spsolve(system.tocsc(), np.append(load, 0.0))[:-1]
-        exact = lambda p: np.hypot(p[..., 0], p[..., 1]) ** k * np.cos(k * np.arctan2(p[..., 1], p[..., 0])) / (k * sigma)  # noqa: E731
+        exact = lambda p: (  # noqa: E731
+            np.hypot(p[..., 0], p[..., 1]) ** k * np.cos(k * np.arctan2(p[..., 1], p[..., 0])) / (k * sigma))
         corners = mesh.nodes[mesh.elements]                                  # (E, 3, 2)
         midpoints = (corners + np.roll(corners, -1, axis=1)) / 2             # exact for quadratics
         uh = (u[mesh.elements] + np.roll(u[mesh.elements], -1, axis=1)) / 2
@@ -210,8 +211,8 @@ def test_eit_operator_maps_images_to_voltages():
     (op(image) ** 2).sum().backward()
     direction = torch.randn(1, 1, 24, 24, dtype=torch.float64)
     step = 1e-6
-    central = float(((op(image.detach() + step * direction) ** 2).sum() - (op(image.detach() - step * direction) ** 2).sum())
-                    / (2 * step))
+    central = float(((op(image.detach() + step * direction) ** 2).sum()
+                     - (op(image.detach() - step * direction) ** 2).sum()) / (2 * step))
     assert float((image.grad * direction).sum()) == pytest.approx(central, rel=1e-5)
 
 
@@ -338,8 +339,8 @@ def test_pseudo_inverse_is_the_one_step_reconstruction_and_solves_its_normal_equ
     assert torch.allclose(both[0], image[0]) and both[1].abs().max() < 1e-10
 
 def test_gauss_newton_needs_a_jacobian():
-    from invprior.operators.denoising import Denoising
     from invprior.core.problem import InverseProblem
+    from invprior.operators.denoising import Denoising
     problem = InverseProblem(Denoising(8), torch.zeros(1, 1, 8, 8))
     with pytest.raises(ConfigError, match="jacobian"):
         GaussNewton().reconstruct(problem, progress=False)
@@ -387,8 +388,10 @@ def test_lin_dip_error_bars_on_eit():
     problem = inclusion_problem(op, [(0.4, 0.2, 0.3, 3.0)], noise=GaussianNoise(relative=0.01), seed=1)
     problem = problem.to(dtype=torch.float64)
     fit = DIP(generator_params={"preset": "small", "channels": 8}, weight=0.0, lr=1e-2, stopping="fixed",
-              stopping_params={"iterations": 300}, max_iterations=300, log_every=50).reconstruct(problem, progress=False)
-    posterior = LinearizedLaplace(solver="exact", iterations=20, lr=0.05, variance="auto", progress=False)
+              stopping_params={"iterations": 300}, max_iterations=300,
+              log_every=50).reconstruct(problem, progress=False)
+    posterior = LinearizedLaplace(solver="exact", prior={"variance": "auto"}, evidence={"iterations": 20, "lr": 0.05},
+                                  progress=False)
     posterior.fit(fit, problem)
     ours = posterior_calibration(posterior, problem.x_true, patches=(1,))
     flat = calibration_summary(problem.x_true, posterior.mean, torch.full_like(posterior.std, ours["mean_std"]),
@@ -441,8 +444,10 @@ def _same_on(device: str) -> None:
         gn = GaussNewton(iterations=3).reconstruct(moved, progress=False)
         one_step = OneStepGN().reconstruct(moved, progress=False)
         dip = DIP(generator_params={"preset": "small", "channels": 8}, weight=0.0, lr=1e-2, stopping="fixed",
-                  stopping_params={"iterations": 100}, max_iterations=100, log_every=50, seed=0).reconstruct(moved, progress=False)
-        lin = LinearizedLaplace(solver="exact", iterations=5, lr=0.05, variance="auto", progress=False).fit(dip, moved)
+                  stopping_params={"iterations": 100}, max_iterations=100, log_every=50,
+                  seed=0).reconstruct(moved, progress=False)
+        lin = LinearizedLaplace(solver="exact", prior={"variance": "auto"}, evidence={"iterations": 5, "lr": 0.05},
+                                progress=False).fit(dip, moved)
         assert (gn.image.device.type == one_step.image.device.type == dip.image.device.type == lin.std.device.type
                 == torch.device(where).type)
         assert dip.trace["residual"][-1] < dip.trace["residual"][0]

@@ -82,7 +82,8 @@ def test_inclusion_is_located_with_the_right_sign(inclusion):
     background's."""
     op = EIT(size=16, h=0.1, electrodes=16, parametrization="exp")
     problem = inclusion_problem(op, [inclusion], noise=GaussianNoise(relative=0.01), seed=1)
-    result = MeshFreeEIT(iterations=400, tau=0.0, interior=256, width=32, degree=64).reconstruct(problem, progress=False)
+    result = MeshFreeEIT(iterations=400, tau=0.0, interior=256, width=32, degree=64).reconstruct(
+        problem, progress=False)
     image = result.image[0, 0].double()
     index = int(image.abs().argmax())
     i, j = divmod(index, op.size)

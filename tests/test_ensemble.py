@@ -7,15 +7,15 @@ import torch
 
 from invprior import GaussianNoise, InverseProblem, registry
 from invprior.core.reconstruction import Reconstruction
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, NotFittedError
 from invprior.methods import DIP
 from invprior.metrics import psnr
 from invprior.posterior.ensemble import DeepEnsemble
 from invprior.posterior.mc_dropout import MCDropout
 from invprior.posterior.sample_predictive import SamplePredictive
 
-SETTINGS = dict(generator_params={"preset": "small", "channels": 4}, stopping="fixed", weight=0.0, init="none", average=0.0,
-                stopping_params={"iterations": 30}, lr=1e-2)
+SETTINGS = dict(generator_params={"preset": "small", "channels": 4}, stopping="fixed", weight=0.0, init="none",
+                average=0.0, stopping_params={"iterations": 30}, lr=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_the_ensemble_is_reproducible_and_leaves_the_original_alone(fitted):
     again = DeepEnsemble(members=4, seed_offset=100, progress=False).fit(result, problem)
     assert torch.equal(again.sample(4), post.sample(4))
     assert method.seed == 3 and method.params["seed"] == 3 and method.checkpoint == folder / "run.pt"
-    assert result.extras["method"] is method
+    assert result.fitted_by is method
     # the checkpoint files of the original run were neither rewritten nor joined by the members'
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == files and files
 
@@ -95,11 +95,11 @@ def test_ensemble_errors(fitted):
         DeepEnsemble(seed_offset=0)
     with pytest.raises(ConfigError, match="4 members were fitted.*raise members"):
         post.sample(5)
-    with pytest.raises(ConfigError, match="DeepEnsemble: call fit"):
+    with pytest.raises(NotFittedError, match="DeepEnsemble: call fit"):
         _ = DeepEnsemble().std
 
 
 def test_mc_dropout_and_the_ensemble_share_the_sample_predictive():
     assert issubclass(DeepEnsemble, SamplePredictive) and issubclass(MCDropout, SamplePredictive)
-    with pytest.raises(ConfigError, match="MCDropout: call fit"):
+    with pytest.raises(NotFittedError, match="MCDropout: call fit"):
         _ = MCDropout().mean

@@ -13,7 +13,8 @@ from invprior.errors import ConfigError
 from invprior.generators.unet import UNet
 from invprior.methods import DIP
 from invprior.posterior.image_noise import leading_singular_values, projected_noise_variance, usable_rank
-from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
+from invprior.posterior.lin_dip_solvers import dense_operator
+from invprior.posterior.linearized_laplace import LinearizedLaplace
 
 F64 = torch.float64
 
@@ -79,11 +80,12 @@ def test_asking_for_more_singular_values_than_exist_returns_all_of_them():
 
 
 def test_bad_image_noise_settings_are_refused():
-    for value, match in (("pinv", "image_noise must be one of"), (-0.1, "image_noise"), (math.nan, "image_noise")):
+    for value, match in (("pinv", r"sampling\.image_noise .*must be one of"), (-0.1, "image_noise"),
+                         (math.nan, "image_noise")):
         with pytest.raises(ConfigError, match=match):
-            LinearizedLaplace(image_noise=value)
+            LinearizedLaplace(sampling={"image_noise": value})
     with pytest.raises(ConfigError, match="image_noise_rank"):
-        LinearizedLaplace(image_noise_rank=0)
+        LinearizedLaplace(sampling={"image_noise_rank": 0})
 
 
 @pytest.fixture(scope="module")
@@ -95,31 +97,34 @@ def fitted():
     with torch.random.fork_rng():
         torch.manual_seed(0)
         network = UNet(preset="small", scales=2, channels=3, skip_channels=1).double()
-    result = DIP(generator=network, generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 40},
-                 lr=1e-2).reconstruct(problem, progress=False)
+    result = DIP(generator=network, generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0,
+                 stopping_params={"iterations": 40}, lr=1e-2).reconstruct(problem, progress=False)
     return problem, result
 
 
 def test_exact_covariance_gains_exactly_the_projected_variance(fitted):
     problem, result = fitted
-    settings = dict(solver="exact", iterations=3, lr=0.05, progress=False)
-    plain = LinearizedLaplace(image_noise="none", **settings).fit(result, problem)
-    noisy = LinearizedLaplace(image_noise_rank=10, **settings).fit(result, problem)  # "projected" is the default
+    settings = {"solver": "exact", "evidence": {"iterations": 3, "lr": 0.05}, "progress": False}
+    plain = LinearizedLaplace(sampling={"image_noise": "none"}, **settings).fit(result, problem)
+    # "projected": the default image noise
+    noisy = LinearizedLaplace(sampling={"image_noise_rank": 10}, **settings).fit(result, problem)
     sigma = torch.linalg.svdvals(dense_operator(problem.operator))[:10]
     eta2 = noisy.noise_variance * float(sigma.pow(-2).sum()) / 64
     assert noisy.image_noise_variance == pytest.approx(eta2, rel=1e-9) and plain.image_noise_variance == 0.0
     assert torch.allclose(noisy.covariance - plain.covariance, eta2 * torch.eye(64, dtype=F64), atol=1e-12)
     assert torch.allclose(noisy.std ** 2, plain.std ** 2 + eta2, rtol=1e-9)
-    fixed = LinearizedLaplace(image_noise=0.05, **settings).fit(result, problem)
+    fixed = LinearizedLaplace(sampling={"image_noise": 0.05}, **settings).fit(result, problem)
     assert fixed.image_noise_variance == pytest.approx(0.0025)
 
 
 def test_matheron_samples_gain_independent_pixel_noise_of_std_eta(fitted):
     problem, result = fitted
-    settings = dict(solver="scalable", iterations=1, lr=0.05, num_samples=128, sample_batch=64,
-                    preconditioner_rank=36, sample_cg_rtol=1e-6, cg_iterations=200, progress=False)
-    plain = LinearizedLaplace(image_noise="none", **settings).fit(result, problem)
-    noisy = LinearizedLaplace(image_noise=0.02, **settings).fit(result, problem)
+    settings = {"solver": {"kind": "scalable", "batch": 64},
+                "evidence": {"iterations": 1, "lr": 0.05, "preconditioner_rank": 36, "cg_iterations": 200},
+                "progress": False}
+    sampling = {"num_samples": 128, "cg_rtol": 1e-6}
+    plain = LinearizedLaplace(sampling={**sampling, "image_noise": "none"}, **settings).fit(result, problem)
+    noisy = LinearizedLaplace(sampling={**sampling, "image_noise": 0.02}, **settings).fit(result, problem)
     extra = (noisy.samples - plain.samples).flatten()  # same seeds: the Matheron part is identical
     # 8192 draws of N(0, 0.02^2): mean within 5 standard errors, std within 5 of its standard error
     assert abs(float(extra.mean())) < 5 * 0.02 / math.sqrt(extra.numel())

@@ -8,12 +8,17 @@ import pytest
 import torch
 
 from invprior.analysis.jacobian import jacobian_svd
-from invprior.linalg import randomized_svd
-from invprior.analysis.two_layer import (empirical_gram, gram_error, predicted_gram, predicted_singular_values,
-                                         relu_kernel)
+from invprior.analysis.two_layer import (
+    empirical_gram,
+    gram_error,
+    predicted_gram,
+    predicted_singular_values,
+    relu_kernel,
+)
 from invprior.errors import ConfigError
 from invprior.generators.two_layer import TwoLayerGenerator
 from invprior.generators.unet import UNet
+from invprior.linalg import randomized_svd
 from invprior.posterior.linearization import Linearization
 
 F64 = torch.float64

@@ -8,15 +8,15 @@ import torch
 from invprior import GaussianNoise, InverseProblem, registry
 from invprior.analysis.calibration import posterior_calibration
 from invprior.core.reconstruction import Reconstruction
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, NotFittedError
 from invprior.methods import DIP
 from invprior.posterior.ensemble import DeepEnsemble
 from invprior.posterior.laplace_mixture import LaplaceMixture
 from invprior.posterior.linearized_laplace import LinearizedLaplace
 
-SETTINGS = dict(generator_params={"preset": "small", "channels": 4, "scales": 2}, stopping="fixed", weight=0.0, init="none", average=0.0,
-                stopping_params={"iterations": 40}, lr=1e-2)
-LAPLACE = {"iterations": 5, "lr": 0.05, "variance": "auto"}
+SETTINGS = dict(generator_params={"preset": "small", "channels": 4, "scales": 2}, stopping="fixed", weight=0.0,
+                init="none", average=0.0, stopping_params={"iterations": 40}, lr=1e-2)
+LAPLACE = {"evidence": {"iterations": 5, "lr": 0.05}, "prior": {"variance": "auto"}}
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,9 @@ def test_scalable_components_pool_their_samples():
     x = registry.get("datasets", "ellipses", size=8, n=1, seed=1)
     problem = InverseProblem.simulate(op, x, GaussianNoise(relative=0.05), seed=0)
     result = DIP(seed=3, **SETTINGS).reconstruct(problem, progress=False)
-    laplace = {**LAPLACE, "solver": "scalable", "num_samples": 16, "preconditioner_rank": 60,
-               "sample_cg_rtol": 1e-2, "dtype": "float64"}
+    laplace = {**LAPLACE, "solver": {"kind": "scalable", "dtype": "float64"},
+               "evidence": {**LAPLACE["evidence"], "preconditioner_rank": 60},
+               "sampling": {"num_samples": 16, "cg_rtol": 1e-2}}
     mixture = LaplaceMixture(members=2, laplace=laplace, progress=False).fit(result, problem)
     assert mixture.samples.shape == (32, *result.image.shape)
     assert torch.equal(mixture.samples[:16], mixture.components[0].samples)
@@ -96,7 +97,7 @@ def test_bad_settings_and_inputs_are_refused(fitted):
         LaplaceMixture(laplace={"solver": "dense"})
     with pytest.raises(ConfigError, match="on the mixture"):
         LaplaceMixture(laplace={"seed": 1})
-    with pytest.raises(ConfigError, match="fit"):
+    with pytest.raises(NotFittedError, match="fit"):
         LaplaceMixture().mean
     foreign = Reconstruction(problem.x_true.clone(), "fbp")
     with pytest.raises(ConfigError, match="LaplaceMixture: the ensemble needs a DIP reconstruction"):

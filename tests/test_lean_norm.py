@@ -1,4 +1,6 @@
-"""GroupNorm's lean tangent rule against torch's own rule and finite differences."""
+"""GroupNorm's lean tangent rule against torch's own rule and finite differences, and its guard."""
+
+import warnings
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ from torch import nn
 from torch.func import jvp, vjp, vmap
 
 from invprior.generators.unet import UNet
-from invprior.posterior.lean_norm import LeanGroupNorm, with_lean_group_norms
+from invprior.posterior.lean_norm import LeanGroupNorm, _check_lean_rule, lean_rule_active, with_lean_group_norms
 from invprior.posterior.linearization import Linearization
 
 
@@ -87,3 +89,72 @@ def test_with_lean_group_norms_keeps_state_and_skips_networks_without_group_norm
         isinstance(m, nn.GroupNorm) for m in net.modules())
     plain = UNet(preset="small", channels=8, input_channels=2, norm_groups=0)
     assert with_lean_group_norms(plain) is plain
+
+
+@pytest.fixture
+def fresh_check():
+    """The guard's cached result is cleared before and after the test (so a patched op is checked anew)."""
+    lean_rule_active.cache_clear()
+    yield
+    lean_rule_active.cache_clear()
+
+
+def test_guard_finds_the_private_op_agreeing_on_this_torch(fresh_check):
+    assert _check_lean_rule() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lean_rule_active()
+        net = UNet(preset="small", channels=8, input_channels=2)
+        assert any(isinstance(m, LeanGroupNorm) for m in with_lean_group_norms(net).modules())
+
+
+def _scaled(real, factor):
+    return lambda *args: tuple(t if t is None else t * factor for t in real(*args))
+
+
+def _raises(error):
+    def op(*args):
+        raise error("native_group_norm_backward: changed")
+    return op
+
+
+@pytest.mark.parametrize("broken", ["zeros", "slightly_off", "missing", "runtime_error"])
+def test_guard_falls_back_to_torch_rules_when_the_private_op_is_wrong(broken, fresh_check, monkeypatch):
+    real = torch.ops.aten.native_group_norm_backward
+    fake = {"zeros": _scaled(real, 0.0), "slightly_off": _scaled(real, 1 + 1e-7),
+            "missing": _raises(AttributeError), "runtime_error": _raises(RuntimeError)}[broken]
+    monkeypatch.setattr(torch.ops.aten, "native_group_norm_backward", fake)
+    torch.manual_seed(0)
+    net = UNet(preset="small", channels=8, input_channels=2, sigmoid=True).double().eval()
+    z = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _check_lean_rule() is not None
+        lean = Linearization(net, z)
+        layer, x, g = _layer_and_input(2)  # later uses: no second check, no second warning
+        assert with_lean_group_norms(net) is net
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(runtime) == 1, [str(w.message) for w in runtime]
+    assert torch.__version__ in str(runtime[0].message) and "lean rule is off" in str(runtime[0].message)
+    assert not lean_rule_active()
+    assert not any(isinstance(m, LeanGroupNorm) for m in lean._tangent_module.modules())
+    # products against torch's own rules: a plain linearisation, torch.func.jvp and torch.autograd.grad
+    plain = Linearization(net, z, lean_norms=False)
+    v = torch.randn(2, lean.num_parameters, dtype=torch.float64)
+    u = torch.randn(2, *lean.output.shape[1:], dtype=torch.float64)
+    jvps, vjps = lean.jvps(v), lean.vjps(u)
+    torch.testing.assert_close(jvps, plain.jvps(v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(vjps, plain.vjps(u), rtol=1e-12, atol=1e-12)
+    theta = [t.clone().requires_grad_() for t in lean.theta]
+    output = lean._apply(theta)
+    for k in range(2):
+        direct = jvp(lean._apply, (lean.theta,), (lean.split(v[k]),))[1]
+        torch.testing.assert_close(jvps[k], direct[0], rtol=1e-10, atol=1e-12)
+        grads = torch.autograd.grad(output, theta, u[k : k + 1], retain_graph=True)
+        torch.testing.assert_close(vjps[k], torch.cat([t.reshape(-1) for t in grads]), rtol=1e-10, atol=1e-12)
+    # a LeanGroupNorm built now is plain GroupNorm: its pullback does not go through the broken op
+    primals = (x, layer.weight.detach(), layer.bias.detach())
+    cotangent = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    for lean_grad, torch_grad in zip(vjp(_lean_rule(layer), *primals)[1](cotangent),
+                                     vjp(_torch_rule, *primals)[1](cotangent)):
+        torch.testing.assert_close(lean_grad, torch_grad, rtol=1e-12, atol=1e-12)

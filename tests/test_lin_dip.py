@@ -11,15 +11,25 @@ import torch
 
 from invprior import GaussianNoise, InverseProblem, registry
 from invprior.core.operator import ForwardOperator, TangentOperator, adjoint_mismatch
-from invprior.errors import ConfigError, ConvergenceWarning, NonFiniteError, ShapeError
+from invprior.errors import ConfigError, ConvergenceWarning, NonFiniteError, NotFittedError, ShapeError
 from invprior.generators.unet import UNet
 from invprior.linalg import conjugate_gradient
 from invprior.methods import DIP
 from invprior.posterior.fitted import kept_network
+from invprior.posterior.lin_dip_options import (
+    PriorOptions,
+    SamplingOptions,
+    SolverOptions,
+)
+from invprior.posterior.lin_dip_solvers import dense_operator, log_marginal_likelihood
 from invprior.posterior.linearization import Linearization
-from invprior.posterior.linearized_laplace import LinearizedLaplace, dense_operator
+from invprior.posterior.linearized_laplace import LinearizedLaplace
 from invprior.posterior.prior import MaternBlockPrior
-from invprior.posterior.scalable import LinearModel, nystrom_from_sketch, orthonormal_test_matrix
+from invprior.posterior.scalable import (
+    LinearModel,
+    nystrom_from_sketch,
+    orthonormal_test_matrix,
+)
 from invprior.posterior.subspace import SubspaceRegression, prior_subspace
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
@@ -50,8 +60,8 @@ def fitted():
     """A tiny DIP fitted to 6x6 CT with 4 angles (m = 44 measurements, 36 pixels), in the data's own units
     (no normalisation: the hyperparameter checks below were measured on this network)."""
     problem = _ct_problem()
-    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 50},
-                 lr=1e-2, normalise=False).reconstruct(problem, progress=False)
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0,
+                 stopping_params={"iterations": 50}, lr=1e-2, normalise=False).reconstruct(problem, progress=False)
     return problem, result
 
 
@@ -349,16 +359,17 @@ def test_refresh_at_a_higher_rank_pulls_back_only_the_new_columns(fitted):
 
 # -- 4. scalable vs exact ---------------------------------------------------------------------
 
-FROZEN = dict(iterations=1, lr=1e-8, progress=False)  # one Adam step of size ~1e-8: hyperparameters unchanged
+FROZEN = {"iterations": 1, "lr": 1e-8}  # one Adam step of size ~1e-8: hyperparameters unchanged
 
 
 @pytest.fixture(scope="module")
 def exact_and_scalable(fitted):
     problem, result = fitted
     m = math.prod(problem.operator.range_shape)
-    exact = LinearizedLaplace(solver="exact", **FROZEN).fit(result, problem)
-    scalable = LinearizedLaplace(solver="scalable", num_samples=4000, sample_cg_rtol=1e-10, cg_iterations=500,
-                                 preconditioner_rank=m, sample_batch=500, **FROZEN).fit(result, problem)
+    exact = LinearizedLaplace("exact", evidence=FROZEN, progress=False).fit(result, problem)
+    scalable = LinearizedLaplace({"kind": "scalable", "batch": 500},
+                                 evidence={**FROZEN, "cg_iterations": 500, "preconditioner_rank": m},
+                                 sampling={"num_samples": 4000, "cg_rtol": 1e-10}, progress=False).fit(result, problem)
     return exact, scalable
 
 
@@ -399,8 +410,8 @@ def nonlinear_fit():
     op = ExpBlur(size=6, measurements=20)
     x = registry.get("datasets", "ellipses", size=6, seed=2, dtype=F64)
     problem = InverseProblem.simulate(op, x, GaussianNoise(std=0.05), seed=0)
-    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 20},
-                 lr=1e-2).reconstruct(problem, progress=False)
+    result = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0,
+                 stopping_params={"iterations": 20}, lr=1e-2).reconstruct(problem, progress=False)
     return problem, result
 
 
@@ -416,8 +427,8 @@ def test_nonlinear_operator_is_replaced_by_its_tangent(nonlinear_fit, solver):
     linear = Matrix(tangent_matrix, op.domain_shape)
     y_linear = problem.y - op(x_star) + linear(x_star)
     twin = InverseProblem(linear, y_linear, noise_std=problem.noise_std)
-    settings = dict(solver=solver, iterations=3, lr=0.05, num_samples=64, sample_cg_rtol=1e-12, cg_iterations=200,
-                    progress=False)
+    settings = {"solver": solver, "evidence": {"iterations": 3, "lr": 0.05, "cg_iterations": 200},
+                "sampling": {"num_samples": 64, "cg_rtol": 1e-12}, "progress": False}
     post = LinearizedLaplace(**settings).fit(result, problem)
     expected = LinearizedLaplace(**settings).fit(result, twin)
     assert post.history == pytest.approx(expected.history, rel=1e-9)
@@ -442,7 +453,7 @@ def test_type_ii_fit_raises_the_evidence_and_scalable_moves_like_exact(fitted):
     log_noise = torch.tensor(log_noise0, dtype=F64, requires_grad=True)
     hyper = [prior.log_variance, prior.log_lengthscale, log_noise]
     gradient = torch.cat([g.flatten() for g in torch.autograd.grad(
-        LinearizedLaplace.log_marginal_likelihood(aj, residual, prior, log_noise), hyper)])
+        log_marginal_likelihood(aj, residual, prior, log_noise), hyper)])
     # Hutchinson standard error of the scalable gradient with 20 Rademacher probes, in closed form:
     # the probe term -1/2 z^T K^{-1} dK z has variance 1/4 * 2 sum_{i != j} S_ij^2 with S = sym(K^{-1} dK)
     k = _dense_k(aj, prior, log_noise0).detach()
@@ -466,9 +477,10 @@ def test_type_ii_fit_raises_the_evidence_and_scalable_moves_like_exact(fitted):
     clear = gradient.abs() > 5 * standard_error
     assert bool(clear[-1])  # the noise level is one of them (the prior variances drown in probe noise)
 
-    settings = dict(iterations=10, lr=0.05, noise="learn", progress=False)
-    exact = LinearizedLaplace(solver="exact", **settings).fit(result, problem)
-    scalable = LinearizedLaplace(solver="scalable", num_probes=20, num_samples=8, **settings).fit(result, problem)
+    evidence = {"iterations": 10, "lr": 0.05, "noise": "learn"}
+    exact = LinearizedLaplace("exact", evidence=evidence, progress=False).fit(result, problem)
+    scalable = LinearizedLaplace("scalable", evidence={**evidence, "num_probes": 20}, sampling={"num_samples": 8},
+                                 progress=False).fit(result, problem)
     assert len(exact.history) == len(scalable.history) == 10
     assert exact.history[-1] > exact.history[0]
     start = torch.cat([prior.log_variance.detach(), prior.log_lengthscale.detach(), torch.tensor([log_noise0])])
@@ -552,9 +564,9 @@ def test_tv_pred_cp_log_density_gradient_matches_finite_differences(jacobian_ima
 def test_tv_pred_cp_hyperprior_changes_the_fit(fitted, jacobian_images):
     problem, result = fitted
     lin, _, images = jacobian_images
-    settings = dict(solver="exact", iterations=10, lr=0.05, progress=False)
+    settings = {"solver": "exact", "evidence": {"iterations": 10, "lr": 0.05}, "progress": False}
     plain = LinearizedLaplace(**settings).fit(result, problem)
-    tv_map = LinearizedLaplace(hyperprior="tv_pred_cp", **settings).fit(result, problem)
+    tv_map = LinearizedLaplace(prior={"hyperprior": "tv_pred_cp"}, **settings).fit(result, problem)
     # the first objective is the marginal likelihood plus the hyperprior's log density at the start values,
     # with rate 1 / TV(x*) and the same seeded draws
     rate = 1.0 / AnisotropicTV()(lin.output.double()).item()
@@ -571,14 +583,15 @@ def test_tv_pred_cp_hyperprior_changes_the_fit(fitted, jacobian_images):
 def test_posterior_properties_need_fit_and_names_are_checked():
     post = LinearizedLaplace(progress=False)
     for name in ("mean", "std", "covariance", "samples"):
-        with pytest.raises(ConfigError, match="fit"):
+        with pytest.raises(NotFittedError, match="fit"):
             getattr(post, name)
-    with pytest.raises(ConfigError, match="fit"):
+    with pytest.raises(NotFittedError, match="fit"):
         post.sample(2)
-    with pytest.raises(ConfigError, match="fit"):
+    with pytest.raises(NotFittedError, match="fit"):
         post.log_likelihood(torch.zeros(1, 1, 6, 6))
-    for kwargs, key in (({"solver": "dense"}, "solver"), ({"hyperprior": "tv"}, "hyperprior"),
-                        ({"dtype": "float16"}, "dtype"), ({"noise": "fixed"}, "noise")):
+    for kwargs, key in (({"solver": "dense"}, "solver.kind"), ({"prior": {"hyperprior": "tv"}}, "prior.hyperprior"),
+                        ({"solver": {"dtype": "float16"}}, "solver.dtype"), ({"evidence": {"noise": "fixed"}},
+                                                                              "evidence.noise")):
         with pytest.raises(ConfigError, match=f"{key} must be one of"):
             LinearizedLaplace(**kwargs)
 
@@ -588,28 +601,30 @@ def test_fit_refuses_mismatched_shapes_non_finite_weights_and_batches(fitted):
     bigger = _ct_problem(size=8)
     with pytest.raises(ShapeError, match=r"\(1, 6, 6\).*\(1, 8, 8\)"):
         LinearizedLaplace(progress=False).fit(result, bigger)
-    state = {k: v.clone() for k, v in result.generator_state.items()}
+    state = {k: v.clone() for k, v in result.networks[0].state.items()}
     state["network.outc.weight"].view(-1)[0] = float("nan")
-    broken = dataclasses.replace(result, generator_state=state)
+    broken = dataclasses.replace(result, networks=[dataclasses.replace(result.networks[0], state=state)])
     with pytest.raises(NonFiniteError):
         LinearizedLaplace(progress=False).fit(broken, problem)
     pair = InverseProblem(problem.operator, torch.cat([problem.y, problem.y]), noise_std=0.01)
     with pytest.raises(ShapeError, match="one image at a time"):
         LinearizedLaplace(progress=False).fit(result, pair)
     with pytest.raises(ConfigError, match="max_pixels"):
-        LinearizedLaplace(solver="exact", max_pixels=35, progress=False).fit(result, problem)
+        LinearizedLaplace(solver={"kind": "exact", "max_pixels": 35}, progress=False).fit(result, problem)
     unknown_noise = InverseProblem(problem.operator, problem.y)
-    with pytest.raises(ConfigError, match="noise='known' needs the noise level"):
-        LinearizedLaplace(noise="known", progress=False).fit(result, unknown_noise)
+    with pytest.raises(ConfigError, match="evidence.noise='known' needs the noise level"):
+        LinearizedLaplace(evidence={"noise": "known"}, progress=False).fit(result, unknown_noise)
     # auto picks the scalable path past max_pixels
-    auto = LinearizedLaplace(max_pixels=35, iterations=1, num_samples=4, progress=False).fit(result, problem)
+    auto = LinearizedLaplace(solver={"max_pixels": 35}, evidence={"iterations": 1}, sampling={"num_samples": 4},
+                             progress=False).fit(result, problem)
     assert auto.solver_used == "scalable"
 
 
 def test_cg_non_convergence_on_the_scalable_path_warns(fitted):
     problem, result = fitted
-    post = LinearizedLaplace(solver="scalable", iterations=2, cg_iterations=1, cg_rtol=1e-14, sample_cg_rtol=1e-14,
-                             preconditioner_rank=1, num_samples=4, progress=False)
+    post = LinearizedLaplace(solver="scalable",
+                             evidence={"iterations": 2, "cg_iterations": 1, "cg_rtol": 1e-14, "preconditioner_rank": 1},
+                             sampling={"cg_rtol": 1e-14, "num_samples": 4}, progress=False)
     with pytest.warns(ConvergenceWarning, match="CG solves stopped at 1 iterations before reaching their tolerance"):
         post.fit(result, problem)
 
@@ -618,7 +633,7 @@ def test_cg_non_convergence_on_the_scalable_path_warns(fitted):
 
 def test_refit_starts_a_fresh_history(fitted):
     problem, result = fitted
-    post = LinearizedLaplace(solver="exact", iterations=3, lr=0.05, progress=False)
+    post = LinearizedLaplace(solver="exact", evidence={"iterations": 3, "lr": 0.05}, progress=False)
     first = list(post.fit(result, problem).history)
     assert len(first) == 3
     assert post.fit(result, problem).history == first
@@ -627,9 +642,10 @@ def test_refit_starts_a_fresh_history(fitted):
 def test_refit_on_a_larger_image_forgets_the_dense_covariance(fitted):
     problem, result = fitted
     bigger = _ct_problem(size=8)
-    result8 = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0, stopping_params={"iterations": 5},
-                  lr=1e-2).reconstruct(bigger, progress=False)
-    post = LinearizedLaplace(max_pixels=40, iterations=1, num_samples=8, progress=False)
+    result8 = DIP(generator=_network(), generator_params=None, stopping="fixed", weight=0.0, init="none", average=0.0,
+                  stopping_params={"iterations": 5}, lr=1e-2).reconstruct(bigger, progress=False)
+    post = LinearizedLaplace(solver={"max_pixels": 40}, evidence={"iterations": 1}, sampling={"num_samples": 8},
+                             progress=False)
     assert post.fit(result, problem).solver_used == "exact"
     assert post.fit(result8, bigger).solver_used == "scalable"
     assert post.std.shape == (1, 1, 8, 8)
@@ -642,7 +658,8 @@ def test_scalable_float32_does_not_blow_up(fitted):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a reported CG miss would be acceptable here
         try:
-            post = LinearizedLaplace(solver="scalable", dtype="float32", num_samples=16, **FROZEN).fit(result, problem)
+            post = LinearizedLaplace({"kind": "scalable", "dtype": "float32"}, evidence=FROZEN,
+                                     sampling={"num_samples": 16}, progress=False).fit(result, problem)
         except ConfigError:
             return  # refusing float32 where it cannot resolve the noise level would be acceptable too
     assert torch.isfinite(post.std).all() and (post.std > 0).all()
@@ -652,7 +669,7 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     """``variance="auto"``: E r^T r = tr(A J Sigma J^T A^T) + m s^2 under the model; the initial block variances
     are scaled to meet it (trace by 8 Hutchinson probes, so only within a factor of the probe error)."""
     problem, result = fitted
-    post = LinearizedLaplace(solver="exact", variance="auto", **FROZEN).fit(result, problem)
+    post = LinearizedLaplace("exact", prior={"variance": "auto"}, evidence=FROZEN, progress=False).fit(result, problem)
     lin = _linearization(result)
     aj = dense_operator(problem.operator) @ lin.jacobian()
     theta_star = torch.cat([t.reshape(-1) for t in lin.theta])
@@ -661,18 +678,17 @@ def test_auto_variance_lets_the_prior_explain_the_evidence_energy(fitted):
     trace = torch.trace(aj @ post.prior.dense().detach() @ aj.T).item()
     target = residual.pow(2).sum().item() - m * post.noise_variance
     assert 0.5 < trace / target < 2.0
-    fixed = LinearizedLaplace(solver="exact", variance=1.0, **FROZEN).fit(result, problem)
+    fixed = LinearizedLaplace("exact", prior={"variance": 1.0}, evidence=FROZEN, progress=False).fit(result, problem)
     assert not torch.allclose(fixed.prior.log_variance, post.prior.log_variance)
     with pytest.raises(ConfigError):
-        LinearizedLaplace(variance="big")
+        LinearizedLaplace(prior={"variance": "big"})
 
 
-def test_sample_preconditioner_rank_defaults_to_the_type_ii_rank_and_rejects_bad_values():
-    assert LinearizedLaplace(preconditioner_rank=300).sample_preconditioner_rank == 300
-    assert LinearizedLaplace(preconditioner_rank=300, sample_preconditioner_rank=500).sample_preconditioner_rank == 500
+def test_sample_preconditioner_rank_rejects_bad_values():
+    assert LinearizedLaplace(sampling={"preconditioner_rank": 500}).sampling.preconditioner_rank == 500
     for bad in (0, -3, 2.5, "big"):
-        with pytest.raises(ConfigError, match="sample_preconditioner_rank"):
-            LinearizedLaplace(sample_preconditioner_rank=bad)
+        with pytest.raises(ConfigError, match=r"sampling\.preconditioner_rank"):
+            LinearizedLaplace(sampling={"preconditioner_rank": bad})
 
 
 def test_a_higher_sample_preconditioner_rank_keeps_the_draws_and_cuts_cg_iterations(fitted):
@@ -680,9 +696,10 @@ def test_a_higher_sample_preconditioner_rank_keeps_the_draws_and_cuts_cg_iterati
     fewer CG iterations per batch, and at full rank about one iteration."""
     problem, result = fitted
     m = math.prod(problem.operator.range_shape)
-    fits = {rank: LinearizedLaplace(solver="scalable", num_samples=64, sample_batch=16, sample_cg_rtol=1e-9,
-                                    cg_iterations=200, preconditioner_rank=m // 4, sample_preconditioner_rank=rank,
-                                    **FROZEN).fit(result, problem)
+    fits = {rank: LinearizedLaplace({"kind": "scalable", "batch": 16},
+                                    evidence={**FROZEN, "cg_iterations": 200, "preconditioner_rank": m // 4},
+                                    sampling={"num_samples": 64, "cg_rtol": 1e-9, "preconditioner_rank": rank},
+                                    progress=False).fit(result, problem)
             for rank in (m // 4, m // 2, m)}
     low = fits[m // 4].samples
     for rank in (m // 2, m):
@@ -695,10 +712,10 @@ def test_a_higher_sample_preconditioner_rank_keeps_the_draws_and_cuts_cg_iterati
 def test_sample_batch_auto_is_8_on_a_cpu_and_32_on_a_gpu():
     post = LinearizedLaplace()
     assert post._batch(torch.device("cpu")) == 8 and post._batch(torch.device("cuda")) == 32
-    assert LinearizedLaplace(sample_batch=5)._batch(torch.device("cuda")) == 5
+    assert LinearizedLaplace(solver={"batch": 5})._batch(torch.device("cuda")) == 5
     for bad in ("big", 0, 2.5):
-        with pytest.raises(ConfigError, match="sample_batch"):
-            LinearizedLaplace(sample_batch=bad)
+        with pytest.raises(ConfigError, match=r"solver\.batch"):
+            LinearizedLaplace(solver={"batch": bad})
 
 
 # -- subspace solver ----------------------------------------------------------------------------
@@ -763,8 +780,8 @@ def test_prior_subspace_eigenpairs_trace_and_captured_fraction():
 def test_subspace_path_at_full_rank_is_the_dense_posterior_at_its_fitted_scale(fitted):
     problem, result = fitted
     n = math.prod(problem.operator.domain_shape)
-    post = LinearizedLaplace(solver="subspace", subspace_rank=n, image_noise="none", progress=False).fit(result,
-                                                                                                        problem)
+    post = LinearizedLaplace(solver={"kind": "subspace", "subspace_rank": n}, sampling={"image_noise": "none"},
+                             progress=False).fit(result, problem)
     assert post.solver_used == "subspace" and post.captured_variance == pytest.approx(1.0, abs=0.05)
     lin = _linearization(result)
     a = dense_operator(problem.operator)
@@ -785,7 +802,8 @@ def test_subspace_path_at_full_rank_is_the_dense_posterior_at_its_fitted_scale(f
     assert post.history[0] == pytest.approx(evidence(1.0), rel=1e-8)
     assert evidence(1.0) > max(evidence(0.9), evidence(1.1))
     # the linearised mean of the rank-n model is the dense one
-    linearized = LinearizedLaplace(solver="subspace", subspace_rank=n, image_noise="none", predictive_mean="linearized",
+    linearized = LinearizedLaplace(solver={"kind": "subspace", "subspace_rank": n},
+                                   sampling={"image_noise": "none", "mean": "linearized"},
                                    progress=False).fit(result, problem)
     mean = lin.output.flatten() - jacobian @ theta_star + covariance_prior @ a.T @ torch.linalg.solve(k, residual)
     assert torch.allclose(linearized.mean.flatten().double(), mean, atol=1e-8)
@@ -802,18 +820,18 @@ def test_subspace_path_at_full_rank_is_the_dense_posterior_at_its_fitted_scale(f
 def test_subspace_path_warns_when_the_rank_misses_prior_variance_and_refuses_a_hyperprior(fitted):
     problem, result = fitted
     with pytest.warns(ConvergenceWarning, match="keeps .* of the prior's pixel variance"):
-        low = LinearizedLaplace(solver="subspace", subspace_rank=2, progress=False).fit(result, problem)
+        low = LinearizedLaplace(solver={"kind": "subspace", "subspace_rank": 2}, progress=False).fit(result, problem)
     assert low.captured_variance < 0.9
     with pytest.raises(ConfigError, match="takes no hyperprior"):
-        LinearizedLaplace(solver="subspace", hyperprior="tv_pred_cp")
+        LinearizedLaplace(solver="subspace", prior={"hyperprior": "tv_pred_cp"})
     with pytest.raises(ConfigError, match="subspace_rank"):
-        LinearizedLaplace(solver="subspace", subspace_rank=0)
+        LinearizedLaplace(solver={"kind": "subspace", "subspace_rank": 0})
 
 
 def test_subspace_std_at_low_rank_is_the_rank_r_posterior_plus_the_prior_remainder(fitted):
     problem, result = fitted
-    post = LinearizedLaplace(solver="subspace", subspace_rank=8, image_noise="none", num_samples=4000,
-                             progress=False)
+    post = LinearizedLaplace(solver={"kind": "subspace", "subspace_rank": 8},
+                             sampling={"image_noise": "none", "num_samples": 4000}, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # rank 8 of 36 pixels: a remainder is the point here
         post.fit(result, problem)
@@ -835,3 +853,20 @@ def test_subspace_std_at_low_rank_is_the_rank_r_posterior_plus_the_prior_remaind
     # without the remainder the std is a lower bound of the full model's
     assert (posterior(kept).diagonal() <= posterior(prior).diagonal() + 1e-12).all()
     assert (posterior(kept).diagonal() < 0.9 * posterior(prior).diagonal()).any()
+
+
+def test_settings_come_in_groups_given_as_dataclasses_or_tables():
+    grouped = LinearizedLaplace("subspace", prior=PriorOptions(lengthscale=0.3), evidence={"noise": "learn"},
+                                sampling=SamplingOptions(num_samples=7))
+    assert grouped.solver == SolverOptions(kind="subspace")
+    assert (grouped.prior_options.lengthscale, grouped.evidence.noise,
+            grouped.sampling.num_samples) == (0.3, "learn", 7)
+    assert LinearizedLaplace({"kind": "exact", "max_pixels": 9}).solver.max_pixels == 9
+    with pytest.raises(ConfigError, match=r"evidence has no setting 'iteration' \(did you mean 'iterations'\?\)"):
+        LinearizedLaplace(evidence={"iteration": 3})
+    with pytest.raises(ConfigError, match=r"prior must be a PriorOptions or a table"):
+        LinearizedLaplace(prior=0.1)
+    with pytest.raises(ConfigError, match=r"solver\.kind must be one of"):
+        LinearizedLaplace("dense")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        grouped.evidence.iterations = 5

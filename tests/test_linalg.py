@@ -17,7 +17,10 @@ def _spd_batch(n: int, batch: int, seed: int) -> torch.Tensor:
 def test_cg_solves_each_image_system():
     mats = _spd_batch(20, 3, 0)
     b = torch.randn(3, 1, 4, 5, dtype=torch.float64)
-    apply = lambda v: (mats @ v.flatten(1).unsqueeze(-1)).view_as(v)
+
+    def apply(v):
+        return (mats @ v.flatten(1).unsqueeze(-1)).view_as(v)
+
     x, info = conjugate_gradient(apply, b, rtol=1e-10, max_iterations=100)
     expected = torch.linalg.solve(mats, b.flatten(1).unsqueeze(-1)).view_as(b)
     assert torch.allclose(x, expected, atol=1e-8)

@@ -151,10 +151,21 @@ def test_cli_run_with_lin_dip_error_bars_on_measured_data(folder, capsys):
     problem = MEASURED.format(size=24, extra="constraints = { lower = 0.0, support = 'disc' }").split("[method]")[0]
     config.write_text(problem + """[method]
 name = "dip"
-params = { generator = "unet", generator_params = { preset = "small", scales = 2, channels = 4 }, stopping = "fixed", stopping_params = { iterations = 30 }, lr = 1e-2, weight = 0.0, init = "none", average = 0.0 }
+[method.params]
+generator = "unet"
+generator_params = { preset = "small", scales = 2, channels = 4 }
+stopping = "fixed"
+stopping_params = { iterations = 30 }
+lr = 1e-2
+weight = 0.0
+init = "none"
+average = 0.0
 [posterior]
 name = "linearized_laplace"
-params = { solver = "subspace", subspace_rank = 40, num_samples = 64, noise = "learn", predictive_mean = "network" }
+[posterior.params]
+solver = { kind = "subspace", subspace_rank = 40 }
+evidence = { noise = "learn" }
+sampling = { num_samples = 64, mean = "network" }
 """)
     out = folder / "out"
     with warnings.catch_warnings():

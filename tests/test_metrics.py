@@ -155,7 +155,8 @@ def test_relative_error_of_zero_truth_raises():
 def test_ssim_is_accurate_in_float32_for_offset_images():
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64)
-    x, x_true = 100 + 0.01 * (base + 0.1 * torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64)), 100 + 0.01 * base
+    x = 100 + 0.01 * (base + 0.1 * torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64))
+    x_true = 100 + 0.01 * base
     reference = ssim(x, x_true)
     assert ssim(x.float(), x_true.float()).dtype == torch.float32
     assert abs(ssim(x.float(), x_true.float()).item() - reference.item()) < 1e-3

@@ -74,7 +74,8 @@ def test_dct_matches_scipy_and_inverts():
         assert torch.allclose(dct(x), torch.from_numpy(scipy.fft.dct(x.numpy(), norm="ortho")), atol=1e-12)
         assert torch.allclose(idct(dct(x)), x, atol=1e-12)
     img = torch.randn(2, 1, 6, 10, dtype=torch.float64)
-    assert torch.allclose(dct2(img), torch.from_numpy(scipy.fft.dctn(img.numpy(), axes=(-2, -1), norm="ortho")), atol=1e-12)
+    assert torch.allclose(dct2(img), torch.from_numpy(scipy.fft.dctn(img.numpy(), axes=(-2, -1), norm="ortho")),
+                          atol=1e-12)
     assert torch.allclose(idct2(dct2(img)), img, atol=1e-12)
 
 

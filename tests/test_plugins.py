@@ -37,8 +37,9 @@ def test_dip_deblurs_on_the_plugin_operator():
     operator = registry.get("operators", "blur", size=32, kernel="motion", length=7, angle=30)
     x = registry.get("datasets", "ellipses", size=32, seed=3)
     problem = InverseProblem.simulate(operator, x, GaussianNoise(relative=0.01), seed=0)
-    result = DIP(generator_params={"preset": "small", "channels": 16}, stopping="fixed", weight=0.0, init="none", average=0.0,
-                 stopping_params={"iterations": 800}, max_iterations=800, lr=1e-2).reconstruct(problem, progress=False)
+    result = DIP(generator_params={"preset": "small", "channels": 16}, stopping="fixed", weight=0.0, init="none",
+                 average=0.0, stopping_params={"iterations": 800}, max_iterations=800,
+                 lr=1e-2).reconstruct(problem, progress=False)
     # measured: 21.98 dB for the blurred data themselves, about 25 dB after 800 steps
     assert float(psnr(result.image, x)) > float(psnr(problem.y, x)) + 2.0
 

@@ -38,8 +38,9 @@ def _config(posterior: dict | None = None, **problem) -> dict:
 # -- 1. parsing --------------------------------------------------------------------------------
 
 def test_posterior_section_is_parsed_and_validated():
-    config = parse_config(_config({"name": "linearized_laplace", "params": {"iterations": 5, "solver": "exact"}}))
-    assert config.posterior == ComponentSpec("linearized_laplace", {"iterations": 5, "solver": "exact"})
+    config = parse_config(_config({"name": "linearized_laplace",
+                                   "params": {"evidence": {"iterations": 5}, "solver": "exact"}}))
+    assert config.posterior == ComponentSpec("linearized_laplace", {"evidence": {"iterations": 5}, "solver": "exact"})
     assert parse_config(_config()).posterior is None
     assert parse_config(_config({"name": "mc_dropout"})).posterior == ComponentSpec("mc_dropout", {})
     with pytest.raises(ConfigError, match=r"^posterior\.parms: unknown key"):
@@ -54,9 +55,9 @@ def test_posterior_section_is_parsed_and_validated():
 
 
 def test_build_posterior_names_the_key_at_fault():
-    post = build_posterior(ComponentSpec("linearized_laplace", {"iterations": 7}), progress=False, seed=4)
+    post = build_posterior(ComponentSpec("linearized_laplace", {"evidence": {"iterations": 7}}), progress=False, seed=4)
     assert isinstance(post, LinearizedLaplace)
-    assert (post.iterations, post.progress, post.seed) == (7, False, 4)
+    assert (post.evidence.iterations, post.progress, post.seed) == (7, False, 4)
     # a default the constructor does not take is dropped, not passed
     assert isinstance(build_posterior(ComponentSpec("deep_ensemble", {"members": 2}), seed=4), DeepEnsemble)
     with pytest.raises(ConfigError, match=r"^posterior: no posteriors component named 'laplace'"):
@@ -71,7 +72,7 @@ def test_build_posterior_names_the_key_at_fault():
 
 @pytest.fixture(scope="module")
 def lin_dip_run() -> RunResult:
-    config = parse_config(_config({"name": "linearized_laplace", "params": {"iterations": 5}}))
+    config = parse_config(_config({"name": "linearized_laplace", "params": {"evidence": {"iterations": 5}}}))
     return run(config, progress=False)
 
 
@@ -133,10 +134,17 @@ size = 8
 noise = { relative = 0.05 }
 [method]
 name = "dip"
-params = { generator_params = { preset = "small", scales = 2, channels = 4 }, stopping = "fixed", stopping_params = { iterations = 30 }, lr = 1e-2, weight = 0.0, init = "none", average = 0.0 }
+[method.params]
+generator_params = { preset = "small", scales = 2, channels = 4 }
+stopping = "fixed"
+stopping_params = { iterations = 30 }
+lr = 1e-2
+weight = 0.0
+init = "none"
+average = 0.0
 [posterior]
 name = "linearized_laplace"
-params = { iterations = 5 }
+params = { evidence = { iterations = 5 } }
 """
 
 
@@ -147,7 +155,9 @@ def test_cli_run_writes_posterior_metrics_std_and_figure(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(out), "--quiet", "--dtype", "float64"]) == 0
     printed = capsys.readouterr().out
     assert "posterior linearized_laplace" in printed and "uncertainty.png" in printed
-    strict = lambda token: (_ for _ in ()).throw(ValueError(f"non-standard JSON {token}"))
+    def strict(token):
+        raise ValueError(f"non-standard JSON {token}")
+
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=strict)
     posterior = metrics["posterior"]
     assert posterior["name"] == "linearized_laplace"

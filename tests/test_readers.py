@@ -212,8 +212,10 @@ def test_nan_entries_are_refused_or_their_projections_dropped(tmp_path):
         read_sinogram(_sinogram_file(tmp_path, sinogram, np.arange(30.0), "inf.npz"), size=8, **geometry)
 
 
-@pytest.mark.parametrize("name, version, angles", [("htc2022_tb_30deg_from42.mat", "MATLAB v5", (42.0, 72.0)),
-                                                   ("htc2022_solid_disc_30deg.mat", "MATLAB v7.3 (HDF5)", (181.0, 211.0))])
+@pytest.mark.parametrize("name, version, angles", [
+    ("htc2022_tb_30deg_from42.mat", "MATLAB v5", (42.0, 72.0)),
+    ("htc2022_solid_disc_30deg.mat", "MATLAB v7.3 (HDF5)", (181.0, 211.0)),
+])
 def test_htc2022_files_in_both_matlab_versions(name, version, angles):
     assert ArrayFile(HTC / name).format == version
     problem = read_htc2022(HTC / name, size=32)
@@ -247,6 +249,9 @@ def test_htc2022_orientation_matches_the_reference():
         x, _ = conjugate_gradient(lambda v: op.adjoint(op(v)) + 1e-2 * v, op.adjoint(problem.y), None, 30, 1e-8)
     reference = picture_to_image(read_reference(HTC / "htc2022_tb_full_recon_fbp_seg.png")).astype(float)
     image = resize(x[0, 0], reference.shape)
-    correlation = lambda a: float(np.corrcoef(a.ravel(), reference.ravel())[0, 1])
+
+    def correlation(a) -> float:
+        return float(np.corrcoef(a.ravel(), reference.ravel())[0, 1])
+
     others = [correlation(np.rot90(t, k)) for t in (image, image.T) for k in range(4)][1:]
     assert correlation(image) > 0.7 and correlation(image) > max(others) + 0.15

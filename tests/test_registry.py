@@ -11,7 +11,8 @@ from invprior.errors import UnknownComponentError
 
 
 def test_builtins_are_registered_by_the_package():
-    assert {"denoising", "inpainting", "cs_gaussian", "cs_dct", "ct_parallel", "ct_fan"} <= set(registry.names("operators"))
+    assert {"denoising", "inpainting", "cs_gaussian", "cs_dct", "ct_parallel", "ct_fan"} <= set(
+        registry.names("operators"))
     assert {"tv", "tikhonov", "fbp", "pseudo_inverse"} <= set(registry.names("methods"))
     assert {"ellipses", "shepp_logan", "ct_slice", "camera"} <= set(registry.names("datasets"))
     assert {"none", "tv_anisotropic", "tv_isotropic"} <= set(registry.names("regularizers"))

@@ -101,12 +101,12 @@ def test_tv_and_dip_respect_bounds_and_support():
     assert float(tv[..., ~support].abs().max()) == 0.0
     dip = DIP(generator_params={"preset": "small", "channels": 8}, stopping="fixed", stopping_params={"iterations": 15},
               lr=1e-2).reconstruct(problem, progress=False)
-    fitted = dip.extras["generator"]
-    assert isinstance(fitted, OutputMap) and fitted.constraints is problem.constraints
+    network = dip.networks[0]
+    assert isinstance(network.generator, OutputMap) and network.generator.constraints is problem.constraints
+    fitted = network.kept()
     assert float(dip.image[..., ~support].abs().max()) == 0.0  # the support is exact
-    fitted.load_state_dict(dip.generator_state)
     with torch.no_grad():
-        raw = fitted.scale * fitted.network(dip.generator_input)  # the network's own output, in the data's units
+        raw = fitted.scale * fitted.network(network.input)  # the network's own output, in the data's units
     clamped = raw.clamp(0.0, 0.6)
     # beyond a bound the image keeps LEAK of the network's excess (a gradient for every pixel), within it the value
     expected = (clamped + LEAK * (raw - clamped)) * support

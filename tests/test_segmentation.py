@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from invprior.analysis.segmentation import (anchored_otsu_thresholds, matthews_correlation, otsu_segmentation, resize,
-                                             segmentation_calibration, segmentation_scores)
+from invprior.analysis.segmentation import (
+    anchored_otsu_thresholds,
+    matthews_correlation,
+    otsu_segmentation,
+    resize,
+    segmentation_calibration,
+    segmentation_scores,
+)
 from invprior.errors import ShapeError
 
 pytest.importorskip("skimage")

@@ -8,11 +8,15 @@ covariance of the whole image or, where none fits in memory, from posterior samp
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from invprior.errors import ConfigError, ShapeError
+
+if TYPE_CHECKING:
+    from invprior.core.interfaces import PosteriorApproximation
 
 #: Relative diagonal jitter added to sample covariances by default (times the patch's mean variance).
 SAMPLE_JITTER = 1e-6
@@ -24,7 +28,8 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, covariance: Tensor) -> Tens
     """``log N(vec x; vec mean, covariance)`` divided by the number of pixels."""
     n = x.numel()
     if mean.numel() != n or covariance.shape != (n, n):
-        raise ShapeError(f"gaussian_log_likelihood: x has {n} entries, mean {mean.numel()}, covariance {tuple(covariance.shape)}")
+        raise ShapeError(f"gaussian_log_likelihood: x has {n} entries, mean {mean.numel()}, "
+                         f"covariance {tuple(covariance.shape)}")
     dist = torch.distributions.MultivariateNormal(mean.flatten().double(), covariance_matrix=covariance.double())
     return dist.log_prob(x.flatten().double()) / n
 
@@ -106,11 +111,13 @@ def patch_log_likelihood(x: Tensor, mean: Tensor, covariance: Tensor | None = No
     count = idx.numel()
     if covariance is not None:
         if covariance.shape != (n, n):
-            raise ShapeError(f"patch_log_likelihood: covariance must have shape ({n}, {n}), got {tuple(covariance.shape)}")
+            raise ShapeError(f"patch_log_likelihood: covariance must have shape ({n}, {n}), "
+                             f"got {tuple(covariance.shape)}")
         cov = covariance.detach().to(x.device)
         sub = cov[idx[:, :, None], idx[:, None, :]].double()  # (K, d, d)
         return _gaussian_log_density_sum(residual, _add_jitter(sub, jitter), "covariance") / count
 
+    assert samples is not None  # exactly one of covariance and samples is given (checked above)
     if samples.dim() < 2 or samples.shape[0] < 1 or samples[0].numel() != n:
         raise ShapeError(f"patch_log_likelihood: samples must have shape (S, ...) with {n} entries per sample, "
                          f"got {tuple(samples.shape)}")
@@ -122,7 +129,8 @@ def patch_log_likelihood(x: Tensor, mean: Tensor, covariance: Tensor | None = No
         block = idx[start: start + chunk]  # (k, d)
         centred = s[:, block].double() - mu[block]  # (S, k, d)
         sub = torch.einsum("ski,skj->kij", centred, centred) / num
-        total += _gaussian_log_density_sum(residual[start: start + chunk], _add_jitter(sub, jitter), "sample covariance")
+        total += _gaussian_log_density_sum(residual[start: start + chunk], _add_jitter(sub, jitter),
+                                           "sample covariance")
     return total / count
 
 
@@ -210,7 +218,8 @@ def expected_coverage(z: float) -> float:
     return math.erf(z / math.sqrt(2))
 
 
-def posterior_calibration(posterior: object, x: Tensor, patches: tuple[int, ...] = (1, 2, 10)) -> dict[str, float]:
+def posterior_calibration(posterior: PosteriorApproximation, x: Tensor,
+                          patches: tuple[int, ...] = (1, 2, 10)) -> dict[str, float]:
     """``calibration_summary`` of a fitted posterior for one image: its stored samples when it keeps
     them, else its dense covariance when it has one, else the independent Gaussian of its ``std``."""
     structure: dict[str, Tensor] = {}

@@ -24,8 +24,8 @@ import torch
 
 from invprior.bench.suite import Run
 from invprior.errors import ConfigError
-from invprior.validation import choice
 from invprior.io import atomic_write, write_npz
+from invprior.validation import choice
 
 __all__ = ["EXECUTORS", "run_one", "run_suite", "git_commit"]
 
@@ -70,14 +70,17 @@ def run_one(run: Run, commit: str, threads: int = 1, device: str = "cpu") -> dic
     try:
         config = parse_config(run.config)
         problem = build_problem(config.problem, config.seed).to(device)
+        x_true = problem.x_true
+        if x_true is None:
+            raise ConfigError("bench: the problem has no ground truth x_true to score the run against")
         result = build_method(config.method, "method").reconstruct(problem, progress=False)
         metrics = scores(result, problem)
         record.update(status="ok", psnr=metrics["psnr_mean"], ssim=metrics.get("ssim_mean"),
                       iterations=result.iterations, stop_reason=result.stop_reason)
-        record[IMAGES] = {"x_hat": result.image.detach().cpu().numpy(), "x_true": problem.x_true.cpu().numpy()}
+        record[IMAGES] = {"x_hat": result.image.detach().cpu().numpy(), "x_true": x_true.cpu().numpy()}
         if config.posterior is not None:
             posterior = build_posterior(config.posterior, progress=False, seed=config.seed).fit(result, problem)
-            record.update({f"posterior_{k}": v for k, v in posterior_calibration(posterior, problem.x_true).items()})
+            record.update({f"posterior_{k}": v for k, v in posterior_calibration(posterior, x_true).items()})
     except Exception as exc:  # recorded, never raised: one failing run must not stop the suite
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     finally:  # a run in the caller's process must not leave its thread count behind

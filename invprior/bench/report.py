@@ -15,7 +15,8 @@ import numpy as np
 
 from invprior.io import atomic_write
 
-__all__ = ["SETTING_KEYS", "write_table", "summary_markdown", "metric_figure", "reconstructions_figure", "write_results"]
+__all__ = ["SETTING_KEYS", "write_table", "summary_markdown", "metric_figure", "reconstructions_figure",
+           "write_results"]
 
 #: The columns shown for a setting; runs are grouped by the ``setting`` hash (the whole problem but its
 #: noise), the noise level and the ``method_key`` hash, so no two different settings or methods mix.

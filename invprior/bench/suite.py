@@ -67,7 +67,8 @@ def expand_suite(suite: dict[str, Any], where: str = "suite") -> list[Run]:
     """The runs of a suite, each validated as a run configuration."""
     unknown = set(suite) - {"name", "seeds", "problems", "methods", "description"}
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, description, seeds, problems, methods")
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; "
+                          "allowed: name, description, seeds, problems, methods")
     problems, methods = suite.get("problems"), suite.get("methods")
     if not problems or not isinstance(problems, list) or not methods or not isinstance(methods, list):
         raise ConfigError(f"{where}: needs at least one [[problems]] and one [[methods]] table")
@@ -85,7 +86,8 @@ def expand_suite(suite: dict[str, Any], where: str = "suite") -> list[Run]:
                 raise ConfigError(f"{where}.methods[{m}]: needs 'name'; unknown keys {sorted(bad)}")
             for grid_problem in _grid(problem):
                 for seed in seeds:
-                    config: dict[str, Any] = {"seed": seed, "problem": {**grid_problem, "noise": _noise(grid_problem.get("noise", 0.05))},
+                    noise = _noise(grid_problem.get("noise", 0.05))
+                    config: dict[str, Any] = {"seed": seed, "problem": {**grid_problem, "noise": noise},
                                               "method": {"name": method["name"], "params": method.get("params", {})}}
                     if "posterior" in method:
                         config["posterior"] = method["posterior"]

@@ -70,5 +70,7 @@ class ImageConstraints:
 
     def scaled(self, factor: float) -> ImageConstraints:
         """The same constraints for images multiplied by ``factor > 0``."""
-        scale = lambda v: None if v is None else v * factor
+        def scale(v: float | None) -> float | None:
+            return None if v is None else v * factor
+
         return ImageConstraints(scale(self.lower), scale(self.upper), self.support)

@@ -1,4 +1,4 @@
-"""The generator, regularizer, stopping-rule and posterior interfaces.
+"""The generator, regularizer, stopping-rule, method and posterior interfaces.
 
 (``ForwardOperator`` lives in its own module.)
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 class Generator(nn.Module, ABC):
     """A network ``x = G_theta(z)`` producing images of shape ``(B, *output_shape)``."""
 
-    output_shape: tuple[int, ...]
+    output_shape: tuple[int, ...] | None  # None: fully convolutional, the input fixes the size
 
     @abstractmethod
     def forward(self, z: Tensor) -> Tensor:
@@ -87,8 +88,27 @@ class StoppingRule(ABC):
         vars(self).update(copy.deepcopy(state))
 
 
+class Method(ABC):
+    """A reconstruction method ``y -> x``; registered under ``invprior.methods`` so configs can name it."""
+
+    name: str = "method"
+
+    @abstractmethod
+    def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
+        """Reconstruct ``problem.x`` from ``problem.y``; ``progress`` shows a progress bar on long loops."""
+
+    def checkpoint_files(self, batch: int) -> list[Path]:
+        """The state files a run on ``batch`` images writes to resume from (none for a method without them)."""
+        return []
+
+
 class PosteriorApproximation(ABC):
     """An approximate posterior over images around a fitted reconstruction."""
+
+    @property
+    def _owner(self) -> str:
+        """The class name, which starts every error message."""
+        return type(self).__name__
 
     @abstractmethod
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> PosteriorApproximation:

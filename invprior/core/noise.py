@@ -33,6 +33,7 @@ class GaussianNoise:
         """Per-image noise std, shape ``(B,)``."""
         if self.std is not None:
             return torch.full((clean.shape[0],), float(self.std), dtype=clean.dtype, device=clean.device)
+        assert self.relative is not None  # exactly one of std and relative is set (__post_init__)
         return float(self.relative) * clean.abs().flatten(1).mean(dim=1)
 
     def sample(self, clean: Tensor, seed: int) -> tuple[Tensor, Tensor]:

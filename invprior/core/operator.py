@@ -15,7 +15,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from invprior.errors import ShapeError
+from invprior.errors import NonlinearOperatorError, NotSupportedError, ShapeError
 
 Shape = tuple[int, ...]
 
@@ -74,7 +74,7 @@ class ForwardOperator(ABC):
         """Evaluate ``A(x)`` for ``x`` of shape ``(B, *domain_shape)``."""
 
     def _adjoint(self, y: Tensor) -> Tensor:
-        raise NotImplementedError(f"{self.name} does not implement an adjoint")
+        raise NotSupportedError(f"{self.name} does not implement an adjoint")
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -87,7 +87,8 @@ class ForwardOperator(ABC):
     def adjoint(self, y: Tensor) -> Tensor:
         """Apply ``A^T`` (exact Euclidean adjoint): ``<A x, y> = <x, A^T y>``."""
         if not self.is_linear:
-            raise TypeError(f"{self.name} is nonlinear and has no adjoint; linearise it with torch.func.vjp")
+            raise NonlinearOperatorError(
+                f"{self.name} is nonlinear and has no adjoint; linearise it with torch.func.vjp")
         return self._adjoint(check_batch(y, self.range_shape, "measurement y", self.name))
 
     def layout(self) -> dict[str, Tensor]:
@@ -107,7 +108,7 @@ class ForwardOperator(ABC):
     def pseudo_inverse(self, y: Tensor) -> Tensor:
         """An approximate inverse ``A^dagger y`` (FBP for CT); not every operator has one."""
         if not self.has_pseudo_inverse:
-            raise NotImplementedError(
+            raise NotSupportedError(
                 f"{self.name} has no closed-form pseudo-inverse; use invprior.methods.classical.Tikhonov instead")
         return self._pseudo_inverse(check_batch(y, self.range_shape, "measurement y", self.name))
 
@@ -122,7 +123,7 @@ class ForwardOperator(ABC):
              dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> float:
         """Operator norm ``||A||_2`` by the power method on ``A^T A``, from a seeded random start."""
         if not self.is_linear:
-            raise TypeError(f"{self.name} is nonlinear; the power-method norm needs a linear operator")
+            raise NonlinearOperatorError(f"{self.name} is nonlinear; the power-method norm needs a linear operator")
         gen = torch.Generator(device="cpu").manual_seed(seed)
         v = torch.randn((1, *self.domain_shape), generator=gen, dtype=dtype).to(device)
         v = v / v.norm()
@@ -256,7 +257,7 @@ class AdjointOperator(ForwardOperator):
 
     def __init__(self, operator: ForwardOperator) -> None:
         if not operator.is_linear:
-            raise TypeError(f"{operator.name} is nonlinear and has no adjoint")
+            raise NonlinearOperatorError(f"{operator.name} is nonlinear and has no adjoint")
         super().__init__(operator.range_shape, operator.domain_shape)
         self.operator = operator
 
@@ -299,7 +300,7 @@ class TangentOperator(ForwardOperator):
 
     def _adjoint(self, y: Tensor) -> Tensor:
         point = self._at(y.new_zeros(y.shape[0], *self.domain_shape))
-        _, pullback = torch.func.vjp(self.operator.forward, point)
+        pullback = torch.func.vjp(self.operator.forward, point)[1]
         return pullback(y)[0]
 
 

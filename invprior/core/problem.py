@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from invprior.core.constraints import ImageConstraints
 from invprior.core.noise import GaussianNoise, estimate_noise_std
 from invprior.core.operator import ForwardOperator, check_batch
 from invprior.core.task import SegmentationTask
-from invprior.errors import ShapeError
+from invprior.errors import ConfigError, NonFiniteInputError, ShapeError, WrongTypeError
 
 
 def _per_image(value: float | Tensor | None, batch: int, like: Tensor, what: str) -> Tensor | None:
@@ -25,7 +26,7 @@ def _per_image(value: float | Tensor | None, batch: int, like: Tensor, what: str
     if t.numel() != batch:
         raise ShapeError(f"{what} must be a scalar or have one entry per image ({batch}), got {t.numel()}")
     if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{what} must be finite and >= 0, got {t.tolist()}")
+        raise ConfigError(f"{what} must be finite and >= 0, got {t.tolist()}")
     return t
 
 
@@ -57,10 +58,10 @@ class InverseProblem:
     def __post_init__(self) -> None:
         op = self.operator
         if not isinstance(op, ForwardOperator):
-            raise TypeError(f"operator must be a ForwardOperator, got {type(op).__name__}")
+            raise WrongTypeError(f"operator must be a ForwardOperator, got {type(op).__name__}")
         check_batch(self.y, op.range_shape, "measurement y", f"InverseProblem({op.name})")
         if not torch.isfinite(self.y).all():
-            raise ValueError("measurement y contains NaN or infinite values")
+            raise NonFiniteInputError("measurement y contains NaN or infinite values")
         batch = self.y.shape[0]
         self.noise_std = _per_image(self.noise_std, batch, self.y, "noise_std")
         self.noise_norm = _per_image(self.noise_norm, batch, self.y, "noise_norm")
@@ -69,7 +70,7 @@ class InverseProblem:
         if self.x_true is not None:
             check_batch(self.x_true, op.domain_shape, "ground truth x_true", f"InverseProblem({op.name})")
             if not torch.isfinite(self.x_true).all():
-                raise ValueError("ground truth x_true contains NaN or infinite values")
+                raise NonFiniteInputError("ground truth x_true contains NaN or infinite values")
             self.x_true = self.x_true.to(device=self.y.device, dtype=self.y.dtype)
             if self.x_true.shape[0] != batch:
                 raise ShapeError(f"x_true has {self.x_true.shape[0]} images but y has {batch}")
@@ -81,15 +82,19 @@ class InverseProblem:
             self.reference = ref.to(device=self.y.device, dtype=torch.int64)
         if self.constraints is not None:
             if not isinstance(self.constraints, ImageConstraints):
-                raise TypeError(f"constraints must be ImageConstraints, got {type(self.constraints).__name__}")
+                raise WrongTypeError(f"constraints must be ImageConstraints, got {type(self.constraints).__name__}")
             self.constraints.check_grid(op.domain_shape, f"InverseProblem({op.name})")
         if self.task is not None and not isinstance(self.task, SegmentationTask):
-            raise TypeError(f"task must be a SegmentationTask, got {type(self.task).__name__}")
+            raise WrongTypeError(f"task must be a SegmentationTask, got {type(self.task).__name__}")
 
-    def _map(self, transform, labels=None) -> InverseProblem:
-        apply = lambda t: None if t is None else transform(t)
+    def _map(self, transform: Callable[[Tensor], Tensor],
+             labels: Callable[[Tensor], Tensor] | None = None) -> InverseProblem:
+        def apply(t: Tensor | float | None) -> Tensor | None:
+            """``transform(t)``, None for None (the noise levels are per-image tensors after ``__post_init__``)."""
+            return transform(t) if isinstance(t, Tensor) else None
+
         relabel = labels or (lambda t: t)
-        return InverseProblem(self.operator, apply(self.y), apply(self.noise_std), apply(self.noise_norm),
+        return InverseProblem(self.operator, transform(self.y), apply(self.noise_std), apply(self.noise_norm),
                               apply(self.x_true), dict(self.metadata),
                               None if self.reference is None else relabel(self.reference), self.constraints,
                               self.task)
@@ -115,11 +120,16 @@ class InverseProblem:
         image): ``y``, the noise level, ``x_true`` and the constraints' bounds."""
         factor = torch.as_tensor(factor, dtype=torch.float64).reshape(-1)
         if factor.numel() not in (1, self.batch_size) or not bool((factor > 0).all()):
-            raise ValueError(f"scaled: factor must be > 0, one number or one per image, got {factor.tolist()}")
+            raise ConfigError(f"scaled: factor must be > 0, one number or one per image, got {factor.tolist()}")
         if self.constraints is not None and factor.numel() > 1 and not bool((factor == factor[0]).all()):
-            raise ValueError("scaled: a problem with constraints is scaled by one factor for the whole batch")
-        per_image = lambda t: t * factor.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.ndim - 1)))
-        scale = lambda t: None if t is None else per_image(t)
+            raise ConfigError("scaled: a problem with constraints is scaled by one factor for the whole batch")
+        def per_image(t: Tensor) -> Tensor:
+            return t * factor.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.ndim - 1)))
+
+        def scale(t: Tensor | float | None) -> Tensor | None:
+            """``per_image(t)``, None for None (the noise levels are per-image tensors after ``__post_init__``)."""
+            return per_image(t) if isinstance(t, Tensor) else None
+
         return InverseProblem(self.operator, per_image(self.y), scale(self.noise_std), scale(self.noise_norm),
                               scale(self.x_true), dict(self.metadata), self.reference,
                               None if self.constraints is None else self.constraints.scaled(float(factor[0])),
@@ -148,7 +158,7 @@ class InverseProblem:
         """
         check_batch(x_true, operator.domain_shape, "ground truth x_true", f"simulate({operator.name})")
         if not torch.isfinite(x_true).all():
-            raise ValueError("ground truth x_true contains NaN or infinite values")
+            raise NonFiniteInputError("ground truth x_true contains NaN or infinite values")
         with torch.no_grad():
             clean = operator(x_true) if clean is None else clean
         eta, std = noise.sample(clean, seed)
@@ -167,6 +177,7 @@ def ensure_noise_level(problem: InverseProblem, owner: str) -> InverseProblem:
     if problem.noise_norm is not None:
         return problem
     estimated = problem.with_estimated_noise()
+    assert isinstance(estimated.noise_std, Tensor)  # set from estimate_noise_std, one value per image
     values = ", ".join(f"{float(s):.4g}" for s in estimated.noise_std)
     warnings.warn(f"{owner}: no noise level given; estimated from the data: noise std {values} "
                   "(invprior.core.noise.estimate_noise_std)", NoiseEstimateWarning, stacklevel=3)

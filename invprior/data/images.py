@@ -18,7 +18,7 @@ from torch import Tensor
 from invprior._optional import require
 from invprior.data.orientation import picture_to_image
 from invprior.data.resample import check_request, resize
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, DataFileError
 
 
 def _to_dataset(picture: np.ndarray, size: int, n: int, dtype: torch.dtype) -> Tensor:
@@ -56,7 +56,7 @@ def ct_slice(
 
     path = get_testdata_file("CT_small.dcm")
     if path is None:
-        raise FileNotFoundError("ct_slice: pydicom's test file 'CT_small.dcm' was not found in this installation")
+        raise DataFileError("ct_slice: pydicom's test file 'CT_small.dcm' was not found in this installation")
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     return _to_dataset(np.clip((hu - lo) / (hi - lo), 0.0, 1.0), size, n, dtype)

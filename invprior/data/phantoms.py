@@ -9,6 +9,7 @@ Images live on the square ``[-1, 1]^2``. The first array axis is ``x`` and the s
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,8 @@ def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1,
     grid); ``supersample=1`` samples ``f`` at the pixel centre. The result is indexed ``[x, y]``.
     """
     if ellipses.ndim != 2 or ellipses.shape[1] != 6:
-        raise ShapeError(f"ellipses must have shape (K, 6) with rows (v, a, b, x0, y0, theta), got {tuple(ellipses.shape)}")
+        raise ShapeError(f"ellipses must have shape (K, 6) with rows (v, a, b, x0, y0, theta), "
+                         f"got {tuple(ellipses.shape)}")
     _check_supersample(supersample, "rasterize_ellipses")
     params = ellipses.detach().to(device="cpu", dtype=torch.float64)
     if bool((params[:, 1:3] <= 0).any()):
@@ -85,9 +87,9 @@ def rasterize_ellipses(ellipses: Tensor, size: int, supersample: int = 1,
 
 def _check_range(value: object, key: str, *, integer: bool = False, positive: bool = False) -> tuple[float, float]:
     """Validate a ``(low, high)`` pair (or a single number, meaning ``(v, v)``) for random_ellipses."""
-    pair = (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    pair: Any = (value, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     try:
-        low, high = pair  # type: ignore[misc]
+        low, high = pair
     except (TypeError, ValueError):
         raise ConfigError(f"ellipses: '{key}' must be a number or a (low, high) pair, got {value!r}") from None
     for v in (low, high):
@@ -197,7 +199,8 @@ def shepp_logan(
     intensities = _MODIFIED_INTENSITIES if modified else _SHEPP_LOGAN_INTENSITIES
     scale = intensities[0]
     table = torch.tensor(
-        [(v / scale, a, b, x0, y0, math.radians(t)) for v, (a, b, x0, y0, t) in zip(intensities, _SHEPP_LOGAN_GEOMETRY)],
+        [(v / scale, a, b, x0, y0, math.radians(t))
+         for v, (a, b, x0, y0, t) in zip(intensities, _SHEPP_LOGAN_GEOMETRY)],
         dtype=torch.float64,
     )
     image = rasterize_ellipses(table, size, supersample).to(dtype)

@@ -26,7 +26,6 @@ from invprior.generators.inputs import check_input_kind, operator_image
 from invprior.io import atomic_write
 from invprior.validation import number_pair, positive_int
 
-
 PHANTOM, NOISE = 0, 1  # random streams of an item
 
 
@@ -48,7 +47,8 @@ def operator_signature(operator: ForwardOperator, input: str) -> dict[str, Tenso
     probe = rasterize_ellipses(objects, size).expand(1, channels, size, size).double()
     with torch.no_grad():
         forward = operator(probe)
-        return {"forward": forward.flatten(), "input": operator_image(InverseProblem(operator, forward), input).flatten()}
+        return {"forward": forward.flatten(),
+                "input": operator_image(InverseProblem(operator, forward), input).flatten()}
 
 
 class SyntheticPairs(Dataset):
@@ -70,18 +70,20 @@ class SyntheticPairs(Dataset):
                  background: float | tuple[float, float] | None = None, support: Tensor | None = None,
                  value_range: tuple[float, float] = (0.0, 1.0), dtype: torch.dtype = torch.float32) -> None:
         if not isinstance(operator, ForwardOperator):
-            raise ConfigError(f"SyntheticPairs: operator must be a ForwardOperator, got {type(operator).__name__}")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"operator must be a ForwardOperator, got {type(operator).__name__}")
         if not isinstance(noise, GaussianNoise):
-            raise ConfigError(f"SyntheticPairs: noise must be a GaussianNoise, got {type(noise).__name__}")
+            raise ConfigError(f"{type(self).__name__}: noise must be a GaussianNoise, got {type(noise).__name__}")
         self.input = check_input_kind(input)
         if self.input == "noise":
-            raise ConfigError("SyntheticPairs: input must be computed from the measurement (fbp, pseudo_inverse "
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"input must be computed from the measurement (fbp, pseudo_inverse "
                               "or adjoint), not 'noise'")
         if self.input in ("fbp", "pseudo_inverse") and not operator.has_pseudo_inverse:
-            raise ConfigError(f"SyntheticPairs: input '{input}' needs an operator with a pseudo-inverse; "
+            raise ConfigError(f"{type(self).__name__}: input '{input}' needs an operator with a pseudo-inverse; "
                               f"{operator.name} has none (use input='adjoint')")
         if len(operator.domain_shape) != 3 or operator.domain_shape[1] != operator.domain_shape[2]:
-            raise ConfigError(f"SyntheticPairs: ellipse phantoms are square single images; {operator.name} "
+            raise ConfigError(f"{type(self).__name__}: ellipse phantoms are square single images; {operator.name} "
                               f"expects {operator.domain_shape}")
         self.operator, self.noise, self.dtype = operator, noise, dtype
         self.count = positive_int(count, "SyntheticPairs: count")
@@ -92,23 +94,24 @@ class SyntheticPairs(Dataset):
         self._fine = None
         if self.fine_factor > 1:
             if not hasattr(operator, "on_grid"):
-                raise ConfigError(f"SyntheticPairs: fine_factor > 1 needs an operator with on_grid; {operator.name} "
+                raise ConfigError(f"{type(self).__name__}: "
+                                  f"fine_factor > 1 needs an operator with on_grid; {operator.name} "
                                   "has none")
             self._fine = operator.on_grid(self.size * self.fine_factor)
-        self.phantom = {"num_ellipses": num_ellipses, "intensity_range": tuple(intensity_range),
+        self.phantom: dict[str, Any] = {"num_ellipses": num_ellipses, "intensity_range": tuple(intensity_range),
                         "axis_range": tuple(axis_range),
                         "background": tuple(background) if isinstance(background, (list, tuple)) else background}
         low, high = number_pair(value_range, "SyntheticPairs: value_range", "(low, high)")
         if not low < high:
-            raise ConfigError(f"SyntheticPairs: value_range must have low < high, got {value_range!r}")
+            raise ConfigError(f"{type(self).__name__}: value_range must have low < high, got {value_range!r}")
         self.value_range = (low, high)
         lowest, highest = self.phantom["intensity_range"]
         if background is None and (lowest < low or highest > high):
-            raise ConfigError(f"SyntheticPairs: intensity_range {intensity_range!r} reaches outside value_range "
+            raise ConfigError(f"{type(self).__name__}: intensity_range {intensity_range!r} reaches outside value_range "
                               f"{value_range!r}, which would clip those ellipses away; widen value_range")
         random_ellipse_parameters(1, 0, **self.phantom)  # validates the ranges now, not at the first item
         if support is not None and tuple(support.shape) != (self.size, self.size):
-            raise ConfigError(f"SyntheticPairs: support must be a ({self.size}, {self.size}) mask, got "
+            raise ConfigError(f"{type(self).__name__}: support must be a ({self.size}, {self.size}) mask, got "
                               f"{tuple(support.shape)}")
         self.support = None if support is None else support.detach().cpu().bool()
         self._stored: tuple[Tensor, Tensor] | None = None
@@ -146,7 +149,7 @@ class SyntheticPairs(Dataset):
         indices = [int(i) for i in indices]
         bad = [i for i in indices if not 0 <= i < self.count]
         if bad:
-            raise IndexError(f"SyntheticPairs: indices {bad[:5]} out of range for {self.count} pairs")
+            raise IndexError(f"{type(self).__name__}: indices {bad[:5]} out of range for {self.count} pairs")
         if self._stored is not None:
             inputs, targets = self._stored
             return inputs[indices], targets[indices]
@@ -187,10 +190,12 @@ class SyntheticPairs(Dataset):
         if path.exists():
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if payload.get("metadata") != self.metadata:
-                raise ConfigError(f"SyntheticPairs: cache {path} holds another set ({payload.get('metadata')}); "
+                raise ConfigError(f"{type(self).__name__}: cache {path} holds another set ({payload.get('metadata')}); "
                                   "delete it or choose another path")
             self._stored = (payload["inputs"], payload["targets"])
             return self
-        inputs, targets = self.cache_in_memory(batch_size)._stored
+        self.cache_in_memory(batch_size)
+        assert self._stored is not None  # filled by cache_in_memory
+        inputs, targets = self._stored
         atomic_write(path, lambda f: torch.save({"metadata": self.metadata, "inputs": inputs, "targets": targets}, f))
         return self

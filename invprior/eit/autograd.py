@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from invprior.eit.model import EITModel
+from invprior.errors import NotSupportedError, ShapeError
 
 __all__ = ["eit_voltages"]
 
@@ -48,8 +49,10 @@ class _Voltages(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, d_sigma: Tensor | None, d_z: Tensor | None, _model) -> Tensor:  # type: ignore[override]
         if d_z is not None and bool(d_z.ne(0).any()):
-            raise NotImplementedError("EIT: forward-mode derivatives in the contact impedance are not provided; "
+            raise NotSupportedError("EIT: forward-mode derivatives in the contact impedance are not provided; "
                                       "pass z without a tangent")
+        if d_sigma is None:
+            raise NotSupportedError("EIT: forward-mode derivatives need a tangent in the conductivity sigma")
         # under torch.func the tangent is a wrapper without data: apply the (cached) Jacobian with torch ops
         jacobian = torch.from_numpy(ctx.model.cached_jacobian(*ctx.arrays, solution=ctx.solution)).to(d_sigma)
         return (jacobian @ d_sigma).view(ctx.model.num_patterns, ctx.model.num_measurements)
@@ -59,7 +62,7 @@ def eit_voltages(model: EITModel, sigma: Tensor, z: Tensor | float = 0.01) -> Te
     """Voltages ``(P, M)`` for element conductivities ``sigma`` (E,) and contact impedances ``z``
     (a number or (L,)), differentiable in both."""
     if not isinstance(sigma, Tensor) or sigma.ndim != 1:
-        raise TypeError(f"eit_voltages: sigma must be a 1-D tensor of element conductivities, got "
+        raise ShapeError(f"eit_voltages: sigma must be a 1-D tensor of element conductivities, got "
                         f"{type(sigma).__name__} {getattr(sigma, 'shape', '')}")
     z = torch.as_tensor(z, dtype=sigma.dtype, device=sigma.device)
     z = z.expand(model.electrodes) if z.ndim == 0 else z

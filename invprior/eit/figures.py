@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from invprior.eit.operator import EIT
+from invprior.errors import ConfigError
 from invprior.figures import new_figure, save_figure
 
 __all__ = ["eit_figure"]
@@ -18,7 +19,7 @@ def eit_figure(path: str | Path, operator: EIT, images: list[tuple[str, Tensor]]
     """The mesh (electrodes in colour) and, per ``(label, image)``, the conductivity ``sigma`` the
     operator gives the image, drawn element by element on one colour scale (the first image's range)."""
     if not images:
-        raise ValueError("eit_figure: give at least one (label, image) pair")
+        raise ConfigError("eit_figure: give at least one (label, image) pair")
     mesh = operator.mesh
     fig = new_figure()
     fig.set_size_inches(3.3 * (len(images) + 1) + 0.6, 3.4)
@@ -32,8 +33,8 @@ def eit_figure(path: str | Path, operator: EIT, images: list[tuple[str, Tensor]]
             ax.plot(*mesh.nodes[[a, b]].T, color="C3", lw=2.5, solid_capstyle="butt")
     quality = mesh.quality()
     ax.set_title(f"mesh: {quality['elements']} elements, min angle {quality['min_angle']:.0f} deg", fontsize=8)
-    sigmas = [operator.conductivity(image.detach().cpu().to(torch.float64).reshape(1, *operator.domain_shape))[0].detach().cpu().numpy()
-              for _, image in images]
+    sigmas = [operator.conductivity(image.detach().cpu().to(torch.float64).reshape(1, *operator.domain_shape))[0]
+              .detach().cpu().numpy() for _, image in images]
     low, high = float(np.min(sigmas[0])), float(np.max(sigmas[0]))
     for ax, (label, _), sigma in zip(axes[1:], images, sigmas):
         shown = ax.tripcolor(mesh.nodes[:, 0], mesh.nodes[:, 1], mesh.elements, facecolors=sigma, cmap="viridis",

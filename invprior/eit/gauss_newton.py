@@ -4,8 +4,9 @@ Each step solves ``(J^T J + lam R) d = J^T r - lam R x`` with ``r = y - A(x)``, 
 ``R = D^T W D`` (``D`` forward differences; ``W = I`` for the smoothness prior, ``W = diag(1 /
 sqrt((Dx)^2 + eps^2))`` for TV by lagged diffusivity), then backtracks on
 ``||r||^2 + lam P(x)`` (``P = ||Dx||^2`` or ``2 sum sqrt((Dx)^2 + eps^2)``). ``lam = weight tr(J^T J) /
-tr(D^T D)`` at the start, so ``weight`` does not depend on the scale of the data. ``OneStepGN`` is the classical linearised difference-imaging
-baseline: one step from the background, against a reference measurement when one is given. Both
+tr(D^T D)`` at the start, so ``weight`` does not depend on the scale of the data. ``OneStepGN`` is the classical
+linearised difference-imaging baseline: one step from the background, against a reference measurement when one is
+given. Both
 work in float64 on the CPU (dense Jacobian) and return the image on the problem's device and dtype.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,10 +22,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from invprior.core.interfaces import Method
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
-from invprior.methods.base import Method, quality
+from invprior.methods.base import quality
 from invprior.metrics import psnr
 from invprior.validation import choice, positive_int, real
 
@@ -71,12 +74,15 @@ class GaussNewton(Method):
         self.tol = real(tol, f"{self.name}: tol", minimum=0.0)
         self.start = start
 
-    def _check(self, problem: InverseProblem) -> None:
-        if not hasattr(problem.operator, "jacobian"):
+    def _check(self, problem: InverseProblem) -> Callable[[Tensor], Tensor]:
+        """The operator's dense ``jacobian(x)``, once the problem is known to have one and a single measurement."""
+        jacobian: Callable[[Tensor], Tensor] | None = getattr(problem.operator, "jacobian", None)
+        if jacobian is None:
             raise ConfigError(f"{self.name} needs an operator with a dense jacobian(x) (e.g. 'eit'); "
                               f"{problem.operator.name} has none")
         if problem.batch_size != 1:
             raise ConfigError(f"{self.name}: reconstruct one measurement at a time (problem.select(b))")
+        return jacobian
 
     def _background(self, problem: InverseProblem) -> Tensor:
         """The starting image: ``start`` if given, else the operator's background in its parametrisation."""
@@ -97,16 +103,17 @@ class GaussNewton(Method):
 
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
-        self._check(problem)
+        jacobian = self._check(problem)
         operator, y = problem.operator, problem.y.detach().to("cpu", torch.float64)
         x = self._background(problem)
         difference = difference_matrix(operator.domain_shape[-1])
         gram = (difference.T @ difference).tocsr()
         trace: dict[str, list[float]] = {"iteration": [], "objective": [], "residual": []}
-        lam, reason, steps = None, f"{self.iterations} iterations", 0
+        lam: float | None = None
+        reason, steps = f"{self.iterations} iterations", 0
         for step in tqdm(range(self.iterations), desc=self.name, disable=not progress, leave=False):
             residual = (y - operator(x)).ravel().numpy()
-            jac = operator.jacobian(x).numpy()
+            jac = jacobian(x).numpy()
             flat = x.ravel().numpy()
             value, reg = self._penalty(flat, difference, gram)
             if lam is None:
@@ -119,12 +126,13 @@ class GaussNewton(Method):
                 reason = f"no decrease along the Gauss-Newton step at iteration {step + 1}"
                 break
             x, steps = torch.from_numpy(accepted).view_as(x), step + 1
-            if np.linalg.norm(accepted - flat) <= self.tol * max(np.linalg.norm(flat), 1e-12):
+            if np.linalg.norm(accepted - flat) <= self.tol * max(float(np.linalg.norm(flat)), 1e-12):
                 reason = f"relative step below tol = {self.tol:g}"
                 break
+        assert lam is not None  # set in the first step; iterations >= 1
         residual = (y - operator(x)).ravel().numpy()
-        self._log(trace, steps, float(residual @ residual) + lam * self._penalty(x.ravel().numpy(), difference, gram)[0],
-                  float(np.linalg.norm(residual)), x, problem)
+        objective = float(residual @ residual) + lam * self._penalty(x.ravel().numpy(), difference, gram)[0]
+        self._log(trace, steps, objective, float(np.linalg.norm(residual)), x, problem)
         return Reconstruction(x.to(problem.y), self.name, params={"weight": self.weight, "lambda": lam,
                                                                          "prior": self.prior},
                               trace=trace, iterations=steps, stop_reason=reason,
@@ -165,27 +173,29 @@ class OneStepGN(GaussNewton):
     def __init__(self, weight: float = 3e-2, prior: str = "smoothness", reference: Tensor | None = None) -> None:
         if prior == "tv":
             raise ConfigError(f"{self.name}: at the constant start the TV prior's Gauss-Newton matrix is the "
-                              "smoothness prior's divided by tv_epsilon; use prior='smoothness' (TV needs 'gauss_newton')")
+                              "smoothness prior's divided by tv_epsilon; use prior='smoothness' "
+                              "(TV needs 'gauss_newton')")
         super().__init__(weight=weight, prior=prior, iterations=1)
         self.reference = reference
 
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
-        self._check(problem)
+        jacobian = self._check(problem)
         operator = problem.operator
         x0 = self._background(problem)
         y = problem.y.detach().to("cpu", torch.float64)
         reference = operator(x0) if self.reference is None else torch.as_tensor(self.reference, dtype=torch.float64)
         if reference.shape[-2:] != y.shape[-2:]:
-            raise ConfigError(f"{self.name}: the reference has shape {tuple(reference.shape)}, the data {tuple(y.shape)}")
-        jac = operator.jacobian(x0).numpy()
+            raise ConfigError(f"{self.name}: the reference has shape {tuple(reference.shape)}, "
+                              f"the data {tuple(y.shape)}")
+        jac = jacobian(x0).numpy()
         matrix, lam = smoothness_normal_matrix(jac, self.weight)
         change = np.linalg.solve(matrix, jac.T @ (y - reference).ravel().numpy())
         x = (x0.ravel() + torch.from_numpy(change)).view_as(x0)
         if not math.isfinite(float(x.abs().max())):
             raise ConfigError(f"{self.name}: the step is not finite (raise weight)")
         image = x.to(problem.y)
-        trace = {"iteration": [1], **{k: [v] for k, v in quality(image, problem).items()}}
+        trace: dict[str, list[float]] = {"iteration": [1], **{k: [v] for k, v in quality(image, problem).items()}}
         return Reconstruction(image, self.name, params={"weight": self.weight, "lambda": lam, "prior": self.prior},
                               trace=trace, iterations=1, stop_reason="one step",
                               wall_time=time.perf_counter() - start)

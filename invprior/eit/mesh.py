@@ -127,7 +127,7 @@ class Mesh:
         """Write the mesh to ``path`` (``.npz``, atomically)."""
         arrays = {"nodes": self.nodes, "elements": self.elements, "boundary": self.boundary,
                   "edge_electrode": self.edge_electrode}
-        atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+        atomic_write(Path(path), lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy stubs: **arrays vs allow_pickle
 
     @classmethod
     def load(cls, path: str | Path) -> Mesh:
@@ -151,7 +151,7 @@ def electrode_arcs(count: int, width: float, offset: float = 0.0) -> list[tuple[
     if not 0 < width < 1:
         raise ConfigError(f"EIT: electrode width is the covered fraction of the boundary, in (0, 1); got {width}")
     half = 0.5 * width / count
-    return [((offset + l / count - half) % 1.0, (offset + l / count + half) % 1.0) for l in range(count)]
+    return [((offset + k / count - half) % 1.0, (offset + k / count + half) % 1.0) for k in range(count)]
 
 
 def disc_mesh(h: float = 0.1, electrodes: int | Sequence[tuple[float, float]] = 16, width: float = 0.5,
@@ -220,7 +220,7 @@ def _cached(cache: str | Path | None, settings: dict, h: float, arcs: list, min_
     return mesh
 
 
-def _check_arcs(arcs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _check_arcs(arcs: Sequence[tuple[float, ...]]) -> list[tuple[float, float]]:
     if not arcs:
         raise ConfigError("EIT mesh: at least one electrode is needed")
     spans = []
@@ -240,7 +240,7 @@ def _check_arcs(arcs: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _mesh_boundary(curve: Callable[[np.ndarray], np.ndarray], perimeter: float, corners: list[float],
-                   arcs: list[tuple[float, float]], h: float, min_angle: float, refinement: float) -> Mesh:
+                   arcs: Sequence[tuple[float, ...]], h: float, min_angle: float, refinement: float) -> Mesh:
     """Mesh the domain bounded by ``curve(t)``, ``t`` in [0, 1): boundary vertices at corners and
     electrode ends and in between at a spacing graded from ``refinement * h`` at the electrode ends
     up to ``h``; no extra vertices on the boundary (Triangle's ``Y``), so it stays on the curve."""

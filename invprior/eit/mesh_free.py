@@ -35,10 +35,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from invprior.core.interfaces import Method
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
-from invprior.methods.base import Method, quality, seeded_global_rng
+from invprior.methods.base import quality, seeded_global_rng
 from invprior.validation import positive_int, real
 
 __all__ = ["MeshFreeEIT", "harmonic_features", "harmonic_conjugate"]
@@ -150,17 +151,17 @@ class MeshFreeEIT(Method):
         electrodes, patterns = currents.shape
         n_coef = 2 * self.degree + 1
         rows, rhs = [], []
-        for l, angles in enumerate(self._midpoints(arcs, count)):
+        for electrode, angles in enumerate(self._midpoints(arcs, count)):
             xi = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
             features, grad = harmonic_features(xi, self.degree)
             flux = background * (grad * xi[:, None, :]).sum(-1) / radius          # sigma du/dn per coefficient
-            step = math.sqrt(radius * arcs[l][1] / count)
+            step = math.sqrt(radius * arcs[electrode][1] / count)
             robin = torch.zeros(count, n_coef + electrodes, dtype=torch.float64)
-            robin[:, :n_coef], robin[:, n_coef + l] = step * (features + z[l] * flux), -step
+            robin[:, :n_coef], robin[:, n_coef + electrode] = step * (features + z[electrode] * flux), -step
             total = torch.zeros(1, n_coef + electrodes, dtype=torch.float64)
-            total[0, :n_coef] = flux.mean(dim=0) * radius * arcs[l][1]
+            total[0, :n_coef] = flux.mean(dim=0) * radius * arcs[electrode][1]
             rows += [robin, total]
-            rhs += [torch.zeros(count, patterns, dtype=torch.float64), currents[l:l + 1]]
+            rhs += [torch.zeros(count, patterns, dtype=torch.float64), currents[electrode:electrode + 1]]
         for angles, (_, length) in zip(self._midpoints(gaps, count), gaps):
             xi = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
             _, grad = harmonic_features(xi, self.degree)
@@ -179,7 +180,7 @@ class MeshFreeEIT(Method):
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
         operator = problem.operator
-        if not hasattr(operator, "model") or not hasattr(operator, "mesh"):
+        if not (hasattr(operator, "model") and hasattr(operator, "mesh") and hasattr(operator, "contact_impedance")):
             raise ConfigError(f"{self.name} needs an 'eit' operator, got {operator.name}")
         if operator.model.electrode_model != "cem":
             raise ConfigError(f"{self.name}: needs the complete electrode model (electrode_model='cem')")
@@ -198,7 +199,7 @@ class MeshFreeEIT(Method):
         electrodes, patterns = currents.shape
         potential_scale = float(currents.abs().max()) / background                 # a typical potential
         noise = None
-        if problem.noise_std is not None and self.tau > 0:
+        if isinstance(problem.noise_std, Tensor) and self.tau > 0:
             noise = self.tau * float(problem.noise_std[0]) * math.sqrt(float(mask.sum()))
 
         coefficients = self._background_coefficients(arcs, gaps, radius, z, currents, background)  # fixed
@@ -246,7 +247,8 @@ class MeshFreeEIT(Method):
             _, grad_v, current, s_inside, grad_s = fields(inside)
             terms = {"energy": area * energy_density(grad_v, current, s_inside).mean() / energy_scale,
                      "tv": grad_s.norm(dim=-1).mean() * radius}
-            angles = torch.cat([a0 + length * torch.rand(self.boundary, generator=gen, dtype=dtype) for a0, length in gaps])
+            angles = torch.cat([a0 + length * torch.rand(self.boundary, generator=gen, dtype=dtype)
+                                for a0, length in gaps])
             on_gaps = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
             v_e, _, current_e, s_e, _ = fields(on_electrodes)
             flux = (current_e * normals[:, None, :]).sum(-1)                          # J.n, (N, P)
@@ -270,7 +272,8 @@ class MeshFreeEIT(Method):
         for step in bar:   # the last pass only evaluates the final state
             terms, misfit = losses()
             growth = self.energy_growth ** (min(step, self.iterations - 1) / max(self.iterations - 1, 1))
-            loss = sum(self.weights[k] * v * (growth if k == "energy" else 1.0) for k, v in terms.items())
+            loss = sum((self.weights[k] * v * (growth if k == "energy" else 1.0) for k, v in terms.items()),
+                       torch.zeros((), dtype=dtype))
             reached = target is not None and float(misfit) <= target[0] and float(terms["energy"]) <= target[1]
             if step % self.log_every == 0 or step == self.iterations or reached:
                 trace["iteration"].append(step)
@@ -281,6 +284,7 @@ class MeshFreeEIT(Method):
                     trace.setdefault(key, []).append(value)
                 bar.set_postfix(misfit=f"{trace['data_misfit'][-1]:.3g}", energy=f"{trace['energy'][-1]:.3g}")
             if reached:
+                assert target is not None  # reached needs a target
                 stop_reason, steps = (f"discrepancy: misfit {float(misfit):.3g} <= tau * noise {target[0]:.3g} "
                                       f"and energy {float(terms['energy']):.3g} <= {target[1]:.3g}"), step
                 break

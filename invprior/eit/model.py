@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from numpy.typing import ArrayLike
 
 from invprior.eit.fem import Stiffness, edge_mass
 from invprior.eit.mesh import Mesh
@@ -77,7 +78,7 @@ class EITModel:
         n = len(mesh.nodes)
         self.size = n + (self.electrodes if electrode_model == "cem" else 0)             # unknowns x
         if electrode_model == "cem":
-            parts = [edge_mass(mesh, mesh.electrode_edges(l)) for l in range(self.electrodes)]
+            parts = [edge_mass(mesh, mesh.electrode_edges(electrode)) for electrode in range(self.electrodes)]
             self._mass = [p[0] for p in parts]
             self._load = np.stack([p[1] for p in parts], axis=1)                        # (N, L)
             self._length = np.array([p[2] for p in parts])
@@ -105,8 +106,8 @@ class EITModel:
     def _point_nodes(self) -> np.ndarray:
         """The electrode node nearest the electrode's centre of length (edge midpoints weighted by length)."""
         nodes = []
-        for l in range(self.electrodes):
-            edges = self.mesh.electrode_edges(l)
+        for electrode in range(self.electrodes):
+            edges = self.mesh.electrode_edges(electrode)
             ends = self.mesh.nodes[edges]                                      # (K, 2, 2)
             lengths = np.linalg.norm(ends[:, 1] - ends[:, 0], axis=1)
             centre = (ends.mean(axis=1) * lengths[:, None]).sum(axis=0) / lengths.sum()
@@ -115,7 +116,7 @@ class EITModel:
         return np.array(nodes)
 
     # -- checks -------------------------------------------------------------------------
-    def check(self, sigma: np.ndarray, z: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def check(self, sigma: np.ndarray, z: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
         sigma = np.asarray(sigma, dtype=np.float64)
         if sigma.shape != (len(self.mesh.elements),):
             raise ShapeError(f"EIT: expected one conductivity per element ({len(self.mesh.elements)}), "
@@ -191,13 +192,13 @@ class EITModel:
         if not contact or self.electrode_model != "cem":
             return d_sigma, None
         d_z = np.empty(self.electrodes)
-        for l in range(self.electrodes):
+        for electrode in range(self.electrodes):
             w, x = adjoint[:n], solution.fields[:n]
-            wl, xl = adjoint[n + l], solution.fields[n + l]
-            mass, load = self._mass[l], self._load[:, l]
+            wl, xl = adjoint[n + electrode], solution.fields[n + electrode]
+            mass, load = self._mass[electrode], self._load[:, electrode]
             value = (np.einsum("ip,ip->", w, mass @ x) - (load @ w) @ xl - wl @ (load @ x)
-                     + self._length[l] * wl @ xl)
-            d_z[l] = value / z[l] ** 2
+                     + self._length[electrode] * wl @ xl)
+            d_z[electrode] = value / z[electrode] ** 2
         return d_sigma, d_z
 
     def jvp(self, sigma: np.ndarray, z: np.ndarray | None, tangent: np.ndarray) -> np.ndarray:

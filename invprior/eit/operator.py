@@ -64,7 +64,10 @@ class PixelToMesh:
         flat = image.flatten(2)                                                   # (B, C, n * n)
         weight = self.weight.to(device=image.device, dtype=image.dtype)
         index = self.index.to(image.device)
-        return sum(flat[..., index[k]] * weight[k] for k in range(4))
+        total = flat[..., index[0]] * weight[0]
+        for k in range(1, 4):
+            total = total + flat[..., index[k]] * weight[k]
+        return total
 
     def matrix(self) -> sp.csr_matrix:
         """The same interpolation as a sparse ``(E, n * n)`` matrix."""
@@ -189,8 +192,8 @@ class EIT(ForwardOperator):
         """``dA/dx`` at one image ``x`` (``(1, 1, n, n)``) as a dense ``(P * M, n * n)`` float64 matrix: the
         element Jacobian (adjoint fields) times ``dsigma/dv`` times the bilinear sampling matrix."""
         if tuple(x.shape) != (1, *self.domain_shape):
-            raise ShapeError(f"EIT.jacobian: expected one image of shape (1, {', '.join(map(str, self.domain_shape))}), "
-                             f"got {tuple(x.shape)}")
+            shape = ", ".join(map(str, self.domain_shape))
+            raise ShapeError(f"EIT.jacobian: expected one image of shape (1, {shape}), got {tuple(x.shape)}")
         sampling = self._sampling()
         values = torch.from_numpy(sampling @ x.detach().to("cpu", torch.float64).numpy().ravel())
         element = self.model.cached_jacobian(self._positive(values).numpy(), self.contact_impedance.numpy())

@@ -57,7 +57,8 @@ def random_inclusions(size: int = 32, n: int = 1, seed: int = 0, dtype: torch.dt
     check_request(size, n, dtype, "inclusions")
     low, high = (count, count) if isinstance(count, int) else count
     if not 1 <= low <= high:
-        raise ConfigError(f"inclusions: count must be an integer or a (low, high) pair with 1 <= low <= high, got {count!r}")
+        raise ConfigError(f"inclusions: count must be an integer or a (low, high) pair with 1 <= low <= high, "
+                          f"got {count!r}")
     if not 0 < radius[0] <= radius[1] < domain_radius:
         raise ConfigError(f"inclusions: radius {radius!r} must satisfy 0 < low <= high < domain_radius")
     gen = np.random.default_rng(seed)
@@ -122,8 +123,8 @@ def disc_radius(mesh, where: str, hint: str = "") -> float:
 def _electrode_arcs(mesh) -> list[tuple[float, float]]:
     """The electrodes of a disc mesh as arcs in turns (counter-clockwise ends)."""
     arcs = []
-    for l in range(mesh.num_electrodes):
-        points = mesh.nodes[np.unique(mesh.electrode_edges(l))]
+    for electrode in range(mesh.num_electrodes):
+        points = mesh.nodes[np.unique(mesh.electrode_edges(electrode))]
         turns = np.sort(np.mod(np.arctan2(points[:, 1], points[:, 0]) / (2 * np.pi), 1.0))
         gaps = np.diff(np.append(turns, turns[0] + 1.0))
         start = int(np.argmax(gaps)) + 1                      # the arc begins after its largest gap

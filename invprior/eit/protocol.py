@@ -63,7 +63,7 @@ def current_patterns(protocol: Any, electrodes: int, amplitude: float = 1.0) -> 
             raise ConfigError(f"EIT currents: unknown protocol {protocol!r}; choose one of {CURRENTS}, a list of "
                               "(source, sink) pairs or an (L, P) matrix")
         shift = 1 if protocol == "adjacent" else electrodes // 2
-        pairs = [(l, (l + shift) % electrodes) for l in range(electrodes)]
+        pairs = [(source, (source + shift) % electrodes) for source in range(electrodes)]
         return amplitude * _pairs(pairs, electrodes, "currents").T
     matrix = _matrix(protocol, "currents")
     if matrix is None:
@@ -86,7 +86,7 @@ def measurement_patterns(protocol: Any, electrodes: int) -> np.ndarray:
                               "a list of (plus, minus) pairs or an (M, L) matrix")
         if protocol == "potentials":
             return np.eye(electrodes)
-        return _pairs([(l, (l + 1) % electrodes) for l in range(electrodes)], electrodes, "measurements")
+        return _pairs([(plus, (plus + 1) % electrodes) for plus in range(electrodes)], electrodes, "measurements")
     matrix = _matrix(protocol, "measurements")
     if matrix is None:
         return _pairs(protocol, electrodes, "measurements")

@@ -20,21 +20,26 @@ class DeepDecoder(Generator):
 
     ``C_i`` are 1x1 convolutions with ``channels`` channels, ``U_i`` bilinear upsampling by ~2,
     ``cn`` channel normalisation (per channel over pixels, learned scale and shift). The fixed
-    input ``B_0`` is ``input_scale * N(0, 1)`` of size (for an output of ``size`` ``H x W``) ``ceil(H / 2^layers) x ceil(W / 2^layers)``.
+    input ``B_0`` is ``input_scale * N(0, 1)`` of size (for an output of ``size`` ``H x W``)
+    ``ceil(H / 2^layers) x ceil(W / 2^layers)``.
     Without 3x3 convolutions the parameter count stays below the pixel count for modest
     ``channels``: the network is under-parameterised and needs no early stopping for denoising.
     """
+
+    output_shape: tuple[int, ...]  # fixed by size and out_channels
 
     def __init__(self, size: int | tuple[int, int] = 64, channels: int = 64, layers: int = 5, out_channels: int = 1,
                  input_scale: float = 1.0, sigmoid: bool = True) -> None:
         super().__init__()
         if not (isinstance(channels, int) and channels >= 1 and isinstance(layers, int) and layers >= 1):
-            raise ConfigError(f"DeepDecoder: channels and layers must be positive ints, got {channels!r}, {layers!r}")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"channels and layers must be positive ints, got {channels!r}, {layers!r}")
         self.output_shape = image_shape(size, int(out_channels))
         self.channels, self.layers, self.out_channels = channels, layers, int(out_channels)
         if min(self._sizes()[0]) < 2:
             most = max(int(math.log2(min(self.output_shape[1:]) / 2)), 0)
-            raise ConfigError(f"DeepDecoder: {layers} layers shrink a {self.output_shape[1]}x{self.output_shape[2]} "
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"{layers} layers shrink a {self.output_shape[1]}x{self.output_shape[2]} "
                               f"image to a 1-pixel input, which carries no spatial information; use layers <= {most}")
         self.input_scale, self.sigmoid = float(input_scale), bool(sigmoid)
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(layers))

@@ -21,6 +21,9 @@ class LinearGenerator(Generator):
     ``c = (A J)^+ y``, so ``x = J (A J)^+ y``.
     """
 
+    output_shape: tuple[int, ...]  # fixed by size and out_channels
+    matrix: Tensor  # a buffer, registered in __init__
+
     def __init__(self, size: int | tuple[int, int] = 16, out_channels: int = 1, num_params: int | None = None,
                  matrix: Tensor | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -29,12 +32,13 @@ class LinearGenerator(Generator):
         if matrix is None:
             count = 2 * n if num_params is None else num_params
             if not isinstance(count, int) or count < 1:
-                raise ConfigError(f"LinearGenerator: num_params must be a positive int, got {num_params!r}")
+                raise ConfigError(f"{type(self).__name__}: num_params must be a positive int, got {num_params!r}")
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             matrix = torch.randn(n, count, generator=gen, dtype=torch.float64) / math.sqrt(count)
         matrix = torch.as_tensor(matrix)
         if matrix.ndim != 2 or matrix.shape[0] != n or not torch.isfinite(matrix).all():
-            raise ConfigError(f"LinearGenerator: matrix must be a finite ({n}, N) matrix, got shape {tuple(matrix.shape)}")
+            raise ConfigError(f"{type(self).__name__}: matrix must be a finite ({n}, N) matrix, "
+                              f"got shape {tuple(matrix.shape)}")
         self.register_buffer("matrix", matrix.float())
         self.coefficients = nn.Parameter(torch.zeros(matrix.shape[1]))
 

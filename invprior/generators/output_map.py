@@ -19,10 +19,10 @@ class OutputMap(Generator):
     projection onto the image constraints (bounds, support), if any.
 
     ``P`` multiplies by the support and, beyond a bound, keeps ``LEAK`` (5 %) of the excess: a pixel past
-    a bound keeps a gradient, so the fit cannot freeze with every pixel at a bound (with the exact clamp,
-    whose gradient is zero there, one of two DIP fits on the HTC2022 data did), while the excess it
-    shows is a twentieth of the network's. (Passing the whole gradient through an exact clamp instead
-    lets the network's output drift past the bounds, and the same fits oscillated.)
+    a bound keeps a gradient, so the fit cannot freeze with every pixel at a bound (as it can with an
+    exact clamp, whose gradient is zero there), while the excess it shows is a twentieth of the
+    network's. (Passing the whole gradient through an exact clamp instead lets the network's output
+    drift past the bounds and the fit oscillate.)
 
     ``P(s u) = s P_s(u)`` with ``P_s`` the projection onto the constraints divided by ``s``, so a network
     fitted to the normalised problem with ``scale = 1`` and the normalised constraints gives the same

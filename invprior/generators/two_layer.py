@@ -35,6 +35,10 @@ class TwoLayerGenerator(Generator):
     (seeded). The network has no input: ``make_input`` returns an empty tensor.
     """
 
+    output_shape: tuple[int, ...]  # fixed by size and out_channels
+    kernel: Tensor  # buffers, registered in __init__
+    v: Tensor
+
     def __init__(self, size: int | tuple[int, int] = 32, out_channels: int = 1, width: int = 128,
                  kernel_width: float = 2.0, kernel: Tensor | None = None, init_scale: float = 1.0,
                  seed: int = 0) -> None:
@@ -42,15 +46,15 @@ class TwoLayerGenerator(Generator):
         self.output_shape = image_shape(size, out_channels)
         n = math.prod(self.output_shape)
         if not isinstance(width, int) or width < 2 or width % 2:
-            raise ConfigError(f"TwoLayerGenerator: width k must be an even int >= 2, got {width!r}")
+            raise ConfigError(f"{type(self).__name__}: width k must be an even int >= 2, got {width!r}")
         if kernel is None:
             if not kernel_width > 0:
-                raise ConfigError(f"TwoLayerGenerator: kernel_width must be > 0, got {kernel_width!r}")
+                raise ConfigError(f"{type(self).__name__}: kernel_width must be > 0, got {kernel_width!r}")
             u = gaussian_kernel(n, float(kernel_width))
         else:
             u = torch.as_tensor(kernel, dtype=torch.float64).flatten()
             if u.numel() > n or not torch.isfinite(u).all() or u.norm() == 0:
-                raise ConfigError(f"TwoLayerGenerator: kernel must be a finite, nonzero vector of length <= {n}")
+                raise ConfigError(f"{type(self).__name__}: kernel must be a finite, nonzero vector of length <= {n}")
             u = torch.cat([u, u.new_zeros(n - u.numel())])
         v = torch.cat([torch.ones(width // 2), -torch.ones(width // 2)]).double() / math.sqrt(width)
         gen = torch.Generator(device="cpu").manual_seed(int(seed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,8 @@ from torch import Tensor, nn
 from invprior.core.interfaces import Generator
 from invprior.core.problem import InverseProblem
 from invprior.errors import ConfigError
-from invprior.validation import choice
 from invprior.generators.inputs import check_input_kind, operator_image, seeded_noise
+from invprior.validation import choice
 
 #: Settings used in the field: 3 scales x 32 channels for 28-64 px images (lin-DIP),
 #: 5 scales x 128 channels for 128-512 px CT (DIP+TV, EDIP), 6 scales for 362 px low-dose CT.
@@ -68,18 +69,22 @@ class UNet(Generator):
         base = PRESETS.get(preset, {}) if preset else {}
         scales = scales if scales is not None else base.get("scales")
         if not isinstance(scales, int) or scales < 1:
-            raise ConfigError(f"UNet: scales must be a positive int, got {scales!r}")
+            raise ConfigError(f"{type(self).__name__}: scales must be a positive int, got {scales!r}")
         chans = _per_scale(channels if channels is not None else base.get("channels", 32), scales, "channels", 1)
         skips = _per_scale(skip_channels if skip_channels is not None else base.get("skip_channels", 4),
                            scales - 1, "skip_channels", 0) if scales > 1 else []
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"UNet: dropout must lie in [0, 1), got {dropout!r}")
+            raise ConfigError(f"{type(self).__name__}: dropout must lie in [0, 1), got {dropout!r}")
         self.input_kind = check_input_kind(input)
         self.input_channels, self.input_scale = int(input_channels), float(input_scale)
         self.out_channels, self.sigmoid = int(out_channels), bool(sigmoid)
-        self.config = {"scales": scales, "channels": chans, "skip_channels": skips, "norm_groups": norm_groups}
+        self.config: dict[str, Any] = {"scales": scales, "channels": chans, "skip_channels": skips,
+                                       "norm_groups": norm_groups}
         c_in = self.input_channels if self.input_kind == "noise" else self.out_channels
-        block = lambda a, b, stride=1, kernel=3: _ConvBlock(a, b, stride, norm_groups, leaky_slope, kernel)
+
+        def block(a: int, b: int, stride: int = 1, kernel: int = 3) -> _ConvBlock:
+            return _ConvBlock(a, b, stride, norm_groups, leaky_slope, kernel)
+
         self.inc = nn.Sequential(block(c_in, chans[0]), block(chans[0], chans[0]))
         self.down = nn.ModuleList(
             nn.Sequential(block(chans[i - 1], chans[i], stride=2), block(chans[i], chans[i])) for i in range(1, scales))

@@ -1,6 +1,6 @@
 """Reconstruction methods: classical baselines and Deep Image Prior."""
 
-from invprior.methods.base import Method
+from invprior.core.interfaces import Method
 from invprior.methods.classical import FBP, PseudoInverse, Tikhonov, TVLeastSquares
 from invprior.methods.dip import DIP
 

@@ -1,32 +1,22 @@
-"""The method interface: ``reconstruct(problem) -> Reconstruction``."""
+"""Helpers shared by reconstruction methods: trace quality and seeded global random state.
+
+``Method``, the interface, lives in ``invprior.core.interfaces``; it is re-exported here for plugins.
+"""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from invprior.core.interfaces import Method
 from invprior.core.problem import InverseProblem
-from invprior.core.reconstruction import Reconstruction
 from invprior.metrics import psnr
 
+__all__ = ["Method", "quality", "seeded_global_rng"]
 
-class Method(ABC):
-    """A reconstruction method; registered under ``invprior.methods`` so configs can name it."""
-
-    name: str = "method"
-
-    @abstractmethod
-    def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
-        """Reconstruct ``problem.x`` from ``problem.y``; ``progress`` shows a progress bar on long loops."""
-
-    def checkpoint_files(self, batch: int) -> list[Path]:
-        """The state files a run on ``batch`` images writes to resume from (none for a method without them)."""
-        return []
 
 
 def quality(x: Tensor, problem: InverseProblem) -> dict[str, float]:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from invprior.core.interfaces import Method
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem, ensure_noise_level
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
-from invprior.linalg import conjugate_gradient
-from invprior.methods.base import Method, quality
+from invprior.linalg import CGInfo, conjugate_gradient
+from invprior.methods.base import quality
 from invprior.methods.cross_validation import FOLDS
 from invprior.methods.weight_choice import check_rule_inputs, check_weight, choose_weight
 from invprior.regularizers.tv import divergence, gradient
@@ -26,13 +28,23 @@ def _require_linear(operator: ForwardOperator, method: str) -> None:
         raise ConfigError(f"{method} needs a linear operator; {operator.name} is nonlinear")
 
 
-def _per_image(weight: Tensor, like: Tensor) -> Tensor:
-    return weight.view(-1, *([1] * (like.ndim - 1)))
+def _per_image(weight: Tensor, ndim: int) -> Tensor:
+    """One weight per image, shaped to broadcast over a batch of ``ndim`` dimensions."""
+    return weight.view(-1, *([1] * (ndim - 1)))
 
 
 def smoothness_gram(x: Tensor) -> Tensor:
     """``L^T L x`` for the finite-difference gradient ``L``: ``-div(grad x)``."""
     return -divergence(gradient(x))
+
+
+def normal_solve(problem: InverseProblem, alpha: Tensor | float, gram: Callable[[Tensor], Tensor],
+                 warm: Tensor | None, iterations: int, rtol: float) -> tuple[Tensor, CGInfo]:
+    """``(A^T A + alpha G) x = A^T y`` by CG from ``warm`` (``G = gram``, e.g. ``L^T L``; ``alpha`` a number or one
+    per image, shaped to broadcast over ``x``): the minimiser of ``||A x - y||^2 + alpha x^T G x``."""
+    op = problem.operator
+    return conjugate_gradient(lambda v: op.adjoint(op(v)) + alpha * gram(v), op.adjoint(problem.y), warm,
+                              iterations, rtol)
 
 
 #: The start of every TV solve that is not warm-started: the smooth fill with this ``alpha / ||A||^2``.
@@ -43,10 +55,7 @@ def smooth_fill(problem: InverseProblem, norm_a: float, iterations: int = 200) -
     """``argmin ||A x - y||^2 + alpha ||grad x||^2`` with ``alpha = FILL_WEIGHT ||A||^2``, by CG to ``rtol = 1e-4``:
     unknowns the data do not reach (missing pixels, held-out ones in a cross-validation fold) take a smooth
     interpolation of their neighbours instead of zero. Only ``problem.y`` enters it."""
-    op = problem.operator
-    alpha = FILL_WEIGHT * norm_a ** 2
-    x, _ = conjugate_gradient(lambda v: op.adjoint(op(v)) + alpha * smoothness_gram(v), op.adjoint(problem.y),
-                              None, iterations, 1e-4)
+    x, _ = normal_solve(problem, FILL_WEIGHT * norm_a ** 2, smoothness_gram, None, iterations, 1e-4)
     return x
 
 
@@ -126,23 +135,21 @@ class Tikhonov(_Regularised):
         gram_penalty = smoothness_gram if self.penalty == "gradient" else (lambda v: v)
 
         def solve(part: InverseProblem, alpha: Tensor, warm: Tensor | None) -> Tensor:
-            rhs = part.operator.adjoint(part.y)
-            a = _per_image(alpha, rhs)
-            x, info = conjugate_gradient(lambda v: part.operator.adjoint(part.operator(v)) + a * gram_penalty(v), rhs,
-                                         warm, self.max_iterations, self.rtol)
+            x, info = normal_solve(part, _per_image(alpha, 1 + len(op.domain_shape)), gram_penalty, warm,
+                                   self.max_iterations, self.rtol)
             if not bool(info.converged.all()):
                 not_converged.append(alpha.tolist())
             return x
 
         with torch.no_grad():
             if self.rule == "fixed":
-                weights, table = self._fixed_weight(problem), []
+                weights, table = self._fixed_weight(problem), list[dict]()
                 x = solve(problem, weights.to(problem.y), None)
             else:
                 check_rule_inputs(problem, self.rule)
                 y = problem.y
                 scale = torch.full((problem.batch_size,), op.norm(dtype=y.dtype, device=y.device) ** 2)
-                x, weights, table = choose_weight(solve, problem, scale, np.logspace(-6, 1, self.grid_size),
+                x, weights, table = choose_weight(solve, problem, scale, np.logspace(-6, 1, self.grid_size).tolist(),
                                                   self.rule, self.tau)
         reason = "solved to rtol" if not not_converged else f"CG did not reach rtol for alpha in {not_converged}"
         return Reconstruction(x, self.name, params={"weight": weights.tolist(), "rule": self.rule,
@@ -158,11 +165,11 @@ class TVLeastSquares(_Regularised):
     The operator is split as ``K = (A, c grad)`` with ``c = ||A|| / sqrt(8)`` so both blocks have
     the same scale; step sizes ``tau = sigma = 0.99 / (sqrt(2) ||A||)``. A solve that is not warm-started starts
     from ``smooth_fill`` (projected onto the constraints), so pixels only the penalty reaches (missing pixels,
-    held-out ones in cross-validation) do not have to travel from zero at a speed set by the weight. ``weight`` is ``lambda``:
-    a number, or ``"cv"`` (held-out cross-validation: the weight that predicts left-out measurements best,
-    close to the oracle and the recommended rule), ``"discrepancy"`` or ``"oracle"`` over the per-image grid
-    ``||A|| s [1e-2, 30]`` of ``grid_size`` points (default 17 for ``"cv"``, 9 otherwise), ``s`` the image's
-    noise std (estimated when not given; ``1e-3`` rms(y) when the data are noise-free).
+    held-out ones in cross-validation) do not have to travel from zero at a speed set by the weight.
+    ``weight`` is ``lambda``: a number, or ``"cv"`` (held-out cross-validation: the weight that predicts left-out
+    measurements best, close to the oracle and the recommended rule), ``"discrepancy"`` or ``"oracle"`` over the
+    per-image grid ``||A|| s [1e-2, 30]`` of ``grid_size`` points (default 17 for ``"cv"``, 9 otherwise), ``s`` the
+    image's noise std (estimated when not given; ``1e-3`` rms(y) when the data are noise-free).
     """
 
     name = "tv"
@@ -196,7 +203,7 @@ class TVLeastSquares(_Regularised):
         step = 0.99 / (2 ** 0.5 * norm_a)
         x = self._feasible(smooth_fill(problem, norm_a), problem) if x0 is None else x0
         x_bar, q, p = x.clone(), torch.zeros_like(y), torch.zeros_like(gradient(x))
-        bound = _per_image(weight.to(y) / c, p)
+        bound = _per_image(weight.to(y) / c, p.ndim)
         for k in range(1, self.iterations + 1):
             q = (q + step * (op(x_bar) - y)) / (1 + step)
             p = self._project_dual(p + step * c * gradient(x_bar), bound)
@@ -227,13 +234,13 @@ class TVLeastSquares(_Regularised):
         with torch.no_grad(), tqdm(total=self.iterations * runs, desc="TV (PDHG)", disable=not progress,
                                    leave=False) as bar:
             if self.rule == "fixed":
-                weights, table = self._fixed_weight(problem), []
+                weights, table = self._fixed_weight(problem), list[dict]()
                 x = self._pdhg(problem, weights, norm_a, None, record, bar)
             else:
                 check_rule_inputs(problem, self.rule)
                 x, weights, table = choose_weight(
                     lambda part, w, warm: self._pdhg(part, w, norm_a, warm, None, bar), problem,
-                    self._grid_scale(problem, norm_a), np.logspace(-2, np.log10(30.0), self.grid_size),
+                    self._grid_scale(problem, norm_a), np.logspace(-2, np.log10(30.0), self.grid_size).tolist(),
                     self.rule, self.tau)
         record.image = x
         record.params = {"weight": weights.tolist(), "rule": self.rule}

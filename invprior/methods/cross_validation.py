@@ -16,6 +16,7 @@ from torch import Tensor
 
 from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
+from invprior.errors import ConfigError, NonlinearOperatorError, ShapeError
 from invprior.validation import positive_int
 
 __all__ = ["MaskedOperator", "fold_labels", "training_problem", "held_out_errors", "FOLDS"]
@@ -32,9 +33,9 @@ class MaskedOperator(ForwardOperator):
 
     def __init__(self, operator: ForwardOperator, mask: Tensor) -> None:
         if not operator.is_linear:
-            raise TypeError(f"MaskedOperator needs a linear operator, got the nonlinear {operator.name}")
+            raise NonlinearOperatorError(f"MaskedOperator needs a linear operator, got the nonlinear {operator.name}")
         if tuple(mask.shape) != operator.range_shape:
-            raise ValueError(f"MaskedOperator: mask shape {tuple(mask.shape)} is not the range shape "
+            raise ShapeError(f"{type(self).__name__}: mask shape {tuple(mask.shape)} is not the range shape "
                              f"{operator.range_shape} of {operator.name}")
         super().__init__(operator.domain_shape, operator.range_shape)
         self.operator, self.mask = operator, mask
@@ -57,7 +58,7 @@ def fold_labels(shape: Sequence[int], folds: int, seed: int = 0) -> Tensor:
     for s in shape:
         count *= int(s)
     if folds < 2 or folds > count:
-        raise ValueError(f"cross-validation needs 2 <= folds <= {count} (the measurement entries), got {folds}")
+        raise ConfigError(f"cross-validation needs 2 <= folds <= {count} (the measurement entries), got {folds}")
     order = torch.randperm(count, generator=torch.Generator(device="cpu").manual_seed(int(seed)))
     labels = torch.empty(count, dtype=torch.long)
     labels[order] = torch.arange(count) % folds

@@ -10,10 +10,11 @@ up to that scale.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
-from collections import deque
 import math
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from invprior import registry
-from invprior.core.interfaces import Generator, IterationState, Regularizer, StoppingRule
+from invprior.core.interfaces import Generator, IterationState, Method, Regularizer, StoppingRule
 from invprior.core.problem import InverseProblem, ensure_noise_level
+from invprior.core.reconstruction import FittedNetwork, Reconstruction
 from invprior.core.scaling import data_scale
-from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
-from invprior.io import atomic_write
-from invprior.methods.base import Method, seeded_global_rng
 from invprior.generators.output_map import OutputMap
+from invprior.io import atomic_write
+from invprior.methods.base import seeded_global_rng
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
 from invprior.regularizers.tv import IsotropicTV
 from invprior.regularizers.zero import NoRegularizer
 from invprior.stopping.rules import FixedBudget
-from invprior.validation import choice, positive_int, real
+from invprior.validation import choice, nonnegative_int, positive_int, real
 
 
 def _configuration(component: object) -> list:
@@ -44,21 +45,16 @@ def _configuration(component: object) -> list:
                   if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None))))
 
 
-def _component(kind: str, value: Any, params: dict | None, interface: type, defaults: dict) -> Any:
-    """A registered component by name (constructed with ``params``), or an instance passed through."""
+def _component(kind: str, value: Any, params: dict | None, interface: type, defaults: dict | None = None) -> Any:
+    """A registered component by name (built with ``params`` and, where it takes them, ``defaults``), or an
+    instance passed through."""
     if isinstance(value, interface):
         if params:
             raise ConfigError(f"dip: {kind} parameters were given for an already built {type(value).__name__}")
         return value
     if not isinstance(value, str):
         raise ConfigError(f"dip: {kind} must be a registry name or a {interface.__name__}, got {value!r}")
-    from invprior.config import ComponentSpec
-    from invprior.experiment import build
-
-    built = build(kind, ComponentSpec(value, dict(params or {})), f"method.params.{kind}", **defaults)
-    if not isinstance(built, interface):
-        raise ConfigError(f"dip: {kind} '{value}' is not a {interface.__name__}")
-    return built
+    return registry.build(kind, value, params, defaults=defaults, where=f"method.params.{kind}")
 
 
 class DIP(Method):
@@ -67,9 +63,9 @@ class DIP(Method):
     ``generator``, ``regularizer`` and ``stopping`` are registry names (with ``*_params``) or
     built objects. ``weight`` multiplies the regularizer: a number, or ``"auto"`` (the weight that
     held-out cross-validation picks for TV least squares, see ``_reference``). ``optimizer`` is ``"adam"`` (the
-    default) or ``"gd"`` (plain gradient descent, as in the theory of DIP), with step ``lr``; ``input_noise`` adds ``N(0, input_noise^2)``
-    to the input at every iteration; ``grad_clip`` clips the gradient norm. The fit ends when the
-    rule says so or after ``max_iterations``. Each image of a batch gets its own network.
+    default) or ``"gd"`` (plain gradient descent, as in the theory of DIP), with step ``lr``; ``input_noise`` adds
+    ``N(0, input_noise^2)`` to the input at every iteration; ``grad_clip`` clips the gradient norm. The fit ends when
+    the rule says so or after ``max_iterations``. Each image of a batch gets its own network.
 
     With ``init="tv"`` (the default) the network first learns to output the TV image of the same
     cross-validated weight (``init_iterations`` Adam steps on ``mean((G(z) - x_TV)^2)``, the data unused),
@@ -90,8 +86,8 @@ class DIP(Method):
     With ``normalise`` (the default) the fit runs on ``y / s`` with ``s`` the data scale and the
     result is multiplied by ``s``: ``lr``, ``weight`` (when a number) and the generator's input
     scale act on normalised images of order one, whatever the data's units; the trace's
-    residuals and losses are in those normalised units. The fitted generator
-    (``extras["generator"]``, an ``OutputMap``) gives the image in the data's units. The
+    residuals and losses are in those normalised units. The fitted networks
+    (``Reconstruction.networks``, their generator an ``OutputMap``) give the image in the data's units. The
     problem's ``constraints`` (bounds, support) are enforced through the generator's output.
 
     With ``restarts > 0`` a fit that leaves the data unexplained (its kept iterate's misfit
@@ -137,24 +133,20 @@ class DIP(Method):
         elif not isinstance(generator, Generator):
             raise ConfigError(f"dip: generator must be a registry name or a Generator, got {generator!r}")
         self.generator, self.generator_params = generator, dict(generator_params or {})
-        self.regularizer = _component("regularizers", regularizer, None, Regularizer, {})
-        self.stopping = _component("stopping", stopping, stopping_params, StoppingRule, {})
+        self.regularizer = _component("regularizers", regularizer, None, Regularizer)
+        self.stopping = _component("stopping", stopping, stopping_params, StoppingRule)
         self.weight = weight
         self.seed = int(seed)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.resume = bool(resume)
         self.normalise = bool(normalise)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-            raise ConfigError(f"dip: restarts must be an int >= 0, got {restarts!r}")
-        self.restarts = restarts
+        self.restarts = nonnegative_int(restarts, "dip: restarts")
         self.restart_misfit = real(restart_misfit, "dip: restart_misfit", minimum=0.0, strict=True)
         init = "none" if init is None else init
         choice(init, self.INITS, "dip: init")
         self.init = init
         self.init_iterations = positive_int(init_iterations, "dip: init_iterations")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"dip: warmup must be an int >= 0 (0: no warm-up), got {warmup!r}")
-        self.warmup = warmup
+        self.warmup = nonnegative_int(warmup, "dip: warmup (0: no warm-up)")
         self.average = real(average, "dip: average", minimum=0.0)
         if self.average >= 1:
             raise ConfigError(f"dip: average must be in [0, 1) (0 keeps the raw weights), got {average!r}")
@@ -197,7 +189,8 @@ class DIP(Method):
     def _checkpoint_path(self, index: int, batch: int) -> Path | None:
         if self.checkpoint is None:
             return None
-        return self.checkpoint if batch == 1 else self.checkpoint.with_name(f"{self.checkpoint.stem}-{index}{self.checkpoint.suffix}")
+        path = self.checkpoint
+        return path if batch == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
 
     def _fingerprint(self, problem: InverseProblem) -> str:
         """Identifies the run a checkpoint belongs to: settings (except ``max_iterations``, which may be
@@ -239,19 +232,19 @@ class DIP(Method):
             image=torch.cat([f.image for f in fits]), method=self.name, params={**self.params, "weight": weights},
             trace=first.trace,
             iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
-            generator_state=first.generator_state, generator_input=torch.cat([f.generator_input for f in fits]),
+            networks=[network for f in fits for network in f.networks], fitted_by=self,
             extras={"best_iteration": [f.extras["best_iteration"] for f in fits],
-                    "restarts": [f.extras["restarts"] for f in fits], "generator": first.extras["generator"],
-                    "method": self, "data_scale": scales.tolist(),
-                    "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace,
-                                   "generator_state": f.generator_state} for f in fits] if len(fits) > 1 else None})
+                    "restarts": [f.extras["restarts"] for f in fits], "data_scale": scales.tolist(),
+                    "per_image": [{"iterations": f.iterations, "stop_reason": f.stop_reason, "trace": f.trace}
+                                  for f in fits] if len(fits) > 1 else None})
 
     def _restarted_fit(self, problem: InverseProblem, weight: float, start: Tensor | None, checkpoint: Path | None,
                        progress: bool, scale: float) -> Reconstruction:
         """Fit one image of the problem normalised by ``scale``, refitting from the next seeds while the kept
         iterate leaves the data unexplained (see ``restarts``); the attempt with the smallest misfit
         ``||A x - y||``, reported in the data's units."""
-        limit = None if problem.noise_norm is None else self.restart_misfit * float(problem.noise_norm[0]) * scale
+        delta = problem.noise_norm  # None, or one value per image after InverseProblem's checks
+        limit = self.restart_misfit * float(delta[0]) * scale if isinstance(delta, Tensor) else None
         attempts: list[Reconstruction] = []
         for attempt in range(self.restarts + 1):
             method = self if attempt == 0 else self.reseeded(self.seed + attempt)
@@ -279,7 +272,8 @@ class DIP(Method):
         """A fit of the normalised problem, answered in the data's units: the image times ``scale`` and the
         generator's output map with that scale and the original constraints (the same images)."""
         record.image = record.image * scale
-        record.extras["generator"] = record.extras["generator"].rescaled(scale, constraints)
+        record.networks = [dataclasses.replace(network, generator=_output_map(network).rescaled(scale, constraints))
+                           for network in record.networks]
         return record
 
     def _needs_tv(self, problem: InverseProblem) -> bool:
@@ -344,16 +338,17 @@ class DIP(Method):
                 self._fit_to(generator, z, start)
             optimizer = self.OPTIMIZERS[self.optimizer](generator.parameters(), lr=self.lr)
             noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
-            record = Reconstruction(y.new_zeros(0), self.name, params=self.params, generator_input=z)
+            record = Reconstruction(y.new_zeros(0), self.name, params=self.params)
             best_state: dict[str, Tensor] | None = None
             average = _clone(generator.state_dict()) if self.average > 0 else None
             first = 1
             fingerprint = self._fingerprint(problem)
             if resuming:
+                assert checkpoint is not None  # resuming needs one
                 payload = self._load(checkpoint, fingerprint, y.device)
                 result = payload.get("result")
                 if result is not None and (result["stopped"] or payload["iteration"] >= self.max_iterations):
-                    return self._finished(record, payload, generator)
+                    return self._finished(record, payload, generator, z)
                 first, best_state, average = self._restore(payload, generator, optimizer, rule, noise_rng, record,
                                                            y.device)
             warmup = self.warmup if start is not None else 0
@@ -365,8 +360,12 @@ class DIP(Method):
                  average: dict | None, first: int, checkpoint: Path | None, fingerprint: str,
                  progress: bool, warmup: int) -> Reconstruction:
         op, y = problem.operator, problem.y
+        noise_norm = problem.noise_norm if isinstance(problem.noise_norm, Tensor) else None
         watch = getattr(rule, "monitor", None)
-        snapshot = lambda: _clone(generator.state_dict()) if average is None else _clone(average)
+
+        def snapshot() -> dict[str, Tensor]:
+            return _clone(generator.state_dict()) if average is None else _clone(average)
+
         last_good: Tensor | None = None
         final_state: dict[str, Tensor] | None = None
         iteration, stop = first - 1, False
@@ -394,7 +393,7 @@ class DIP(Method):
                 if watch in ("psnr", "ssim") and problem.x_true is not None:
                     extras[watch] = float((psnr if watch == "psnr" else ssim)(image, problem.x_true))
                 state = IterationState(iteration, image, float(loss.detach()), residual.detach().flatten(1).norm(dim=1),
-                                       problem.noise_norm, extras)
+                                       noise_norm, extras)
                 stop = rule.update(state)
                 if rule.best_iteration == iteration:
                     best_state = snapshot()  # the weights that produced the kept image (before this step)
@@ -417,19 +416,21 @@ class DIP(Method):
             record.stop_reason = rule.reason
         else:
             if rule.best is None:  # the rule kept nothing yet (e.g. ES-WMV before its window filled)
+                assert last_good is not None  # at least one finite iteration ran
                 rule._keep(IterationState(iteration, last_good, math.nan, torch.zeros(1)))
                 best_state = final_state
             fired = "" if isinstance(rule, FixedBudget) and rule.iterations is None else \
                 " before the stopping rule fired"
-            record.stop_reason = f"max_iterations = {self.max_iterations} reached{fired}; kept iteration {rule.best_iteration}"
+            record.stop_reason = (f"max_iterations = {self.max_iterations} reached{fired}; "
+                                  f"kept iteration {rule.best_iteration}")
+        assert rule.best is not None  # kept above when the rule had not
         record.image, record.iterations = rule.best, iteration
         if average is not None and best_state is not None:
             with torch.no_grad():
                 record.image = torch.func.functional_call(generator, best_state, (z,)).detach()
             record.stop_reason += f" (weights averaged, decay {self.average:g})"
-        record.generator_state = best_state
+        record.networks = [] if best_state is None else [FittedNetwork(generator, best_state, z)]
         record.extras["best_iteration"] = rule.best_iteration
-        record.extras["generator"] = generator  # the network (load generator_state for the kept weights)
         if checkpoint is not None:
             result = {"stopped": stop, "image": record.image, "iterations": iteration,
                       "stop_reason": record.stop_reason, "best_iteration": rule.best_iteration}
@@ -444,7 +445,8 @@ class DIP(Method):
         values = {"iteration": state.iteration, "loss": state.loss, "residual": float(state.residual_norm[0])}
         if problem.x_true is not None:
             values["psnr"] = float(psnr(state.image, problem.x_true)[0])
-            values["ssim"] = float(ssim(state.image, problem.x_true)[0]) if min(state.image.shape[-2:]) >= 11 else math.nan
+            small = min(state.image.shape[-2:]) < 11  # SSIM's 11x11 window
+            values["ssim"] = math.nan if small else float(ssim(state.image, problem.x_true)[0])
             if average is not None:
                 with torch.no_grad():
                     averaged = torch.func.functional_call(generator, average, (z,))
@@ -454,7 +456,8 @@ class DIP(Method):
 
     def _diverged(self, record: Reconstruction, rule: StoppingRule, last_good: Tensor | None, iteration: int) -> None:
         kept = rule.best if rule.best is not None else last_good
-        record.image = kept
+        if kept is not None:  # else the loss was non-finite from the first iteration: the image stays empty
+            record.image = kept
         record.iterations = iteration - 1
         record.stop_reason = f"the loss became non-finite at iteration {iteration}"
         where = f"iteration {rule.best_iteration}" if rule.best is not None else f"iteration {iteration - 1}"
@@ -497,15 +500,22 @@ class DIP(Method):
         record.trace = payload["trace"]
         return payload["iteration"] + 1, payload["best_state"], payload.get("average")
 
-    def _finished(self, record: Reconstruction, payload: dict, generator: Generator) -> Reconstruction:
+    def _finished(self, record: Reconstruction, payload: dict, generator: Generator, z: Tensor) -> Reconstruction:
         """The stored result of a fit that had already ended."""
         generator.load_state_dict(payload["generator"])
-        record.extras["generator"] = generator
         result = payload["result"]
-        record.image, record.iterations, record.stop_reason = result["image"], result["iterations"], result["stop_reason"]
-        record.trace, record.generator_state = payload["trace"], payload["best_state"]
+        record.image, record.iterations = result["image"], result["iterations"]
+        record.stop_reason = result["stop_reason"]
+        record.trace = payload["trace"]
+        record.networks = [FittedNetwork(generator, payload["best_state"], z)]
         record.extras["best_iteration"] = result["best_iteration"]
         return record
+
+
+def _output_map(network: FittedNetwork) -> OutputMap:
+    """The output map DIP wraps every generator in."""
+    assert isinstance(network.generator, OutputMap)
+    return network.generator
 
 
 def _clone(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -89,6 +89,7 @@ class EDIP(DIP):
 
     def _pretrain(self, problem: InverseProblem, progress: bool) -> Pretrained:
         settings = self.pretrain_settings
+        assert settings is not None  # without 'pretrain' settings, __init__ demands 'pretrained' and prepare loads it
         noise = problem.metadata.get("noise", {})
         # a measured or estimated level (per image, in the data's units) is used relative to the data, so that the
         # phantoms' units do not matter; a simulated problem records the noise model it was made with

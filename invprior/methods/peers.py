@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from invprior._optional import require
+from invprior.core.interfaces import Method
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
-from invprior.methods.base import Method, seeded_global_rng
+from invprior.methods.base import seeded_global_rng
 from invprior.operators.adapters.deepinv import to_deepinv
 from invprior.validation import positive_int, real
 

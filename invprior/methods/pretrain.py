@@ -166,6 +166,7 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     model = Pretrained(network, generator, params, metadata, history)
     if out is not None:
         model.save(out)
+        assert checkpoint is not None  # set whenever out is
         checkpoint.unlink(missing_ok=True)
     return model
 

@@ -69,9 +69,9 @@ def problem_noise_level(problem: InverseProblem) -> tuple[float, float] | None:
     """``(s, s / mean|A x|)`` for the first image: the noise std and the relative level. From the noise
     model the problem was simulated with when it says, else from ``noise_std`` (or ``noise_norm / sqrt(m)``)
     over ``mean|y|``; ``None`` when the problem carries no noise level."""
-    if problem.noise_std is not None:
+    if isinstance(problem.noise_std, Tensor):  # None, or a per-image tensor after __post_init__
         std = float(problem.noise_std[0])
-    elif problem.noise_norm is not None:
+    elif isinstance(problem.noise_norm, Tensor):
         std = float(problem.noise_norm[0]) / problem.y[0].numel() ** 0.5
     else:
         return None

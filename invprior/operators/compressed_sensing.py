@@ -10,8 +10,8 @@ from torch import Tensor
 from invprior.core.operator import ForwardOperator
 from invprior.errors import ConfigError
 from invprior.operators._image import image_shape
-from invprior.validation import fraction
 from invprior.operators.dct import dct2, idct2
+from invprior.validation import fraction
 
 
 def _num_measurements(n: int, m: int | None, ratio: float | None) -> int:

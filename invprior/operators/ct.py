@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from torch import Tensor
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, linear_apply
 from invprior.errors import ConfigError
-from invprior.validation import choice, number_pair, positive_int, real
 from invprior.operators.adapters.odl import OdlOperator
+from invprior.validation import choice, number_pair, positive_int, real
 
 __all__ = ["CT_BACKENDS", "FBP_FILTERS", "CTGeometry", "CTOperator", "ParallelBeamCT", "FanBeamCT"]
 
@@ -84,7 +84,7 @@ class CTGeometry:
     detector_half_width: float | None = None
     src_radius: float | None = None
     det_radius: float | None = None
-    angle_list: tuple[float, ...] | None = None
+    angle_list: Sequence[float] | None = None
     detector_offset: float = 0.0
     extent: float = 1.0
 
@@ -151,9 +151,11 @@ class CTGeometry:
         ``r = r_s + r_d``.
         """
         size = positive_int(size, "size")
+        assert self.detector_half_width is not None  # set in __post_init__
         h = float(self.detector_half_width) / self.extent
         if self.beam == "parallel":
             return 2 * math.ceil(h * size / 2) + 1
+        assert self.src_radius is not None and self.det_radius is not None  # set for fan beams in __post_init__
         r = (float(self.src_radius) + float(self.det_radius)) / self.extent
         return 2 * math.ceil(h * size * r / (2 * math.hypot(r, h))) + 1
 
@@ -167,6 +169,7 @@ class CTGeometry:
         """The projection angles in radians."""
         if self.angle_list is not None:
             return np.asarray(self.angle_list)
+        assert self.angle_range is not None  # set in __post_init__ when there is no angle_list
         start, stop = self.angle_range
         return start + (np.arange(self.num_angles) + 0.5) * (stop - start) / self.num_angles
 
@@ -174,6 +177,7 @@ class CTGeometry:
         """The centres of the detector cells, in the units of ``extent`` (needs ``num_detectors``)."""
         if self.num_detectors is None:
             raise ConfigError("detector_positions needs num_detectors; call resolve(size) first")
+        assert self.detector_half_width is not None  # set in __post_init__
         h, n = self.detector_half_width, self.num_detectors
         return self.detector_offset - h + (np.arange(n) + 0.5) * 2 * h / n
 
@@ -184,7 +188,9 @@ def _odl_geometry(geometry: CTGeometry) -> Any:
     if geometry.angle_list is not None:
         angles = odl.nonuniform_partition(np.asarray(geometry.angle_list))
     else:
+        assert geometry.angle_range is not None  # set in __post_init__ when there is no angle_list
         angles = odl.uniform_partition(*geometry.angle_range, geometry.num_angles)
+    assert geometry.detector_half_width is not None  # set in __post_init__
     h, o = geometry.detector_half_width, geometry.detector_offset
     detector = odl.uniform_partition(o - h, o + h, geometry.num_detectors)
     if geometry.beam == "parallel":
@@ -272,6 +278,7 @@ class CTOperator(ForwardOperator):
         self.backend = backend
         self.filter_type = filter_type
         self.frequency_scaling = frequency_scaling
+        assert self.geometry.num_detectors is not None  # fixed by resolve(size)
         super().__init__((1, size, size), (1, self.geometry.num_angles, self.geometry.num_detectors))
         e = self.geometry.extent
         self.space = odl.uniform_discr([-e, -e], [e, e], (size, size), dtype="float32")
@@ -288,7 +295,7 @@ class CTOperator(ForwardOperator):
     @classmethod
     def from_geometry(cls, geometry: CTGeometry, size: int = 64, backend: str = "sparse",
                       filter_type: str | Callable[[np.ndarray], np.ndarray] = "Hann",
-                      frequency_scaling: float = 0.9) -> CTOperator:
+                      frequency_scaling: float = 0.9) -> Self:
         """An operator of this class for ``geometry`` (whose beam must match the class)."""
         op = cls.__new__(cls)
         CTOperator.__init__(op, geometry, size, backend, filter_type, frequency_scaling)

@@ -33,6 +33,7 @@ class Disc:
         (``d``: the ray's distance to the centre), shape ``(angles, detectors)``; rays from ODL's geometry."""
         geometry, rays = operator.geometry, operator.odl_geometry
         centre = np.asarray(self.centre)
+        assert geometry.num_detectors is not None  # an operator's geometry is resolved for its grid
         out = np.zeros((geometry.num_angles, geometry.num_detectors))
         for i, angle in enumerate(geometry.angles()):
             for j, u in enumerate(geometry.detector_positions()):

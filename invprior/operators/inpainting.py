@@ -53,13 +53,14 @@ class Inpainting(ForwardOperator):
         hw = shape[1:]
         chosen = [k for k, v in (("missing_fraction", missing_fraction), ("box", box), ("mask", mask)) if v is not None]
         if len(chosen) > 1:
-            raise ConfigError(f"Inpainting: give only one of missing_fraction, box, mask (got {', '.join(chosen)})")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"give only one of missing_fraction, box, mask (got {', '.join(chosen)})")
         if mask is not None:
             mask = torch.as_tensor(mask)
             if tuple(mask.shape) != hw:
-                raise ConfigError(f"Inpainting: mask has shape {tuple(mask.shape)}, expected {hw}")
+                raise ConfigError(f"{type(self).__name__}: mask has shape {tuple(mask.shape)}, expected {hw}")
             if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-                raise ConfigError("Inpainting: mask must be boolean or contain only 0 and 1")
+                raise ConfigError(f"{type(self).__name__}: mask must be boolean or contain only 0 and 1")
             mask = mask.to(torch.bool).cpu()
         elif box is not None:
             mask = box_mask(hw, box)
@@ -67,13 +68,14 @@ class Inpainting(ForwardOperator):
             missing = 0.5 if missing_fraction is None else missing_fraction
             mask = random_mask(hw, fraction(missing, "missing_fraction", allow_zero=True), seed)
         if not mask.any():
-            raise ConfigError("Inpainting: the mask observes no pixel")
+            raise ConfigError(f"{type(self).__name__}: the mask observes no pixel")
         self.mask = mask
         self.index = mask.flatten().nonzero().squeeze(1)
         super().__init__(shape, (channels, int(self.index.numel())))
 
     def layout(self) -> dict[str, Tensor]:
-        """``observed``: the ``(H, W)`` mask; ``y[b, c]`` lists the observed pixels of ``x[b, c]`` in row-major order."""
+        """``observed``: the ``(H, W)`` mask; ``y[b, c]`` lists the observed pixels of ``x[b, c]`` in row-major
+        order."""
         return {"observed": self.mask}
 
     def forward(self, x: Tensor) -> Tensor:

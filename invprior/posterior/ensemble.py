@@ -1,6 +1,7 @@
 """Deep ensemble of DIP runs: the predictive from independently initialised fits of the same problem.
 
-``x_k = DIP_{seed + k * seed_offset}(y)``, ``k = 0..K-1`` (``x_0`` the given reconstruction); mean and pixel-wise std are the member moments.
+``x_k = DIP_{seed + k * seed_offset}(y)``, ``k = 0..K-1`` (``x_0`` the given reconstruction); mean and pixel-wise
+std are the member moments.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ class DeepEnsemble(SamplePredictive):
     ``members - 1`` new fits).
     """
 
-    _owner, _drawn, _more = "DeepEnsemble", "members were fitted", "members"
+    _drawn, _more = "members were fitted", "members"
 
     def __init__(self, members: int = 5, seed_offset: int = 1000, progress: bool = True) -> None:
         self.members = positive_int(members, "DeepEnsemble: members")
         if self.members < 2:
-            raise ConfigError(f"DeepEnsemble: members must be >= 2 (one member has no spread), got {members!r}")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"members must be >= 2 (one member has no spread), got {members!r}")
         self.seed_offset = positive_int(seed_offset, "DeepEnsemble: seed_offset")
         self.progress = bool(progress)
         self.wall_time = 0.0
@@ -53,10 +55,10 @@ class DeepEnsemble(SamplePredictive):
     def fit_members(self, reconstruction: Reconstruction, problem: InverseProblem,
                     owner: str = "DeepEnsemble") -> list[Reconstruction]:
         """``reconstruction`` and the ``members - 1`` new DIP fits (in ``owner``'s name in errors)."""
-        method = reconstruction.extras.get("method")
+        method = reconstruction.fitted_by
         if not isinstance(method, DIP):
-            raise ConfigError(f"{owner}: the ensemble needs a DIP reconstruction (one whose extras['method'] "
-                              f"is the DIP that fitted it), got one from method {reconstruction.method!r}")
+            raise ConfigError(f"{owner}: the ensemble needs a DIP reconstruction (one whose fitted_by is the DIP "
+                              f"that fitted it), got one from method {reconstruction.method!r}")
         fits = [reconstruction]
         with tqdm(total=self.members, initial=1, desc=owner, disable=not self.progress, leave=False) as bar:
             for k in range(1, self.members):

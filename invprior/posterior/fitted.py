@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 from torch import Tensor
 
 from invprior.core.interfaces import Generator
@@ -12,10 +10,9 @@ from invprior.errors import ConfigError
 
 
 def kept_network(reconstruction: Reconstruction, owner: str) -> tuple[Generator, Tensor]:
-    """A copy of the reconstruction's generator with the kept weights loaded, and its input ``z``."""
-    generator = reconstruction.extras.get("generator")
-    if generator is None or reconstruction.generator_state is None or reconstruction.generator_input is None:
-        raise ConfigError(f"{owner}: the reconstruction carries no generator; fit a DIP first")
-    network = copy.deepcopy(generator)
-    network.load_state_dict(reconstruction.generator_state)
-    return network, reconstruction.generator_input
+    """A copy of the first image's fitted generator with its kept weights loaded, and its input ``z``."""
+    if not reconstruction.networks:
+        raise ConfigError(f"{owner}: the reconstruction ({reconstruction.method}) carries no fitted network; "
+                          "fit a DIP first")
+    fitted = reconstruction.networks[0]
+    return fitted.kept(), fitted.input

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from invprior.core.interfaces import PosteriorApproximation
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, NotFittedError
 
 #: Largest image whose dense covariance ``covariance`` forms from a low-rank factor (``n^2`` numbers).
 MAX_DENSE_PIXELS = 16384
@@ -19,7 +19,6 @@ class GaussianPredictive(PosteriorApproximation):
     ``_factor`` ``(n, r)`` (with ``_pixel_variance``, ``d``, ``(n,)``), all set by the subclass's ``fit``; ``_owner``
     names the class in errors."""
 
-    _owner: str = "GaussianPredictive"
     _mean: Tensor | None = None
     _covariance: Tensor | None = None
     _samples: Tensor | None = None
@@ -28,7 +27,7 @@ class GaussianPredictive(PosteriorApproximation):
 
     def _fitted(self) -> Tensor:
         if self._mean is None:
-            raise ConfigError(f"{self._owner}: call fit(reconstruction, problem) first")
+            raise NotFittedError(f"{self._owner}: call fit(reconstruction, problem) first")
         return self._mean
 
     @property
@@ -38,9 +37,10 @@ class GaussianPredictive(PosteriorApproximation):
         if self._factor is not None:
             n = self._factor.shape[0]
             if n > MAX_DENSE_PIXELS:
-                raise ConfigError(f"{self._owner}: a dense covariance of {n} pixels needs {n * n * 8 / 2 ** 30:.1f} GiB; "
+                raise ConfigError(f"{self._owner}: a dense covariance of {n} pixels needs "
+                                  f"{n * n * 8 / 2 ** 30:.1f} GiB; "
                                   f"formed up to {MAX_DENSE_PIXELS} pixels (use .std or sample(n))")
-            return self._factor @ self._factor.T + torch.diag(self._pixel_variance.to(self._factor))
+            return self._factor @ self._factor.T + torch.diag(self._low_rank_remainder())
         if self._covariance is None:
             raise ConfigError(f"{self._owner}: the scalable path forms no dense covariance; use .samples "
                               "(e.g. for patch log-likelihoods)")
@@ -61,6 +61,11 @@ class GaussianPredictive(PosteriorApproximation):
         if self._covariance is not None:
             return self._covariance.diagonal().clamp_min(0).sqrt().view_as(mean)
         if self._factor is not None:
-            variance = self._factor.pow(2).sum(dim=1) + self._pixel_variance.to(self._factor)
+            variance = self._factor.pow(2).sum(dim=1) + self._low_rank_remainder()
             return variance.clamp_min(0).sqrt().view_as(mean).to(mean)
-        return (self._samples - mean).pow(2).mean(dim=0).sqrt()
+        return (self.samples - mean).pow(2).mean(dim=0).sqrt()
+
+    def _low_rank_remainder(self) -> Tensor:
+        """``d`` of ``C = F F^T + diag(d)``, in ``F``'s dtype (set with ``_factor``)."""
+        assert self._factor is not None and self._pixel_variance is not None
+        return self._pixel_variance.to(self._factor)

@@ -36,8 +36,6 @@ class LaplaceMixture(GaussianPredictive):
     elsewhere, e.g. a fitted ``DeepEnsemble``'s ``fits``, and adds only the lin-DIPs.
     """
 
-    _owner = "LaplaceMixture"
-
     def __init__(self, members: int = 5, seed_offset: int = 1000, laplace: dict | None = None, seed: int = 0,
                  progress: bool = True) -> None:
         self._ensemble = DeepEnsemble(members, seed_offset, progress)
@@ -45,7 +43,7 @@ class LaplaceMixture(GaussianPredictive):
         self.laplace = dict(laplace or {})
         clash = {"seed", "progress"} & set(self.laplace)
         if clash:
-            raise ConfigError(f"LaplaceMixture: set {sorted(clash)} on the mixture, not in laplace")
+            raise ConfigError(f"{type(self).__name__}: set {sorted(clash)} on the mixture, not in laplace")
         self._component()  # bad lin-DIP settings fail here, before any fit
         self.components: list[LinearizedLaplace] = []
         self.wall_time = 0.0
@@ -67,7 +65,8 @@ class LaplaceMixture(GaussianPredictive):
     def fit_around(self, fits: list[Reconstruction], problem: InverseProblem) -> LaplaceMixture:
         """The mixture of lin-DIPs around ``fits``: ``members`` DIP reconstructions of ``problem`` (no new DIP fit)."""
         if len(fits) != self.members:
-            raise ConfigError(f"LaplaceMixture: fit_around needs {self.members} member fits (members), got {len(fits)}")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"fit_around needs {self.members} member fits (members), got {len(fits)}")
         start = time.perf_counter()
         self._mean = self._covariance = self._samples = None
         self.components = [self._component().fit(fit, problem)

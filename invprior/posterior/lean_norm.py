@@ -3,19 +3,25 @@
 With ``x_hat = (x - mean_g x) / sqrt(var_g x + eps)`` per group ``g``, GroupNorm's derivative is a
 projection: ``d y = gamma / sqrt(var_g + eps) * (dx - mean_g(dx) - x_hat mean_g(x_hat dx)) + x_hat d gamma + d beta``.
 It is symmetric in ``dx``, so the pullback is the same projection applied after ``gamma``.
-Written out like this a tangent costs two reductions and two fused multiply-adds; torch's generic
-forward-mode rule for ``group_norm`` took four times as long (39.8 against 9.4 ms for a batch of 8
-tangents of a 32 x 128 x 128 layer), and the norms of the demo's U-Net more than half of a ``J v``
-(``benchmarks/jacobian_products.py``). Outputs and pullbacks are torch's own.
+A tangent costs two reductions and two fused multiply-adds instead of torch's generic forward-mode rule;
+outputs are torch's own, and the pullback is torch's private ``aten.native_group_norm_backward``. Because a
+private op may change between torch releases, the first use (``lean_rule_active``, once per process) checks
+the pullback and the tangent rule against torch's generic rules on a tiny float64 problem; if they disagree
+or the op fails, one ``RuntimeWarning`` says so and GroupNorm layers keep torch's rules (same products,
+slower). Measured speed: ``benchmarks/jacobian_products.py``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_CHECK_TOLERANCE = 1e-10
 
 
 def _tangent(dx: Tensor, x_hat: Tensor, scale: Tensor, scaled_x_hat: Tensor, groups: int) -> Tensor:
@@ -80,17 +86,63 @@ class _GroupNorm(torch.autograd.Function):
         return dx, dweight, dbias, None, None
 
 
+def _check_lean_rule() -> str | None:
+    """Why ``_GroupNorm``'s pullback (through the private op) or tangent rule (``_tangent``) disagrees with torch's
+    generic rules for ``F.group_norm`` on a random float64 ``(2, 4, 3, 3)`` input with 2 groups; ``None`` if they
+    agree to ``_CHECK_TOLERANCE``. Uses its own random generator (the global one is untouched)."""
+    g = torch.Generator().manual_seed(0)
+    x, dx, cotangent = (torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    weight, bias, dweight, dbias = (torch.randn(4, generator=g, dtype=torch.float64) for _ in range(4))
+    rules = {"lean": lambda *p: _GroupNorm.apply(*p, 2, 1e-5)[0], "torch": lambda *p: F.group_norm(p[0], 2, *p[1:])}
+    try:  # torch's own warnings on the way (e.g. deprecations in lazily imported modules) are not the check's concern
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pulled, pushed = {}, {}
+            for name, rule in rules.items():
+                leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+                pulled[name] = torch.autograd.grad((rule(*leaves) * cotangent).sum(), leaves)
+                pushed[name] = torch.func.jvp(rule, (x, weight, bias), (dx, dweight, dbias))
+    except Exception as error:  # a missing or changed private op: AttributeError, RuntimeError, TypeError, ...
+        return f"raised {type(error).__name__}: {error}"
+    close = functools.partial(torch.allclose, rtol=_CHECK_TOLERANCE, atol=_CHECK_TOLERANCE)
+    if not all(close(a, b) for a, b in zip(pulled["lean"], pulled["torch"])):
+        return "gives pullbacks that differ from torch's autograd of F.group_norm"
+    if not all(close(a, b) for a, b in zip(pushed["lean"], pushed["torch"])):
+        return "gives tangents that differ from torch.func.jvp of F.group_norm"
+    return None
+
+
+@functools.cache
+def lean_rule_active() -> bool:
+    """Whether ``LeanGroupNorm`` uses its own rules: ``_check_lean_rule`` run once per process (a few ms) and cached;
+    on failure one ``RuntimeWarning`` and ``False``. ``lean_rule_active.cache_clear()`` forces a new check."""
+    problem = _check_lean_rule()
+    if problem is not None:
+        warnings.warn(f"torch {torch.__version__}: the lean GroupNorm rule (torch.ops.aten.native_group_norm_backward "
+                      f"and its tangent rule) {problem}; the lean rule is off and GroupNorm keeps torch's own rules "
+                      f"(Jacobian products are correct, just slower).", RuntimeWarning, stacklevel=3)
+    return problem is None
+
+
 class LeanGroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (affine) whose Jacobian-vector products use the projection above; same state and outputs."""
+    """``nn.GroupNorm`` (affine) whose Jacobian-vector products use the projection above; same state and outputs.
+    Plain ``nn.GroupNorm`` when ``lean_rule_active()`` is false (checked at construction, so before any transform)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        lean_rule_active()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not lean_rule_active():
+            return super().forward(x)
         return _GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)[0]
 
 
 def with_lean_group_norms(module: nn.Module) -> nn.Module:
     """A copy of ``module`` in which every affine ``nn.GroupNorm`` is a ``LeanGroupNorm``
-    (same parameter names and values); ``module`` itself is unchanged (and returned when it has none)."""
-    if not any(type(child) is nn.GroupNorm and child.affine for child in module.modules()):
+    (same parameter names and values); ``module`` itself is unchanged (and returned when it has none, or when
+    ``lean_rule_active()`` is false)."""
+    if not any(type(child) is nn.GroupNorm and child.affine for child in module.modules()) or not lean_rule_active():
         return module
     lean = copy.deepcopy(module)
     for parent in lean.modules():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,11 +46,11 @@ class Linearization:
         names = conv_weights(generator) if parameters is None else list(parameters)
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise ConfigError(f"Linearization: the generator has no parameters {unknown}")
+            raise ConfigError(f"{type(self).__name__}: the generator has no parameters {unknown}")
         if not names:
-            raise ConfigError("Linearization: no parameters to linearise over")
+            raise ConfigError(f"{type(self).__name__}: no parameters to linearise over")
         if pre_sigmoid and not hasattr(generator, "forward_pre_sigmoid"):
-            raise ConfigError(f"Linearization: {type(generator).__name__} has no pre-sigmoid output")
+            raise ConfigError(f"{type(self).__name__}: {type(generator).__name__} has no pre-sigmoid output")
         self.generator, self.z = generator, z.detach()
         # the pullback uses torch's rules; the tangent map optionally GroupNorm's lean one
         self._module: nn.Module = _PreSigmoid(generator) if pre_sigmoid else generator
@@ -60,10 +61,10 @@ class Linearization:
         self.shapes = [tuple(available[n].shape) for n in names]
         self.theta = [available[n].detach().clone() for n in names]
         self._fixed = {self._prefix + k: v.detach() for k, v in generator.state_dict().items() if k not in names}
-        self.output, self._pullback = vjp(self._apply, self.theta)
+        self.output, self._pullback = vjp(self._apply, self.theta)  # type: ignore[misc]  # stub counts has_aux's 3rd
         self.output = self.output.detach()
         if not torch.isfinite(self.output).all():
-            raise NonFiniteError("Linearization: the generator output at theta* is not finite")
+            raise NonFiniteError(f"{type(self).__name__}: the generator output at theta* is not finite")
         with warnings.catch_warnings():  # torch.fx notes constants it stores as attributes of the traced graph
             warnings.simplefilter("ignore", UserWarning)
             _, self._tangent = linearize(lambda theta: self._apply(theta, self._tangent_module), self.theta)
@@ -79,7 +80,8 @@ class Linearization:
     def split(self, v: Tensor) -> list[Tensor]:
         """A flat vector as one tensor per linearised parameter."""
         if v.ndim != 1 or v.numel() != self.num_parameters:
-            raise ShapeError(f"Linearization: expected a flat vector of {self.num_parameters} entries, got {tuple(v.shape)}")
+            raise ShapeError(f"{type(self).__name__}: expected a flat vector of {self.num_parameters} entries, "
+                             f"got {tuple(v.shape)}")
         return [part.view(shape) for part, shape in zip(v.split([math.prod(s) for s in self.shapes]), self.shapes)]
 
     def jvp(self, v: Tensor) -> Tensor:
@@ -93,7 +95,8 @@ class Linearization:
     def vjp(self, u: Tensor) -> Tensor:
         """``J^T u`` for an output-shaped ``u``, as a flat vector."""
         if u.shape != self.output.shape:
-            raise ShapeError(f"Linearization: expected an output-shaped vector {tuple(self.output.shape)}, got {tuple(u.shape)}")
+            raise ShapeError(f"{type(self).__name__}: expected an output-shaped vector {tuple(self.output.shape)}, "
+                             f"got {tuple(u.shape)}")
         return _finite(self._pull(u.to(self.output)))
 
     def jvps(self, v: Tensor) -> Tensor:
@@ -117,12 +120,18 @@ def _finite(values: Tensor) -> Tensor:
     return values
 
 
+class _PreSigmoidOutput(Protocol):
+    """A generator with an output before its sigmoid (e.g. ``UNet``)."""
+
+    def forward_pre_sigmoid(self, z: Tensor) -> Tensor: ...
+
+
 class _PreSigmoid(nn.Module):
     """The generator's output before its sigmoid, as a module of its own (for ``functional_call``)."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: nn.Module) -> None:
         super().__init__()
         self.generator = generator
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.generator.forward_pre_sigmoid(z)
+        return cast(_PreSigmoidOutput, self.generator).forward_pre_sigmoid(z)

@@ -25,7 +25,7 @@ class MCDropout(SamplePredictive):
     diagonal) for patch log-likelihoods on small images.
     """
 
-    _owner, _drawn, _more = "MCDropout", "samples were drawn in fit", "num_samples"
+    _drawn, _more = "samples were drawn in fit", "num_samples"
 
     def __init__(self, num_samples: int = 100, seed: int = 0) -> None:
         self.num_samples = positive_int(num_samples, "MCDropout: num_samples")
@@ -35,7 +35,7 @@ class MCDropout(SamplePredictive):
     def fit(self, reconstruction: Reconstruction, problem: InverseProblem) -> MCDropout:
         network, z = kept_network(reconstruction, "MCDropout")
         if not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in network.modules()):
-            raise ConfigError("MCDropout: the generator has no dropout; fit the DIP with generator_params "
+            raise ConfigError(f"{type(self).__name__}: the generator has no dropout; fit the DIP with generator_params "
                               "{'dropout': 0.05}")
         network.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[z.device] if z.device.type == "cuda" else []):

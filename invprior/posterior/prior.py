@@ -35,10 +35,11 @@ class MaternBlockPrior(nn.Module):
         real(variance, "MaternBlockPrior: variance", minimum=0.0, strict=True)
         real(lengthscale, "MaternBlockPrior: lengthscale", minimum=0.0, strict=True)
         if not shapes:
-            raise ConfigError("MaternBlockPrior: no weight blocks given")
+            raise ConfigError(f"{type(self).__name__}: no weight blocks given")
         for shape in shapes:
             if len(shape) != 4 or shape[2] != shape[3]:
-                raise ShapeError(f"MaternBlockPrior: expected square convolution kernels (out, in, k, k), got {shape}")
+                raise ShapeError(f"{type(self).__name__}: "
+                                 f"expected square convolution kernels (out, in, k, k), got {shape}")
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.log_variance = nn.Parameter(torch.full((len(shapes),), math.log(variance), dtype=torch.float64))
@@ -59,10 +60,11 @@ class MaternBlockPrior(nn.Module):
         distances = getattr(self, f"_distances_{k}")
         return variance * torch.exp(-distances / self.log_lengthscale[block].exp())
 
-    def apply(self, v: Tensor) -> Tensor:
+    def covariance_apply(self, v: Tensor) -> Tensor:
         """``Sigma v`` for flat weight vectors ``v`` of shape ``(..., P)``."""
         if v.shape[-1] != self.num_parameters:
-            raise ShapeError(f"MaternBlockPrior: expected vectors of {self.num_parameters} entries, got {tuple(v.shape)}")
+            raise ShapeError(f"{type(self).__name__}: expected vectors of {self.num_parameters} entries, "
+                             f"got {tuple(v.shape)}")
         parts = []
         for block, part in enumerate(v.split(self.sizes, dim=-1)):
             k2 = self.shapes[block][2] ** 2
@@ -82,4 +84,4 @@ class MaternBlockPrior(nn.Module):
 
     def dense(self) -> Tensor:
         """``Sigma`` as a dense matrix (for tests and tiny networks)."""
-        return self.apply(torch.eye(self.num_parameters, dtype=torch.float64))
+        return self.covariance_apply(torch.eye(self.num_parameters, dtype=torch.float64))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from invprior.core.interfaces import PosteriorApproximation
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, NotFittedError
 
 
 class SamplePredictive(PosteriorApproximation):
@@ -22,14 +22,13 @@ class SamplePredictive(PosteriorApproximation):
     (plus ``1e-10`` times its mean variance on the diagonal) for patch log-likelihoods on small images.
     """
 
-    _owner: str = "SamplePredictive"
     _drawn: str = "samples were drawn in fit"
     _more: str = "num_samples"
     _samples: Tensor | None = None
 
     def _fitted(self) -> Tensor:
         if self._samples is None:
-            raise ConfigError(f"{self._owner}: call fit(reconstruction, problem) first")
+            raise NotFittedError(f"{self._owner}: call fit(reconstruction, problem) first")
         return self._samples
 
     @property

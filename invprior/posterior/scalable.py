@@ -103,7 +103,7 @@ class LinearModel:
         return math.prod(self.operator.range_shape)
 
     def images(self, theta: Tensor, lin: Linearization | None = None) -> Tensor:
-        """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)`` (with ``lin``'s products, default the model's)."""
+        """``J theta`` for weight vectors ``(b, P)`` -> ``(b, *image)`` (``lin``'s products, default the model's)."""
         lin = self.lin if lin is None else lin
         return chunked(lin.jvps, theta.to(lin.output), self.chunk)
 
@@ -124,7 +124,7 @@ class LinearModel:
 
     def _k_and_images(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """``K u`` and the images ``J Sigma J^T A^T u`` it is made from."""
-        images = self.images(self.prior.apply(self.transpose(u)))
+        images = self.images(self.prior.covariance_apply(self.transpose(u)))
         return self.operator(images.to(self.lin.output)).flatten(1).to(u.dtype) + self.log_noise.exp() * u, images
 
     # -- preconditioned solves ---------------------------------------------------------
@@ -147,15 +147,16 @@ class LinearModel:
                                                 against=self._test)
                 self._test = extra if self._test is None else torch.cat([self._test, extra], dim=1)
                 self._pulled.append(self.transpose(extra.T.to(sketch.output.dtype), sketch))
-            y = torch.cat([chunked(lambda part: self.forward(self.prior.apply(part), sketch), pulled, self.chunk)
-                           for pulled in self._pulled])
+            y = torch.cat([chunked(lambda part: self.forward(self.prior.covariance_apply(part), sketch), pulled,
+                                   self.chunk) for pulled in self._pulled])
+            assert self._test is not None  # kept columns or new ones: rank >= 1
             self._basis, self._eigenvalues = nystrom_from_sketch(self._test, y.double().T)
         if not keep:
             self._test, self._pulled = None, []
 
     def precondition(self, v: Tensor) -> Tensor:
         """``P^{-1} v`` with ``P = U (diag(lam) + s^2) U^T + s^2 (I - U U^T)``, up to a scalar factor."""
-        if self._basis is None:
+        if self._basis is None or self._eigenvalues is None:
             return v
         basis, lam = self._basis.to(v), self._eigenvalues.to(v)
         noise = self.log_noise.detach().exp().to(v)
@@ -170,7 +171,8 @@ class LinearModel:
     def _solve(self, b: Tensor, rtol: float | None, companion: bool) -> tuple[Tensor, Tensor | None]:
         """``solve``, and with ``companion`` also ``J Sigma J^T A^T K^{-1} b`` accumulated from CG's products."""
         with torch.no_grad():
-            x, info = conjugate_gradient(self._k_and_images if companion else self.k_apply, b,
+            x, info = conjugate_gradient(self._k_and_images if companion else self.k_apply,  # type: ignore[arg-type]
+                                         b,  # (companion=True takes a map returning (M p, L p))
                                          max_iterations=self.cg_iterations,
                                          rtol=self.cg_rtol if rtol is None else rtol, preconditioner=self.precondition,
                                          companion=companion)
@@ -210,7 +212,7 @@ class LinearModel:
         left = torch.cat([pulled[:1], pulled[1:1 + count]])               # alpha, w_i
         right = torch.cat([pulled[:1], pulled[1 + count:]])               # alpha, z_i
         noise = self.log_noise.exp()
-        quadratic = (left * self.prior.apply(right)).sum(dim=1) + noise * (
+        quadratic = (left * self.prior.covariance_apply(right)).sum(dim=1) + noise * (
             solved * torch.cat([solved[:1], probes])).sum(dim=1)
         surrogate = 0.5 * quadratic[0] - 0.5 * quadratic[1:].sum() / count
         return surrogate, -0.5 * float((residual.view(1, -1) * solved[:1]).sum())
@@ -227,4 +229,5 @@ class LinearModel:
             prior_images = self.images(theta)
             data = self.operator(prior_images).flatten(1).double() + noise * self.log_noise.exp().sqrt()
             _, correction = self._solve(data, rtol, companion=True)
+            assert correction is not None  # accumulated with companion=True
             return prior_images - correction.to(dtype)

@@ -44,7 +44,8 @@ class TVPredCP:
             k2 = self.prior.shapes[b][2] ** 2
             factor = torch.linalg.cholesky(self.prior.covariance(b))
             size = self.prior.sizes[b]
-            white = torch.randn(self.samples, size // k2, k2, generator=self._generator, dtype=torch.float64).to(factor.device)
+            white = torch.randn(self.samples, size // k2, k2, generator=self._generator,
+                                dtype=torch.float64).to(factor.device)
             block = (white @ factor.T).reshape(self.samples, size)
             rows.append(torch.nn.functional.pad(block, (offsets[b], offsets[-1] - offsets[b + 1])))
         return torch.cat(rows)

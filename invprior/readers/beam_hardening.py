@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor
 
 from invprior.core.problem import InverseProblem
 from invprior.errors import ConfigError
@@ -49,7 +50,8 @@ class BeamHardening:
     def check_monotone(self, maximum: float, where: str) -> None:
         """Refuse a correction that is not increasing on ``[0, maximum]`` (it would fold data together)."""
         grid = np.linspace(0.0, maximum, 1001)
-        slope = 1.0 + sum((k + 2) * c * grid ** (k + 1) for k, c in enumerate(self.coefficients))
+        slope = 1.0 + sum(((k + 2) * c * grid ** (k + 1) for k, c in enumerate(self.coefficients)),
+                          np.zeros_like(grid))
         if (slope <= 0).any():
             raise ConfigError(f"{where}: the beam-hardening correction {self.coefficients} decreases for line "
                               f"integrals near {grid[np.argmax(slope <= 0)]:.3g} (the data reach {maximum:.3g})")
@@ -73,7 +75,7 @@ def calibrate_beam_hardening(problem: InverseProblem, degree: int = 3) -> Calibr
         raise ConfigError("calibrate_beam_hardening needs one CT sinogram of a uniform disc")
     if not isinstance(degree, int) or degree < 2:
         raise ConfigError(f"calibrate_beam_hardening: degree must be an int >= 2, got {degree!r}")
-    noise = float(problem.noise_std[0]) if problem.noise_std is not None else 0.0
+    noise = float(problem.noise_std[0]) if isinstance(problem.noise_std, Tensor) else 0.0
     disc = fit_disc(problem.operator, problem.y[0, 0], noise)
     chords = disc.sinogram(problem.operator).ravel()
     p = problem.y[0, 0].detach().cpu().double().numpy().ravel()
@@ -85,6 +87,9 @@ def calibrate_beam_hardening(problem: InverseProblem, degree: int = 3) -> Calibr
     correction.check_monotone(float(p.max()), "calibrate_beam_hardening")
     linear_mu = float(chords @ p / (chords @ chords))
     corrected = correction(p)
-    misfit = lambda data, mu: float(np.linalg.norm(data[through] - mu * chords[through])
-                                    / np.linalg.norm(data[through]))
+
+    def misfit(data: np.ndarray, mu: float) -> float:
+        """``||data - mu L|| / ||data||`` on the rays through the disc."""
+        return float(np.linalg.norm(data[through] - mu * chords[through]) / np.linalg.norm(data[through]))
+
     return Calibration(correction, float(solution[0]), disc, misfit(p, linear_mu), misfit(corrected, solution[0]))

@@ -134,7 +134,7 @@ def measured_eit_problem(data: MeasuredVoltages, reference: MeasuredVoltages | N
     mesh = disc_mesh(h, arcs, radius=radius, cache=mesh_cache)
     keep = _channels(data, reference, unavailable_electrodes)
     calibration = _calibration(mesh, data, reference, keep, background, contact_impedance)
-    observed = data.voltages - (reference.voltages if mode == "difference" else 0.0)
+    observed = data.voltages - (reference.voltages if mode == "difference" and reference is not None else 0.0)
     patterns = keep.any(axis=1)
     if noise_std is None:
         std, dof = redundancy_noise_std(data.currents[:, patterns], np.where(keep, observed, np.nan)[patterns])

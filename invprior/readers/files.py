@@ -131,7 +131,8 @@ class ArrayFile:
             raise DataFileError(f"{self.path}: {key!r} is a group/struct with keys {', '.join(map(str, value))}, "
                                 "not a numeric array")
         dtype = np.asarray(value).dtype
-        if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
+        real_numbers = np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
+        if not real_numbers or np.issubdtype(dtype, np.complexfloating):
             raise DataFileError(f"{self.path}: {key!r} holds {dtype} values, not real numbers")
         value = np.asarray(value, dtype=np.float64)
         return value.squeeze() if self.matlab else value

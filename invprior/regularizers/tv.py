@@ -43,7 +43,8 @@ class IsotropicTV(Regularizer):
 
     def __init__(self, eps: float = 1e-3) -> None:
         if not eps > 0:
-            raise ConfigError(f"IsotropicTV: eps must be > 0 (the smoothing that keeps it differentiable), got {eps!r}")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"eps must be > 0 (the smoothing that keeps it differentiable), got {eps!r}")
         self.eps = float(eps)
 
     def __call__(self, x: Tensor) -> Tensor:

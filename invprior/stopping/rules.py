@@ -106,7 +106,8 @@ class ESWMV(_Improvement):
     def __init__(self, window: int = 100, patience: int = 1000, discrepancy_tau: float | None = None) -> None:
         self.window = positive_int(window, "ESWMV: window")
         if self.window < 2:
-            raise ConfigError("ESWMV: window must be >= 2 (the variance of a single iterate is always 0)")
+            raise ConfigError(f"{type(self).__name__}: "
+                              f"window must be >= 2 (the variance of a single iterate is always 0)")
         self.patience = positive_int(patience, "ESWMV: patience")
         self.discrepancy_tau = None if discrepancy_tau is None else real(
             discrepancy_tau, "ESWMV: discrepancy_tau", minimum=1.0, strict=True)
@@ -151,10 +152,12 @@ class ESWMV(_Improvement):
         if len(self._buffer) < self.window:
             return False
         # sum_i ||x_i - mean||^2 = sum_i ||x_i||^2 - ||sum_i x_i||^2 / W
+        assert self._sum is not None  # a full window has been added
         variance = max(self._sum_squares - float(self._sum.pow(2).sum()) / self.window, 0.0) / self.window
         if self._watch(state, variance) and reached:
             since = "" if self.discrepancy_tau is None else (
-                f" since the fit reached ||Ax - y|| <= {self.discrepancy_tau:g} delta at iteration {self.fitted_iteration}")
+                f" since the fit reached ||Ax - y|| <= {self.discrepancy_tau:g} delta at iteration "
+                f"{self.fitted_iteration}")
             self.reason = (f"ES-WMV: the moving variance (window {self.window}) has not decreased for "
                            f"{self.patience} iterations{since}; kept iteration {self.best_iteration}")
             return True
@@ -182,7 +185,7 @@ class Patience(_Improvement):
         if self.monitor == "residual":
             return float(state.residual_norm.max())
         if self.monitor not in state.extras:
-            raise ConfigError(f"Patience: monitored quantity {self.monitor!r} is not available; "
+            raise ConfigError(f"{type(self).__name__}: monitored quantity {self.monitor!r} is not available; "
                               f"available: loss, residual, {', '.join(state.extras) or '(no extras)'}")
         return float(state.extras[self.monitor])
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, Shape
-from invprior.errors import ShapeError
+from invprior.errors import ShapeError, WrongTypeError
 
 if TYPE_CHECKING:
     from deepinv.physics import Physics
@@ -81,7 +81,7 @@ class DeepinvOperator(ForwardOperator):
     def __init__(self, physics: Physics, domain_shape: Shape) -> None:
         dinv = require("deepinv", "deepinv", "DeepinvOperator")
         if not isinstance(physics, dinv.physics.Physics):
-            raise TypeError(f"DeepinvOperator expects a deepinv.physics.Physics, got {type(physics).__name__}")
+            raise WrongTypeError(f"DeepinvOperator expects a deepinv.physics.Physics, got {type(physics).__name__}")
         self.physics = physics
         self.is_linear = isinstance(physics, dinv.physics.LinearPhysics)
         self._physics_cache: dict[tuple[torch.device, torch.dtype], Physics] = {}
@@ -138,7 +138,7 @@ class DeepinvOperator(ForwardOperator):
 
 def _no_parameters(kwargs: dict[str, Any], owner: str) -> None:
     if kwargs:
-        raise TypeError(f"{owner} exported to deepinv takes no physics parameters, got {sorted(kwargs)}")
+        raise WrongTypeError(f"{owner} exported to deepinv takes no physics parameters, got {sorted(kwargs)}")
 
 
 def to_deepinv(operator: ForwardOperator, noise_model: Any = None) -> Physics:
@@ -150,7 +150,7 @@ def to_deepinv(operator: ForwardOperator, noise_model: Any = None) -> Physics:
     """
     dinv = require("deepinv", "deepinv", "to_deepinv")
     if not isinstance(operator, ForwardOperator):
-        raise TypeError(f"to_deepinv expects an invprior ForwardOperator, got {type(operator).__name__}")
+        raise WrongTypeError(f"to_deepinv expects an invprior ForwardOperator, got {type(operator).__name__}")
     owner = operator.name
 
     def forward(x: Tensor, **kwargs: Any) -> Tensor:

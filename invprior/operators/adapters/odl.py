@@ -13,6 +13,7 @@ from torch import Tensor
 
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, linear_apply
+from invprior.errors import ConfigError, ShapeError, WrongTypeError
 
 Shape = tuple[int, ...]
 
@@ -21,18 +22,18 @@ def _space_weight(space: Any, which: str, odl_op: Any) -> float:
     """The constant ``w`` of the inner product ``<u, v> = w * sum(u * v)`` of an ODL space."""
     const = getattr(space.weighting, "const", None)
     if const is None:
-        raise ValueError(
+        raise ConfigError(
             f"OdlOperator supports only spaces with a constant weighting; the {which} of {odl_op!r} "
             f"has {space.weighting!r}, for which the Euclidean adjoint is not a rescaled ODL adjoint"
         )
     if getattr(space.weighting, "exponent", 2.0) != 2.0:
-        raise ValueError(
+        raise ConfigError(
             f"OdlOperator needs Hilbert spaces (exponent 2); the {which} of {odl_op!r} has exponent "
             f"{space.weighting.exponent}"
         )
     const = float(const)
     if not (np.isfinite(const) and const > 0):
-        raise ValueError(f"the {which} of {odl_op!r} has a non-positive weighting constant {const}")
+        raise ConfigError(f"the {which} of {odl_op!r} has a non-positive weighting constant {const}")
     return const
 
 
@@ -66,19 +67,19 @@ class OdlOperator(ForwardOperator):
     def __init__(self, odl_op: Any, channels: int = 1, seed: int = 0) -> None:
         odl = require("odl", "ct", "OdlOperator")
         if not isinstance(odl_op, odl.Operator):
-            raise TypeError(f"OdlOperator expects an odl.Operator, got {type(odl_op).__name__}")
+            raise WrongTypeError(f"OdlOperator expects an odl.Operator, got {type(odl_op).__name__}")
         if not odl_op.is_linear:
-            raise ValueError(f"OdlOperator needs a linear ODL operator, got the nonlinear {odl_op!r}")
+            raise ConfigError(f"OdlOperator needs a linear ODL operator, got the nonlinear {odl_op!r}")
         tensor_space = require("odl.core.space.base_tensors", "ct", "OdlOperator").TensorSpace
         for which, space in (("domain", odl_op.domain), ("range", odl_op.range)):
             if not isinstance(space, tensor_space):
-                raise TypeError(
+                raise WrongTypeError(
                     f"OdlOperator needs a DiscretizedSpace or tensor space as {which}, got {type(space).__name__}"
                 )
             if not space.is_real:
-                raise ValueError(f"OdlOperator needs a real {which}, got dtype {space.dtype_identifier}")
+                raise ShapeError(f"OdlOperator needs a real {which}, got dtype {space.dtype_identifier}")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+            raise ConfigError(f"{type(self).__name__}: channels must be a positive integer, got {channels!r}")
         weighted_scale = (_space_weight(odl_op.domain, "domain", odl_op)
                           / _space_weight(odl_op.range, "range", odl_op))
         super().__init__((channels, *odl_op.domain.shape), (channels, *odl_op.range.shape))
@@ -87,7 +88,7 @@ class OdlOperator(ForwardOperator):
         try:
             self._odl_adjoint = odl_op.adjoint
         except NotImplementedError as exc:
-            raise ValueError(f"the ODL operator {odl_op!r} has no adjoint") from exc
+            raise ConfigError(f"the ODL operator {odl_op!r} has no adjoint") from exc
         self._adjoint_scale = self._calibrate_adjoint(weighted_scale, seed)
 
     @property
@@ -116,7 +117,7 @@ class OdlOperator(ForwardOperator):
         for scale in (weighted_scale, 1.0):
             if abs(measured - scale) <= rtol * abs(scale):
                 return scale
-        raise ValueError(
+        raise ConfigError(
             f"odl_op.adjoint of {self.odl_op!r} is not its adjoint: ||A x||^2 / <x, A^* A x> = "
             f"{measured:.6g}, expected {weighted_scale:.6g} (weighted inner products) or 1 (Euclidean)"
         )

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from invprior._optional import require
 from invprior.core.operator import ForwardOperator, Shape, linear_apply
-from invprior.errors import ShapeError
+from invprior.errors import ShapeError, WrongTypeError
 
 if TYPE_CHECKING:
     from pylops import LinearOperator
@@ -50,7 +50,7 @@ class PylopsOperator(ForwardOperator):
                  range_shape: Shape | None = None) -> None:
         pylops = require("pylops", "pylops", "PylopsOperator")
         if not isinstance(linop, pylops.LinearOperator):
-            raise TypeError(f"PylopsOperator expects a pylops.LinearOperator, got {type(linop).__name__}")
+            raise WrongTypeError(f"PylopsOperator expects a pylops.LinearOperator, got {type(linop).__name__}")
         self.linop = linop
         name = f"PylopsOperator[{type(linop).__name__}]"
         self._dtype = np.dtype(linop.dtype)

@@ -78,7 +78,8 @@ class SuperResolution(ForwardOperator):
 
     def __init__(self, size: int = 64, factor: int = 2, kernel: str = "gaussian", sigma: float = 1.0,
                  length: float = 9.0, angle: float = 0.0, weights: Any = None, channels: int = 1) -> None:
-        size, self.factor = positive_int(size, "super_resolution: size"), positive_int(factor, "super_resolution: factor")
+        size = positive_int(size, "super_resolution: size")
+        self.factor = positive_int(factor, "super_resolution: factor")
         if size % self.factor:
             raise ConfigError(f"super_resolution: size {size} is not a multiple of factor {self.factor}")
         self.blur = Blur(size, kernel, sigma, length, angle, weights, channels)

@@ -17,7 +17,8 @@ from invprior_blur import Blur, SuperResolution, gaussian_kernel, motion_kernel
 ASYMMETRIC = np.array([[0.0, 1.0, 2.0], [0.5, 3.0, 0.0], [0.0, 0.0, 1.5]])
 
 
-@pytest.mark.parametrize("options", [{"kernel": "gaussian", "sigma": 2.0}, {"kernel": "motion", "length": 7, "angle": 30},
+@pytest.mark.parametrize("options", [{"kernel": "gaussian", "sigma": 2.0},
+                                     {"kernel": "motion", "length": 7, "angle": 30},
                                      {"kernel": "custom", "weights": ASYMMETRIC}])
 def test_blur_is_scipys_wraparound_convolution_with_an_exact_adjoint(options):
     op = Blur(size=24, **options)

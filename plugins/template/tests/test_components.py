@@ -1,9 +1,9 @@
 """Test your components against independent truths (here: the adjoint identity and a hand sum)."""
 
 import torch
+from my_invprior_plugin import ColumnSums, SquaredNorm
 
 from invprior.core.operator import adjoint_mismatch
-from my_invprior_plugin import ColumnSums, SquaredNorm
 
 
 def test_column_sums_and_their_adjoint():
