@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from result_rows import provenance
 
 from invprior.analysis.convergence import rise_time, steady_psnr
 from invprior.analysis.jacobian import jacobian_svd
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_edip"))
     parser.add_argument("--ct-like", action="store_true", help="pretrain on CT-like phantoms (body ellipse)")
     parser.add_argument("--quick", action="store_true", help="32x32, 20 angles, 512 pairs: a smoke run")
+    parser.add_argument("--docs", type=Path, help="also write the table as this results page (e.g. "
+                                                  "docs/results/edip.md), with the command, machine and date")
     args = parser.parse_args()
     if args.quick:
         args.size, args.angles, args.count, args.epochs, args.iterations, args.held_out = 32, 20, 512, 6, 600, 1
@@ -154,14 +157,19 @@ def main() -> None:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write(rows_path, lambda f: f.write(text.encode()))
 
-    print("\n| image | DIP steady | EDIP steady | DIP rise | EDIP rise | EDIP to DIP steady (it) | speed-up (it) "
-          "| speed-up (time) |\n|---|---|---|---|---|---|---|---|")
+    lines = ["| image | DIP steady | EDIP steady | DIP rise | EDIP rise | EDIP to DIP steady (it) | speed-up (it) "
+             "| speed-up (time) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dip_it, edip_it = r["dip_to_dip_steady"], r["edip_to_dip_steady"]
         speed = dip_it / edip_it if dip_it and edip_it else float("nan")
         time_speed = speed * r["dip_seconds_per_iteration"] / r["edip_seconds_per_iteration"]
-        print(f"| {r['image']} ({r['seed']}) | {r['dip_steady_psnr']:.2f} | {r['edip_steady_psnr']:.2f} "
-              f"| {r['dip_rise_time']} | {r['edip_rise_time']} | {edip_it} | {speed:.1f}x | {time_speed:.1f}x |")
+        lines.append(f"| {r['image']} ({r['seed']}) | {r['dip_steady_psnr']:.2f} | {r['edip_steady_psnr']:.2f} "
+                     f"| {r['dip_rise_time']} | {r['edip_rise_time']} | {edip_it} | {speed:.1f}x | {time_speed:.1f}x |")
+    report = "\n".join(lines)
+    print("\n" + report)
+    if args.docs:
+        text = f"# Results: Educated DIP on CT\n\n{provenance()} Pretraining: {json.dumps(cost)}.\n\n{report}\n"
+        atomic_write(args.docs, lambda f: f.write(text.encode()))
     head = rows[0]
     marks = {"DIP": head["dip_to_dip_steady"], "EDIP": head["edip_to_dip_steady"]}
     curves = [("DIP", head["dip_iterations"], head["dip_psnr"]), ("EDIP", head["edip_iterations"], head["edip_psnr"])]

@@ -1,11 +1,13 @@
-"""What the real-data benchmarks (``htc2022.py``, ``ktc2023.py``) share: rows kept in ``rows.jsonl`` under the
-output folder (rewritten atomically after every run, so a rerun skips finished runs of the same settings), the
-posterior part of a row's progress line, and the results page with the machine it ran on."""
+"""What the benchmarks that write results pages share: rows kept in ``rows.jsonl`` under the output folder
+(rewritten atomically after every run, so a rerun skips finished runs of the same settings), the posterior part of
+a row's progress line, and the results page with the command, machine and date it ran with."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -35,6 +37,13 @@ def posterior_summary(row: dict) -> str:
 
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+
+
+def provenance() -> str:
+    """The command that made a results page, the machine and the date, for the line under its title."""
+    command = " ".join(["python", *(Path(a).as_posix() if a.endswith(".py") else a for a in sys.argv)])
+    return (f"Written by `{command}` on {machine()}, {torch.get_num_threads()} torch threads, "
+            f"{datetime.date.today().isoformat()}.")
 
 
 def write_results(out: Path, page: str, docs: Path | None, header: str) -> None:

@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from result_rows import provenance
 
 from invprior.allocator import reuse_freed_memory
 from invprior.analysis.calibration import posterior_calibration
@@ -251,7 +252,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=["lin_mll", "lin_tv_map", "mc_dropout", "deep_ensemble"])
     parser.add_argument("--out", type=Path, default=Path("uq_calibration.jsonl"))
-    parser.add_argument("--table", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--docs", type=Path, help="also write the tables as this results page (e.g. "
+                                                  "docs/results/lin_dip.md), with the command, machine and date")
     parser.add_argument("--quick", action="store_true", help="a few steps and samples: checks the script runs")
     parser.add_argument("--steps", type=int, default=20, help="lin-DIP type-II Adam steps (default 20)")
     parser.add_argument("--variance", type=lambda v: v if v == "auto" else float(v), default="auto",
@@ -275,9 +277,9 @@ def main() -> None:
                         rows += run_setting(size, image, angles, noise, seed, args.methods, args, done)
     report = "\n\n".join([table(rows), *filter(None, (winners(rows, c) for c in CONTENDERS))])
     print(report)
-    if args.table:
-        text = report.encode()
-        atomic_write(args.table, lambda handle: handle.write(text))
+    if args.docs:
+        text = f"# Results: lin-DIP error bars on CT\n\n{provenance()}\n\n{report}\n".encode()
+        atomic_write(args.docs, lambda handle: handle.write(text))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from invprior.demo import run_demo
 
-    run_demo(Path(args.out), progress=not args.quiet, device=torch_device(args.device), quick=args.quick)
+    run_demo(Path(args.out), progress=not args.quiet, device=torch_device(args.device), quick=args.quick,
+             keep_checkpoint=args.keep_checkpoint)
     return 0
 
 
@@ -107,6 +108,8 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help=DEVICE_HELP)
     demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--keep-checkpoint", action="store_true",
+                      help="keep the DIP checkpoint in --out after a finished demo (a stopped one always keeps it)")
     demo.set_defaults(handler=_demo)
     bench = sub.add_parser("bench", help="run a benchmark suite (problems x methods x seeds), resumable")
     bench.add_argument("suite", help="suite file (TOML), e.g. benchmarks/suites/smoke.toml")

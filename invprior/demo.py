@@ -47,17 +47,20 @@ def demo_config(quick: bool = False) -> dict:
     return config
 
 
-def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu", quick: bool = False) -> dict:
-    """Run FBP, TV (discrepancy principle) and DIP+TV (automatic choices) and write metrics and figures to ``out``."""
+def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu", quick: bool = False,
+             keep_checkpoint: bool = False) -> dict:
+    """Run FBP, TV (discrepancy principle) and DIP+TV (automatic choices) and write metrics and figures to ``out``;
+    DIP checkpoints in ``out`` (a stopped demo resumes) and, unless ``keep_checkpoint``, removes it once done."""
     raw = demo_config(quick)
     config = parse_config(raw)
     assert config.baseline is not None and config.posterior is not None  # both are in DEMO
     problem = build_problem(config.problem, config.seed).to(device)
+    dip = build_method(config.method, "method", checkpoint=out / f"checkpoint-dip-{config.problem.size}px.pt",
+                       resume=True)
     results = {
         "fbp": build_method(config.baseline, "baseline").reconstruct(problem, progress),
         "tv": build_method(ComponentSpec("tv"), "tv").reconstruct(problem, progress),
-        "dip_tv": build_method(config.method, "method", checkpoint=out / f"checkpoint-dip-{config.problem.size}px.pt",
-                               resume=True).reconstruct(problem, progress),
+        "dip_tv": dip.reconstruct(problem, progress),
     }
     posterior = build_posterior(config.posterior, progress=progress, seed=config.seed)
     with warnings.catch_warnings(record=True) as caught:  # the short demo budget leaves some CG solves loose
@@ -66,6 +69,9 @@ def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu
     metrics = write_report(out, problem, results, raw, title="CT slice, 30 angles, 2.5 % noise", posterior=posterior,
                            posterior_name="lin-DIP")
     print("\n".join(summary_lines(metrics, list(results))))
+    if not keep_checkpoint:  # the results are written: the state to resume from is no longer needed
+        for path in dip.checkpoint_files(problem.batch_size):
+            path.unlink(missing_ok=True)
     print(f"DIP+TV: {results['dip_tv'].stop_reason}")
     for warning in caught:
         if issubclass(warning.category, ConvergenceWarning):

@@ -18,7 +18,7 @@ def test_demo_writes_three_methods_the_convergence_figure_and_error_bars(tmp_pat
     for group, key, value in (("evidence", "iterations", 3), ("evidence", "preconditioner_rank", 16),
                               ("evidence", "cg_iterations", 10), ("sampling", "num_samples", 16)):
         monkeypatch.setitem(demo.DEMO["posterior"]["params"][group], key, value)
-    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--quiet", "--keep-checkpoint", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [metrics[k]["method"] for k in ("fbp", "tv", "dip_tv")] == ["fbp", "tv", "dip"]
     assert metrics["problem"]["fine_factor"] == 3 and metrics["config"]["problem"]["size"] == 32
@@ -33,6 +33,12 @@ def test_demo_writes_three_methods_the_convergence_figure_and_error_bars(tmp_pat
     assert (tmp_path / "uncertainty.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "dip_tv" in out and "DIP+TV:" in out and "lin-DIP" in out
+    assert [path.name for path in tmp_path.glob("checkpoint-*")] == ["checkpoint-dip-32px.pt"]  # kept: asked to
+    # a rerun reads the finished fit back (the same image) and, by default, removes the checkpoint
+    first = arrays["dip_tv"]
+    assert main(["demo", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    assert np.array_equal(np.load(tmp_path / "reconstruction.npz")["dip_tv"], first)
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 def test_run_with_a_dip_config_checkpoints_in_the_output_folder_and_removes_it_when_done(tmp_path):
