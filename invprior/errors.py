@@ -78,3 +78,8 @@ class NonFiniteInputError(NonFiniteError, ValueError):
 
 class DataFileError(InvpriorError, ValueError):
     """A data file is missing, unreadable or not in the expected layout; the message names the file and key."""
+
+
+class StateFileError(InvpriorError, ValueError):
+    """A state file (checkpoint, model, run record) is empty, truncated, damaged or foreign: its checksum or
+    header does not match, so it is refused rather than trusted. The message names the file and what to do."""

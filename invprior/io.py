@@ -1,5 +1,6 @@
-"""Atomic result files: written to a temporary file in the same folder, then renamed; and an
-exclusive lock for processes that would produce the same file."""
+"""Atomic result files: written to a temporary file in the same folder, then renamed; an exclusive lock
+for processes that would produce the same file; and checksummed state files (checkpoints, models, run
+records) that are verified before they are trusted."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
+
+from invprior.errors import StateFileError
 
 try:
     import fcntl
@@ -96,3 +100,85 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs match **arrays to allow_pickle: bool
     return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+STATE_MAGIC = b"invprior-state"
+
+
+def write_state(path: str | Path, kind: str, payload: bytes) -> Path:
+    """Atomically write ``payload`` behind a one-line header ``invprior-state <kind> <length> <sha256>``, so
+    that ``read_state`` can tell an intact file from an empty, truncated, damaged or foreign one."""
+    if not kind.isidentifier():
+        raise ValueError(f"state kind {kind!r} must be an identifier")
+    header = b" ".join([STATE_MAGIC, kind.encode(), str(len(payload)).encode(),
+                        hashlib.sha256(payload).hexdigest().encode()]) + b"\n"
+    return atomic_write(path, lambda f: f.write(header + payload))
+
+
+def read_state(path: str | Path, kind: str, remedy: str) -> bytes:
+    """The payload of a file written by ``write_state`` with the same ``kind``, after checking its header,
+    length and SHA-256; otherwise ``StateFileError`` naming the file, the fault and ``remedy``."""
+    path = Path(path)
+    data = path.read_bytes()
+    head, newline, payload = data.partition(b"\n")
+    fields = head.split(b" ")
+
+    def refuse(fault: str) -> StateFileError:
+        return StateFileError(f"{path}: {fault}; it is not used. {remedy}")
+
+    name = kind.replace("_", " ")
+    if not data:
+        raise refuse(f"empty {name} file")
+    if not newline or len(fields) != 4 or fields[0] != STATE_MAGIC:
+        raise refuse(f"not an invprior {name} file (no invprior-state header)")
+    if fields[1].decode(errors="replace") != kind:
+        raise refuse(f"holds a {fields[1].decode(errors='replace').replace('_', ' ')}, not a {name}")
+    if not fields[2].isdigit() or int(fields[2]) != len(payload):
+        raise refuse(f"truncated or extended {name} file ({len(payload)} bytes after the header, "
+                     f"{fields[2].decode(errors='replace')} written)")
+    if hashlib.sha256(payload).hexdigest().encode() != fields[3]:
+        raise refuse(f"damaged {name} file (SHA-256 checksum mismatch)")
+    return payload
+
+
+def save_torch_state(path: str | Path, kind: str, obj: Any) -> Path:
+    """``torch.save(obj)`` into a checksummed state file (see ``write_state``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_state(path, kind, buffer.getvalue())
+
+
+def load_torch_state(path: str | Path, kind: str, remedy: str, weights_only: bool = True) -> Any:
+    """The object saved by ``save_torch_state``, on the CPU, once the file has been verified."""
+    payload = read_state(path, kind, remedy)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # verified bytes that torch cannot read: written by an incompatible version
+        raise StateFileError(f"{path}: {kind.replace('_', ' ')} cannot be read ({type(exc).__name__}); "
+                             f"it is not used. {remedy}") from None
+
+
+CHECKSUM_KEY = "sha256"
+
+
+def write_checked_json(path: str | Path, data: dict) -> Path:
+    """``write_json`` with a ``"sha256"`` entry: the checksum of the canonical JSON of the other entries."""
+    body = _strict(data)
+    return write_json(path, {**body, CHECKSUM_KEY: content_hash(body, digits=64)})
+
+
+def read_checked_json(path: str | Path, what: str, remedy: str) -> dict:
+    """The entries (less the checksum) of a file written by ``write_checked_json``, after verifying it;
+    otherwise ``StateFileError`` naming the file, the fault and ``remedy``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        fault = "empty" if path.stat().st_size == 0 else f"truncated or damaged ({exc})"
+        raise StateFileError(f"{path}: {fault} {what}; it is not used. {remedy}") from None
+    if not isinstance(data, dict) or CHECKSUM_KEY not in data:
+        raise StateFileError(f"{path}: not an invprior {what} (no checksum); it is not used. {remedy}")
+    checksum = data.pop(CHECKSUM_KEY)
+    if checksum != content_hash(data, digits=64):
+        raise StateFileError(f"{path}: damaged {what} (SHA-256 checksum mismatch); it is not used. {remedy}")
+    return data
