@@ -2,6 +2,6 @@
 
 import sys
 
-from invprior.cli import console
+from invprior.console import console
 
 sys.exit(console())

@@ -4,39 +4,76 @@ components."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 from invprior import __version__, registry
-from invprior.allocator import reuse_freed_memory
 from invprior.config import load_config
-from invprior.errors import InvpriorError
-from invprior.validation import DTYPES, torch_device, torch_dtype
+from invprior.errors import ConfigError, InvpriorError
+from invprior.threads import thread_count
+from invprior.validation import DTYPES, output_folder, torch_device, torch_dtype
 
+THREADS_HELP = ("torch threads: auto (torch's default, less the cores other processes keep busy; the default) "
+                "or a number")
 DEVICE_HELP = "torch device: auto (a CUDA GPU when there is one, else the CPU; the default), cpu, cuda, cuda:N, mps"
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count from ``--threads`` (``auto``: torch's default, less the cores busy right now)."""
+    default = torch.get_num_threads()
+    try:
+        count = thread_count(args.threads, default)
+    except ValueError as exc:
+        raise ConfigError(f"--threads: {exc}") from None
+    torch.set_num_threads(count)
+    if args.threads == "auto" and count < default and not args.quiet:
+        print(f"using {count} of {default} torch threads: other processes keep the rest of the cores busy "
+              "(--threads N to choose)")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM stops the command as Ctrl-C does: what is finished is kept, exit code 130."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
     from invprior.experiment import run
+    from invprior.io import folder_lock
     from invprior.report import problem_notes, summary_lines, write_report
 
+    _use_threads(args)
     device = torch_device(args.device)
     dtype = torch_dtype(args.dtype, device)
     config = load_config(args.config)
-    out = Path(args.out)
-    done = run(config, not args.quiet, device, dtype, workdir=out)
-    metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction}, config.raw,
-                           title=config.problem.label, posterior=done.posterior,
-                           posterior_name=config.posterior.name if config.posterior else "")
+    out = output_folder(args.out)
+    with folder_lock(out), _sigterm_as_interrupt():
+        done = run(config, not args.quiet, device, dtype, workdir=out)
+        metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction},
+                               config.raw, title=config.problem.label, posterior=done.posterior,
+                               posterior_name=config.posterior.name if config.posterior else "")
+        if not args.keep_checkpoint:  # the results are written: the state to resume from is no longer needed
+            for path in done.checkpoints:
+                path.unlink(missing_ok=True)
     for line in problem_notes(done.problem):
         print(line)
     print("\n".join(summary_lines(metrics, ["baseline", "method"])))
-    if not args.keep_checkpoint:  # the results are written: the state to resume from is no longer needed
-        for path in done.checkpoints:
-            path.unlink(missing_ok=True)
     written = ["metrics.json", "reconstruction.npz", "figure.png"]
     written += ["trace.csv"] if done.reconstruction.trace else []
     written += ["uncertainty.png"] if done.posterior is not None and done.problem.x_true is not None else []
@@ -47,27 +84,38 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from invprior.demo import run_demo
+    from invprior.io import folder_lock
 
-    run_demo(Path(args.out), progress=not args.quiet, device=torch_device(args.device), quick=args.quick,
-             keep_checkpoint=args.keep_checkpoint)
+    _use_threads(args)
+    device = torch_device(args.device)
+    out = output_folder(args.out)
+    with folder_lock(out), _sigterm_as_interrupt():
+        run_demo(out, progress=not args.quiet, device=device, quick=args.quick, keep_checkpoint=args.keep_checkpoint)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from invprior.bench import load_suite, run_suite, write_results
+    from invprior.bench.execute import SuiteInterrupted
+    from invprior.io import folder_lock
 
     device = torch_device(args.device)
     name, runs = load_suite(args.suite)
-    out = Path(args.out)
+    out = output_folder(args.out)
     print(f"suite {name}: {len(runs)} runs -> {out}")
 
     def report(record: dict) -> None:
         outcome = f"PSNR {record['psnr']:.2f} dB" if record["status"] == "ok" else f"FAILED: {record['error']}"
         print(f"  {record['label']:16s} {record['key']}  {outcome}  ({record['wall_time_s']:.1f} s)", flush=True)
 
-    records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, str(device),
-                        progress=report)
-    paths = write_results(records, out, name)
+    with folder_lock(out), _sigterm_as_interrupt():
+        try:
+            records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, str(device),
+                                progress=report)
+        except SuiteInterrupted as exc:
+            print(f"invprior: interrupted: {exc}", file=sys.stderr)
+            return 130
+        paths = write_results(records, out, name)
     failed = sum(r.get("status") != "ok" for r in records)
     print(f"{len(records)} runs ({failed} failed); wrote {', '.join(str(p) for p in paths)}")
     return 1 if failed else 0
@@ -99,6 +147,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--threads", default="auto", help=THREADS_HELP)
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep the method's checkpoint in --out after a finished run (a stopped run always keeps it, "
                           "and the next run resumes from it)")
@@ -108,6 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help=DEVICE_HELP)
     demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--threads", default="auto", help=THREADS_HELP)
     demo.add_argument("--keep-checkpoint", action="store_true",
                       help="keep the DIP checkpoint in --out after a finished demo (a stopped one always keeps it)")
     demo.set_defaults(handler=_demo)
@@ -136,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``invprior`` command: an ``InvpriorError``, a file that cannot be read or written, or
     running out of GPU memory is one line on stderr and exit code 2; an interrupt (Ctrl-C) is one line and 130."""
     args = make_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         return args.handler(args)
     except (InvpriorError, OSError) as exc:
@@ -148,14 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("invprior: interrupted", file=sys.stderr)
         return 130
+    finally:  # a caller of main in its own process gets its thread count back
+        torch.set_num_threads(threads)
 
-
-def console() -> int:
-    """The installed ``invprior`` command: ``main`` in a process whose C heap keeps freed memory
-    (``invprior.allocator``: lin-DIP's batched Jacobian products about 1.2x faster on a CPU)."""
-    reuse_freed_memory()
-    return main()
-
-
-if __name__ == "__main__":
-    sys.exit(console())

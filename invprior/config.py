@@ -277,13 +277,31 @@ def _simulated(problem: dict, base: Path | None) -> ProblemSpec:
     )
 
 
+def read_toml(path: str | Path, what: str = "configuration file") -> dict[str, Any]:
+    """The contents of the TOML file ``path`` (UTF-8, a byte-order mark allowed); a missing file, a folder, an
+    unreadable, binary or non-UTF-8 file and invalid TOML are each a one-line ConfigError naming ``what`` and
+    the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a TOML file")
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not a UTF-8 TOML file (byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                          "is not UTF-8 text); give a TOML file saved as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML configuration file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"configuration file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, path.parent)
+    return parse_config(read_toml(path), path.parent)

@@ -21,6 +21,7 @@ from invprior.config import ComponentSpec, parse_config
 from invprior.errors import ConvergenceWarning
 from invprior.experiment import build_method, build_posterior, build_problem
 from invprior.report import summary_lines, write_report
+from invprior.validation import output_folder
 
 DEMO: dict[str, Any] = {
     "seed": 0,
@@ -50,7 +51,9 @@ def demo_config(quick: bool = False) -> dict:
 def run_demo(out: Path, progress: bool = True, device: torch.device | str = "cpu", quick: bool = False,
              keep_checkpoint: bool = False) -> dict:
     """Run FBP, TV (discrepancy principle) and DIP+TV (automatic choices) and write metrics and figures to ``out``;
-    DIP checkpoints in ``out`` (a stopped demo resumes) and, unless ``keep_checkpoint``, removes it once done."""
+    DIP checkpoints in ``out`` (a stopped demo resumes) and, unless ``keep_checkpoint``, removes it once done. An
+    ``out`` that cannot be written is refused before any work (``ConfigError``)."""
+    output_folder(out)
     raw = demo_config(quick)
     config = parse_config(raw)
     assert config.baseline is not None and config.posterior is not None  # both are in DEMO

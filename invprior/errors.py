@@ -83,3 +83,12 @@ class DataFileError(InvpriorError, ValueError):
 class StateFileError(InvpriorError, ValueError):
     """A state file (checkpoint, model, run record) is empty, truncated, damaged or foreign: its checksum or
     header does not match, so it is refused rather than trusted. The message names the file and what to do."""
+
+
+class MeshError(ConfigError):
+    """A mesh is invalid (non-finite coordinates, isolated nodes, duplicated, degenerate, folded or overlapping
+    elements, boundary edges off the mesh's boundary); the message names the first offending indices and the count."""
+
+
+class FolderInUseError(InvpriorError, RuntimeError):
+    """An output folder is held by another invprior process (its ``.invprior.lock``); the message names its pid."""

@@ -19,6 +19,7 @@ from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.core.reconstruction import Reconstruction
 from invprior.errors import ConfigError
+from invprior.memory import require_memory
 from invprior.metrics import psnr, relative_error, ssim
 
 
@@ -31,7 +32,8 @@ def build(kind: str, spec: ComponentSpec, where: str, params_where: str | None =
 def build_problem(spec: ProblemSpec | MeasuredSpec, seed: int = 0,
                   dtype: torch.dtype = torch.float32) -> InverseProblem:
     """The configured problem: read by a registered reader (``MeasuredSpec``) or simulated (``ProblemSpec``),
-    with its constraints, if any."""
+    with its constraints, if any; refused at once when it cannot fit in memory (``invprior.memory``)."""
+    require_memory(spec, dtype)
     problem = read_problem(spec, dtype) if isinstance(spec, MeasuredSpec) else simulate_problem(spec, seed, dtype)
     if spec.constraints is None:
         return problem
@@ -167,17 +169,23 @@ def run(config: RunConfig, progress: bool = True, device: torch.device | str = "
         dtype: torch.dtype = torch.float32, workdir: Path | None = None) -> RunResult:
     """Simulate the problem, run the baseline and the method, then fit the posterior if configured.
 
-    With ``workdir``, methods that checkpoint (DIP) do so in it and resume a run that was stopped.
+    With ``workdir``, methods that checkpoint (DIP) do so in it and resume a run that was stopped. The method,
+    the baseline and the posterior are built, so their settings are checked, and the problem's memory is
+    checked, before any work.
     """
-    problem = build_problem(config.problem, config.seed, dtype).to(device)
-    baseline_spec = config.baseline or default_baseline(problem)
-    baseline = build_method(baseline_spec, "baseline").reconstruct(problem, progress)
     resumable = {"checkpoint": workdir / f"checkpoint-{config.method.name}.pt", "resume": True} if workdir else {}
     method = build_method(config.method, "method", **resumable)
+    baseline_method = None if config.baseline is None else build_method(config.baseline, "baseline")
+    posterior = None if config.posterior is None else build_posterior(config.posterior, progress=progress,
+                                                                      seed=config.seed)
+    if torch.device(device).type == "cuda":  # the host's memory is checked by build_problem
+        require_memory(config.problem, dtype, device)
+    problem = build_problem(config.problem, config.seed, dtype).to(device)
+    if baseline_method is None:
+        baseline_method = build_method(default_baseline(problem), "baseline")
+    baseline = baseline_method.reconstruct(problem, progress)
     reconstruction = method.reconstruct(problem, progress)
-    posterior = None
-    if config.posterior is not None:
-        posterior = build_posterior(config.posterior, progress=progress, seed=config.seed)
+    if config.posterior is not None and posterior is not None:
         try:
             posterior.fit(reconstruction, problem)
         except ConfigError as exc:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from invprior.errors import StateFileError
+from invprior.errors import FolderInUseError, StateFileError
 
 try:
     import fcntl
@@ -182,3 +182,40 @@ def read_checked_json(path: str | Path, what: str, remedy: str) -> dict:
     if checksum != content_hash(data, digits=64):
         raise StateFileError(f"{path}: damaged {what} (SHA-256 checksum mismatch); it is not used. {remedy}")
     return data
+
+
+#: The file in an output folder whose lock marks the folder as in use (see ``folder_lock``); it holds the pid.
+LOCK_FILE = ".invprior.lock"
+_LOCKED: set[str] = set()  # folders this process holds
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the output folder ``folder`` (created if missing) for the block: an exclusive advisory lock (POSIX
+    ``flock``) on its ``.invprior.lock``, which records this process's pid. Another process holding it is a
+    ``FolderInUseError`` at once, naming its pid. Holding a folder again in the same process (a command and the
+    library function it calls) is allowed. The operating system releases the lock when the process dies, so a
+    killed process never blocks a later one; a no-op where ``flock`` is missing."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if fcntl is None or key in _LOCKED:
+        yield folder
+        return
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise FolderInUseError(f"output folder {folder} is in use by another invprior process (pid {holder}); "
+                                   "wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _LOCKED.add(key)
+        try:
+            yield folder
+        finally:
+            _LOCKED.discard(key)
+    finally:
+        os.close(fd)  # releases the lock

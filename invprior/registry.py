@@ -1,7 +1,9 @@
 """One registry per component kind, filled from the entry-point groups ``invprior.<kind>``.
 
 Built-in components register through invprior's own entry points, exactly like plugins.
-An entry that fails to load is reported with its distribution and error; the others still work.
+An entry that fails to load (whatever it raises on import, ``sys.exit`` included) is reported with its
+distribution and error; the others still work. A plugin that ends the interpreter itself (``os._exit``, a
+crash in native code) cannot be caught in the process that imports it.
 
 Plugin API: a plugin distribution declares the version of this API it was written against in the
 group ``invprior.api`` (one entry pointing at a version string, e.g. ``api =
@@ -86,7 +88,7 @@ def load(kind: str, name: str) -> Any:
         _check_api(entry.distribution)
     try:
         component = metadata.EntryPoint(entry.name, entry.target, f"invprior.{kind}").load()
-    except Exception as exc:  # a broken plugin must be reported, whatever it raises
+    except (Exception, SystemExit) as exc:  # a broken plugin is reported, whatever it raises, also sys.exit()
         raise PluginError(
             f"{kind} component {name!r} from distribution {entry.distribution!r} ({entry.target}) "
             f"failed to load: {type(exc).__name__}: {exc}"
@@ -112,7 +114,7 @@ def declared_api(distribution: str) -> str | None:
         if ep.dist is not None and ep.dist.name == distribution:
             try:
                 return str(ep.load())
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise PluginError(f"distribution {distribution!r} declares its invprior plugin API through "
                                   f"{ep.value}, which failed to load: {type(exc).__name__}: {exc}") from exc
     return None

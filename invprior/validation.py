@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,26 +17,59 @@ from invprior.errors import ConfigError
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def available_devices() -> str:
+    """The devices this machine offers torch, e.g. ``"cpu, cuda:0, cuda:1"``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return ", ".join(names)
+
+
 def torch_device(name: str) -> torch.device:
     """The device a run uses: ``"auto"`` is the first CUDA GPU when torch sees one, else the CPU; any other
-    name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) must name hardware this machine has."""
+    name (``cpu``, ``cuda``, ``cuda:1``, ``mps``) must name hardware this machine has. Refusals list the
+    devices there are."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    here = f"this machine has: {available_devices()}"
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps ({here})") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device {name!r}: torch sees no CUDA GPU on this machine; use cpu or auto")
+            raise ConfigError(f"device {name!r}: torch sees no CUDA GPU on this machine ({here}); use cpu or auto")
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1} "
+                              f"({here})")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name!r}: MPS is not available on this machine; use cpu or auto")
+        raise ConfigError(f"device {name!r}: MPS is not available on this machine ({here}); use cpu or auto")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device {name!r}: invprior runs on cpu, cuda or mps, not {device.type}")
+        raise ConfigError(f"device {name!r}: invprior runs on cpu, cuda or mps, not {device.type} ({here})")
     return device
+
+
+def output_folder(path: str | Path, option: str = "--out") -> Path:
+    """``path`` if results can be written there: a folder (or one that can be created) in which a file can be
+    made; refused with a ConfigError naming ``option`` otherwise. Nothing is left behind: a missing folder is
+    not created, and the file written to test the nearest existing folder is removed."""
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "exists and" if existing == path else f"cannot be created: {existing}"
+        raise ConfigError(f"{option} {path}: {where} is not a folder; give a folder for the results")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".invprior-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc}); "
+                          "give a folder you can write to") from None
+    return path
 
 
 def torch_dtype(name: str, device: torch.device) -> torch.dtype:

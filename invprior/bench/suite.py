@@ -24,12 +24,11 @@ on a rerun whatever the order of the grid.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from invprior.config import parse_config
+from invprior.config import parse_config, read_toml
 from invprior.errors import ConfigError
 from invprior.io import content_hash
 
@@ -69,17 +68,24 @@ def expand_suite(suite: dict[str, Any], where: str = "suite") -> list[Run]:
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; "
                           "allowed: name, description, seeds, problems, methods")
-    problems, methods = suite.get("problems"), suite.get("methods")
-    if not problems or not isinstance(problems, list) or not methods or not isinstance(methods, list):
-        raise ConfigError(f"{where}: needs at least one [[problems]] and one [[methods]] table")
+    problems, methods = suite.get("problems", []), suite.get("methods", [])
+    for key, tables in (("problems", problems), ("methods", methods)):
+        if not tables or not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError(f"{where}: {key} needs at least one [[{key}]] table, got {tables!r}")
     seeds = suite.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}: seeds must be a list of integers, got {seeds!r}")
+    if not seeds:
+        raise ConfigError(f"{where}: seeds is empty; give at least one, e.g. seeds = [0]")
     runs: dict[str, Run] = {}
     for p, problem in enumerate(problems):
         bad = set(problem) - _PROBLEM_KEYS
         if bad:
             raise ConfigError(f"{where}.problems[{p}]: unknown keys {sorted(bad)}")
+        empty = [key for key, value in problem.items() if isinstance(value, list) and not value]
+        if empty:
+            raise ConfigError(f"{where}.problems[{p}].{empty[0]}: an empty list gives no runs; give at least one "
+                              "value")
         for m, method in enumerate(methods):
             bad = set(method) - _METHOD_KEYS
             if bad or "name" not in method:
@@ -117,8 +123,5 @@ def _check_names(config) -> None:
 def load_suite(path: str | Path) -> tuple[str, list[Run]]:
     """``(name, runs)`` of the suite file ``path``."""
     path = Path(path)
-    try:
-        suite = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read suite {path}: {exc}") from None
+    suite = read_toml(path, "suite")
     return str(suite.get("name", path.stem)), expand_suite(suite, where=path.name)

@@ -339,7 +339,8 @@ class SubspaceSolver(_MatrixFree):
         self.captured = float("nan")
         self._regression: SubspaceRegression | None = None
         self._alpha = 1.0
-        self._factor: Tensor | None = None
+        self._prior_factor: Tensor | None = None      # L, (n, r): the prior restricted to the subspace
+        self._posterior_factor: Tensor | None = None  # L W, (n, r): the posterior std factor in the subspace
 
     def fit_hyperparameters(self, residual, log_noise, learn_noise, generator):
         lin, chunk = self.linear.lin, self.batch
@@ -358,9 +359,9 @@ class SubspaceSolver(_MatrixFree):
             self.subspace = prior_subspace(lambda v: chunked(cover, v, chunk), pull, self.model.prior.covariance_apply,
                                            math.prod(self.shape), self.solver.subspace_rank, generator,
                                            probes=self.evidence.num_probes, device=x_star.device)
-            self._factor = self.subspace.factor                                                    # L, (n, r)
+            self._prior_factor = self.subspace.factor                                              # L, (n, r)
             projected = chunked(lambda v: tangent(v.view(-1, *self.shape).to(x_star)).flatten(1).double(),
-                                self._factor.T, chunk).T                                           # A L, (m, r)
+                                self._prior_factor.T, chunk).T                                           # A L, (m, r)
         bar.close()
         self.captured = self.subspace.captured
         if self.captured < CAPTURED_WARNING:
@@ -375,6 +376,7 @@ class SubspaceSolver(_MatrixFree):
         return [self._regression.log_evidence(self._alpha, self.noise_variance)]
 
     def predictive(self, image_noise, residual, linearized_mean, generator):
+        assert self._regression is not None and self._prior_factor is not None  # set by fit_hyperparameters
         weights_mean, weights_factor = self._regression.posterior_weights(self._alpha, self.noise_variance)
         remainder = torch.cat([self._remainder(size, generator).pow(2) for size in
                                tqdm(self.batches(self.sampling.num_samples), desc="lin-DIP remainder draws",
@@ -384,9 +386,9 @@ class SubspaceSolver(_MatrixFree):
         if linearized_mean:
             with torch.no_grad():
                 prior_mean = x_star - self.linear.images(self.model.theta_star).to(x_star)     # x* - J theta*
-                mean = prior_mean + (self._factor @ weights_mean).view_as(x_star).to(x_star)
-        self._factor = self._factor @ weights_factor
-        return Predictive(mean, factor=self._factor, pixel_variance=remainder.mean(dim=0) + image_noise)
+                mean = prior_mean + (self._prior_factor @ weights_mean).view_as(x_star).to(x_star)
+        self._posterior_factor = self._prior_factor @ weights_factor
+        return Predictive(mean, factor=self._posterior_factor, pixel_variance=remainder.mean(dim=0) + image_noise)
 
     def _remainder(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` draws of the prior's remainder outside the subspace, ``(n, pixels)`` (``subspace.remainder_draws``)."""
@@ -397,7 +399,8 @@ class SubspaceSolver(_MatrixFree):
             return remainder_draws(self.linear.images(theta).flatten(1), basis)
 
     def sample(self, n, mean, image_noise, generator):
-        factor = self._factor
+        factor = self._posterior_factor
+        assert factor is not None  # set by predictive
         white = torch.randn(n, factor.shape[1], generator=generator, dtype=factor.dtype).to(factor.device)
         draws = white @ factor.T + torch.cat([self._remainder(size, generator) for size in self.batches(n)])
         return mean + with_image_noise(draws, image_noise, generator).view(n, *mean.shape).to(mean)

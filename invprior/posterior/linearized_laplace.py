@@ -108,7 +108,7 @@ class LinearizedLaplace(GaussianPredictive):
         self.history = solver.fit_hyperparameters(residual, log_noise, learn_noise, generator)
         self.prior, self.noise_variance, self.solver_used = model.prior, solver.noise_variance, kind
         self.image_noise_variance = self._image_noise_variance(model, solver)
-        predictive = solver.predictive(self.image_noise_variance, residual, self._linearized_mean(data_residual),
+        predictive = solver.predictive(self.image_noise_variance, residual, self._use_linearized_mean(data_residual),
                                        generator)
         self._mean, self._covariance, self._samples = predictive.mean, predictive.covariance, predictive.samples
         self._factor, self._pixel_variance = predictive.factor, predictive.pixel_variance
@@ -150,7 +150,7 @@ class LinearizedLaplace(GaussianPredictive):
         return torch.tensor(2 * math.log(max(noise_std, 1e-12)), dtype=torch.float64, device=device,
                             requires_grad=learn), learn
 
-    def _linearized_mean(self, data_residual: Tensor) -> bool:
+    def _use_linearized_mean(self, data_residual: Tensor) -> bool:
         """Whether the predictive mean is the linearised model's (``sampling.mean``; for ``"auto"``: when
         ``y - A(x*)`` leaves more than noise by the discrepancy principle); sets ``discrepancy`` and ``mean_used``."""
         m = data_residual.numel()
