@@ -195,8 +195,10 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     ``flock``) on its ``.invprior.lock``, which records this process's pid. Another process holding it is a
     ``FolderInUseError`` at once, naming its pid. Holding a folder again in the same process (a command and the
     library function it calls) is allowed. The operating system releases the lock when the process dies, so a
-    killed process never blocks a later one; a no-op where ``flock`` is missing."""
+    killed process never blocks a later one; a no-op where ``flock`` is missing. A folder this call created is
+    removed again when the block fails before anything but the lock was written into it."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     if fcntl is None or key in _LOCKED:
@@ -217,5 +219,10 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
             yield folder
         finally:
             _LOCKED.discard(key)
+    except BaseException:
+        if created and {p.name for p in folder.iterdir()} <= {LOCK_FILE}:  # refused before any result
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+        raise
     finally:
         os.close(fd)  # releases the lock

@@ -272,3 +272,13 @@ def test_bad_posterior_and_baseline_settings_are_refused_before_the_problem_is_b
     config = _config(tmp_path, extra=extra)
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     assert message in _error(capsys)
+
+
+def test_a_refusal_inside_the_run_leaves_no_empty_output_folder(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text('[problem]\noperator = "denoising"\nimage = "ellipses"\nsize = 1000000\nnoise = { std = 0.1 }\n'
+                      '[method]\nname = "tv"\n')
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--threads", "1"]) == 2
+    assert "needs at least" in capsys.readouterr().err
+    assert not out.exists()
