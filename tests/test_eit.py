@@ -67,7 +67,8 @@ def test_degenerate_or_inconsistent_meshes_are_refused(disc):
         Mesh.from_arrays(nodes, np.array([[0, 1, 7]]), boundary, np.array([0, 1]))
     with pytest.raises(ConfigError, match="numbered"):
         Mesh.from_arrays(nodes, np.array([[0, 1, 3]]), boundary, np.array([0, 2]))
-    clockwise = Mesh.from_arrays(nodes, np.array([[0, 3, 1]]), boundary, np.array([0, 1]))
+    clockwise = Mesh.from_arrays(nodes[[0, 1, 3]], np.array([[0, 2, 1]]), np.array([[0, 1], [1, 2], [2, 0]]),
+                                 np.array([0, 1, -1]))
     assert clockwise.areas[0] > 0  # reoriented
     with pytest.raises(ConfigError, match="overlap"):
         disc_mesh(h=0.2, electrodes=[(0.0, 0.2), (0.1, 0.3)])

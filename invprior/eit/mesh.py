@@ -13,14 +13,16 @@ dependencies; any other generator can be used through ``Mesh.from_arrays``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from invprior._optional import require
-from invprior.errors import ConfigError, ShapeError
+from invprior.errors import ConfigError, MeshError, ShapeError
 from invprior.io import atomic_write, content_hash
 
 __all__ = ["Mesh", "disc_mesh", "polygon_mesh", "electrode_arcs"]
@@ -28,49 +30,37 @@ __all__ = ["Mesh", "disc_mesh", "polygon_mesh", "electrode_arcs"]
 _FEATURE = "EIT meshes"
 #: Growth of the boundary spacing per unit distance from an electrode end.
 _GRADING = 0.3
+#: An element with an angle below this (radians) is degenerate (zero area) and refused.
+_DEGENERATE_ANGLE = 1e-6
+#: An element with an angle below this (degrees) is poor: the mesh is used, with a warning.
+_POOR_ANGLE = 5.0
+#: How many offending indices an error message names.
+_SHOWN = 5
 
 
 @dataclass(frozen=True)
 class Mesh:
     """A P1 mesh: ``nodes`` (N, 2) float64, ``elements`` (E, 3) int64 counter-clockwise,
-    ``boundary`` (B, 2) int64 boundary edges and ``edge_electrode`` (B,) int64 (electrode index or -1)."""
+    ``boundary`` (B, 2) int64 boundary edges and ``edge_electrode`` (B,) int64 (electrode index or -1).
+    Every construction (``Mesh(...)``, ``from_arrays``, ``load``, the generators) checks the arrays first (see
+    ``_checked``)."""
 
     nodes: np.ndarray
     elements: np.ndarray
     boundary: np.ndarray
     edge_electrode: np.ndarray
 
+    def __post_init__(self) -> None:
+        for name, array in zip(("nodes", "elements", "boundary", "edge_electrode"),
+                               _checked(self.nodes, self.elements, self.boundary, self.edge_electrode)):
+            object.__setattr__(self, name, array)
+
     @classmethod
-    def from_arrays(cls, nodes: np.ndarray, elements: np.ndarray, boundary: np.ndarray,
-                    edge_electrode: np.ndarray) -> Mesh:
-        """Validate and orient user arrays: shapes, index ranges, degenerate triangles (refused),
-        clockwise triangles (reoriented), electrodes numbered ``0..L-1`` without gaps."""
-        nodes = np.ascontiguousarray(nodes, dtype=np.float64)
-        elements = np.ascontiguousarray(elements, dtype=np.int64)
-        boundary = np.ascontiguousarray(boundary, dtype=np.int64)
-        edge_electrode = np.ascontiguousarray(edge_electrode, dtype=np.int64).reshape(-1)
-        if nodes.ndim != 2 or nodes.shape[1] != 2 or not np.isfinite(nodes).all():
-            raise ShapeError(f"Mesh: nodes must be a finite (N, 2) array, got shape {nodes.shape}")
-        for name, array in (("elements", elements), ("boundary", boundary)):
-            width = 3 if name == "elements" else 2
-            if array.ndim != 2 or array.shape[1] != width or array.shape[0] == 0:
-                raise ShapeError(f"Mesh: {name} must be a non-empty (K, {width}) array, got shape {array.shape}")
-            if array.min() < 0 or array.max() >= len(nodes):
-                raise ShapeError(f"Mesh: {name} refer to nodes outside 0..{len(nodes) - 1}")
-        if edge_electrode.shape != (len(boundary),):
-            raise ShapeError(f"Mesh: edge_electrode must have one entry per boundary edge ({len(boundary)}), "
-                             f"got {edge_electrode.shape}")
-        signed = _signed_areas(nodes, elements)
-        scale = float(np.ptp(nodes, axis=0).max()) ** 2
-        degenerate = np.flatnonzero(np.abs(signed) <= 1e-12 * scale)
-        if degenerate.size:
-            raise ConfigError(f"Mesh: {degenerate.size} degenerate (zero-area) triangles, e.g. element "
-                              f"{int(degenerate[0])} with nodes {elements[degenerate[0]].tolist()}")
-        elements = np.where((signed < 0)[:, None], elements[:, [0, 2, 1]], elements)
-        used = np.unique(edge_electrode[edge_electrode >= 0])
-        if used.size and not np.array_equal(used, np.arange(used.size)):
-            raise ConfigError(f"Mesh: electrodes must be numbered 0..L-1, got {used.tolist()}")
-        return cls(nodes, elements, boundary, edge_electrode)
+    def from_arrays(cls, nodes: ArrayLike, elements: ArrayLike, boundary: ArrayLike,
+                    edge_electrode: ArrayLike) -> Mesh:
+        """A mesh from user arrays, as ``Mesh(...)``: converted, checked (see ``_checked``: refused with a
+        ``MeshError`` or ``ShapeError``, warned about when poor) and with clockwise triangles reoriented."""
+        return cls(np.asarray(nodes), np.asarray(elements), np.asarray(boundary), np.asarray(edge_electrode))
 
     # -- geometry -----------------------------------------------------------------------
     @property
@@ -104,13 +94,7 @@ class Mesh:
 
     def min_angle(self) -> float:
         """The smallest interior angle of any triangle, in degrees."""
-        corners = self.nodes[self.elements]
-        angles = []
-        for i in range(3):
-            a, b = corners[:, (i + 1) % 3] - corners[:, i], corners[:, (i + 2) % 3] - corners[:, i]
-            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-            angles.append(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-        return float(np.min(angles))
+        return float(np.degrees(_angles(self.nodes, self.elements).min()))
 
     def quality(self) -> dict[str, float]:
         """Element-quality figures: count, smallest angle (degrees), largest edge ratio, ``h``."""
@@ -140,6 +124,130 @@ def _signed_areas(nodes: np.ndarray, elements: np.ndarray) -> np.ndarray:
     p0, p1, p2 = (nodes[elements[:, i]] for i in range(3))
     d1, d2 = p1 - p0, p2 - p0
     return 0.5 * (d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0])
+
+
+def _angles(nodes: np.ndarray, elements: np.ndarray) -> np.ndarray:
+    """Interior angles (E, 3) in radians, at each element's corners (``atan2``: accurate for tiny angles too)."""
+    corners = nodes[elements]
+    a, b = np.roll(corners, -1, axis=1) - corners, np.roll(corners, 1, axis=1) - corners
+    return np.arctan2(np.abs(a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]), (a * b).sum(axis=2))
+
+
+def _listed(indices: np.ndarray) -> str:
+    """The first ``_SHOWN`` of ``indices``, comma-separated (``...`` when there are more)."""
+    return ", ".join(str(int(i)) for i in indices[:_SHOWN]) + (", ..." if len(indices) > _SHOWN else "")
+
+
+def _checked(nodes: ArrayLike, elements: ArrayLike, boundary: ArrayLike,
+             edge_electrode: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays as float64/int64 with counter-clockwise elements, after refusing shapes and node indices out of
+    range (``ShapeError``), electrodes not numbered ``0..L-1``, non-finite coordinates, nodes in no element,
+    duplicated elements (the same nodes in any order) and degenerate ones (an angle below ``_DEGENERATE_ANGLE``
+    radians), then the edge checks of ``_check_edges`` (``MeshError``); warns when an angle is below ``_POOR_ANGLE``
+    degrees."""
+    nodes = np.ascontiguousarray(nodes, dtype=np.float64)
+    elements = np.ascontiguousarray(elements, dtype=np.int64)
+    boundary = np.ascontiguousarray(boundary, dtype=np.int64)
+    edge_electrode = np.ascontiguousarray(edge_electrode, dtype=np.int64).reshape(-1)
+    if nodes.ndim != 2 or nodes.shape[1] != 2 or nodes.shape[0] == 0:
+        raise ShapeError(f"Mesh: nodes must be a non-empty (N, 2) array, got shape {nodes.shape}")
+    for name, array, width in (("elements", elements, 3), ("boundary", boundary, 2)):
+        if array.ndim != 2 or array.shape[1] != width or array.shape[0] == 0:
+            raise ShapeError(f"Mesh: {name} must be a non-empty (K, {width}) array, got shape {array.shape}")
+        outside = np.flatnonzero(((array < 0) | (array >= len(nodes))).any(axis=1))
+        if outside.size:
+            raise ShapeError(f"Mesh: {outside.size} rows of {name} refer to nodes outside 0..{len(nodes) - 1} (no "
+                             f"such node): rows {_listed(outside)} (row {int(outside[0])} = "
+                             f"{array[outside[0]].tolist()})")
+    if edge_electrode.shape != (len(boundary),):
+        raise ShapeError(f"Mesh: edge_electrode must have one entry per boundary edge ({len(boundary)}), "
+                         f"got {edge_electrode.shape}")
+    used = np.unique(edge_electrode[edge_electrode >= 0])
+    if used.size and not np.array_equal(used, np.arange(used.size)):
+        raise MeshError(f"Mesh: electrodes must be numbered 0..L-1, got {used.tolist()}")
+    bad = np.flatnonzero(~np.isfinite(nodes).all(axis=1))
+    if bad.size:
+        raise MeshError(f"Mesh: {bad.size} of {len(nodes)} nodes have non-finite coordinates: nodes {_listed(bad)}")
+    isolated = np.flatnonzero(np.bincount(elements.ravel(), minlength=len(nodes)) == 0)
+    if isolated.size:
+        raise MeshError(f"Mesh: {isolated.size} of {len(nodes)} nodes belong to no element (isolated): nodes "
+                        f"{_listed(isolated)}")
+    ordered = np.sort(elements, axis=1)
+    order = np.lexsort(ordered.T[::-1])  # stable: equal node sets in increasing element index
+    same = np.flatnonzero((ordered[order[1:]] == ordered[order[:-1]]).all(axis=1))
+    if same.size:
+        pairs = ", ".join(f"element {int(order[k + 1])} repeats {int(order[k])}" for k in same[:_SHOWN])
+        raise MeshError(f"Mesh: {same.size} duplicated elements (the same three nodes in any order): {pairs}"
+                        + (", ..." if same.size > _SHOWN else ""))
+    smallest = _angles(nodes, elements).min(axis=1)
+    degenerate = np.flatnonzero(smallest < _DEGENERATE_ANGLE)
+    if degenerate.size:
+        raise MeshError(f"Mesh: {degenerate.size} degenerate elements (an angle below {_DEGENERATE_ANGLE:g} rad: "
+                        f"collinear or coincident nodes, zero area): elements {_listed(degenerate)} (element "
+                        f"{int(degenerate[0])} has nodes {elements[degenerate[0]].tolist()})")
+    elements = np.where((_signed_areas(nodes, elements) < 0)[:, None], elements[:, [0, 2, 1]], elements)
+    _check_edges(nodes, elements, boundary)
+    poor = np.flatnonzero(smallest < np.radians(_POOR_ANGLE))
+    if poor.size:
+        worst = int(np.argmin(smallest))
+        warnings.warn(f"Mesh: smallest angle {np.degrees(smallest[worst]):.3g} degrees (element {worst}); "
+                      f"{poor.size} of {len(elements)} elements have an angle below {_POOR_ANGLE:g} degrees, which "
+                      "makes the FEM system ill-conditioned and the field inaccurate there; remesh with a "
+                      "minimum-angle bound", RuntimeWarning, stacklevel=4)
+    return nodes, elements, boundary, edge_electrode
+
+
+def _check_edges(nodes: np.ndarray, elements: np.ndarray, boundary: np.ndarray) -> None:
+    """Refuse overlapping elements and boundary edges off the mesh's boundary. ``elements`` are counter-clockwise,
+    so two elements sharing an edge traverse it in opposite directions unless they lie on the same side of it
+    (folded); an edge in three or more elements overlaps too. Without those, the boundary (edges in one element,
+    directed by it) winds around a point once per element covering it: more than once at an element's centroid
+    means another part of the mesh lies over it."""
+    count = len(nodes)
+    tails, heads = elements.ravel(), np.roll(elements, -1, axis=1).ravel()
+    owner = np.arange(tails.size) // 3
+    keys, inverse, uses = np.unique(np.minimum(tails, heads) * count + np.maximum(tails, heads),
+                                    return_inverse=True, return_counts=True)
+
+    def elements_of(edges: np.ndarray) -> str:
+        return "; ".join(f"edge ({int(keys[k] // count)}, {int(keys[k] % count)}) in elements "
+                         f"{owner[inverse == k].tolist()}" for k in edges[:_SHOWN])
+
+    crowded = np.flatnonzero(uses > 2)
+    if crowded.size:
+        raise MeshError(f"Mesh: {crowded.size} edges are shared by more than two elements (overlapping elements): "
+                        f"{elements_of(crowded)}")
+    forward = np.bincount(inverse, weights=tails < heads, minlength=keys.size)
+    folded = np.flatnonzero((uses == 2) & (forward != 1))
+    if folded.size:
+        raise MeshError(f"Mesh: {folded.size} folded edges (the two elements sharing each lie on the same side of "
+                        f"it, so they overlap; flipped orientation): {elements_of(folded)}")
+    outer = uses[inverse] == 1
+    listed = np.minimum(boundary[:, 0], boundary[:, 1]) * count + np.maximum(boundary[:, 0], boundary[:, 1])
+    stray = np.flatnonzero(~np.isin(listed, keys[uses == 1]))
+    if stray.size:
+        raise MeshError(f"Mesh: {stray.size} boundary edges are not on the mesh's boundary (an edge of exactly one "
+                        f"element): rows {_listed(stray)} (row {int(stray[0])} = {boundary[stray[0]].tolist()})")
+    _, first, repeated = np.unique(listed, return_index=True, return_inverse=True)
+    twice = np.flatnonzero(first[repeated] != np.arange(len(listed)))
+    if twice.size:
+        raise MeshError(f"Mesh: {twice.size} boundary edges are listed twice: rows {_listed(twice)} (row "
+                        f"{int(twice[0])} = {boundary[twice[0]].tolist()})")
+    (x0, y0), (x1, y1) = nodes[tails[outer]].T, nodes[heads[outer]].T
+    probes = np.unique(owner[outer])
+    px, py = nodes[elements[probes]].mean(axis=1).T
+    rank = np.argsort(py)
+    low = np.searchsorted(py[rank], np.minimum(y0, y1))  # the centroids with min(y0, y1) <= y < max(y0, y1)
+    spans = np.searchsorted(py[rank], np.maximum(y0, y1)) - low
+    edge = np.repeat(np.arange(len(x0)), spans)
+    probe = rank[np.arange(spans.sum()) + np.repeat(low - np.cumsum(spans) + spans, spans)]
+    left = (x1 - x0)[edge] * (py[probe] - y0[edge]) - (y1 - y0)[edge] * (px[probe] - x0[edge])
+    crossing = np.where(y1[edge] > y0[edge], left > 0, -(left < 0).astype(np.int64))  # of the ray x' > x
+    winding = np.bincount(probe, weights=crossing, minlength=len(probes)).astype(np.int64)
+    covered = probes[winding != 1]
+    if covered.size:
+        raise MeshError(f"Mesh: {covered.size} elements overlap other elements (the mesh covers their centroids up "
+                        f"to {int(winding.max())} times): elements {_listed(covered)}")
 
 
 def electrode_arcs(count: int, width: float, offset: float = 0.0) -> list[tuple[float, float]]:
