@@ -14,7 +14,7 @@ from invprior.core.operator import ForwardOperator
 from invprior.core.problem import InverseProblem
 from invprior.data.phantoms import random_ellipses
 from invprior.data.synthetic import SyntheticPairs
-from invprior.errors import ConfigError
+from invprior.errors import ConfigError, StateFileError
 from invprior.experiment import run
 from invprior.methods import pretrain as pretrain_module
 from invprior.methods.dip import DIP
@@ -273,7 +273,7 @@ def test_a_model_is_refused_for_another_geometry_size_or_noise(pretrained, tmp_p
         check_compatible(model, _problem(_ct()), noise_tolerance=0.5)
     not_a_model = tmp_path / "x.pt"
     torch.save({"weights": 1}, not_a_model)
-    with pytest.raises(ConfigError, match="not an invprior pretrained model"):
+    with pytest.raises(StateFileError, match="not an invprior pretrained model"):
         load_pretrained(not_a_model)
     with pytest.raises(ConfigError, match="does not exist"):
         load_pretrained(tmp_path / "missing.pt")

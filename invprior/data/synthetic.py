@@ -23,7 +23,7 @@ from invprior.core.problem import InverseProblem
 from invprior.data.phantoms import random_ellipse_parameters, rasterize_ellipses
 from invprior.errors import ConfigError
 from invprior.generators.inputs import check_input_kind, operator_image
-from invprior.io import atomic_write
+from invprior.io import load_torch_state, save_torch_state
 from invprior.validation import number_pair, positive_int
 
 PHANTOM, NOISE = 0, 1  # random streams of an item
@@ -185,10 +185,12 @@ class SyntheticPairs(Dataset):
 
     def cache(self, path: str | Path, batch_size: int = 64) -> SyntheticPairs:
         """Serve the pairs from the file ``path``: load it when it holds this very set, else generate all
-        pairs and write them there atomically. Returns ``self``."""
+        pairs and write them there atomically, in a checksummed state file. An empty, truncated, damaged or
+        foreign file is refused (``StateFileError``). Returns ``self``."""
         path = Path(path)
         if path.exists():
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_torch_state(path, "synthetic_pairs", "Delete it (the pairs are generated again) or "
+                                       "choose another path")
             if payload.get("metadata") != self.metadata:
                 raise ConfigError(f"{type(self).__name__}: cache {path} holds another set ({payload.get('metadata')}); "
                                   "delete it or choose another path")
@@ -197,5 +199,5 @@ class SyntheticPairs(Dataset):
         self.cache_in_memory(batch_size)
         assert self._stored is not None  # filled by cache_in_memory
         inputs, targets = self._stored
-        atomic_write(path, lambda f: torch.save({"metadata": self.metadata, "inputs": inputs, "targets": targets}, f))
+        save_torch_state(path, "synthetic_pairs", {"metadata": self.metadata, "inputs": inputs, "targets": targets})
         return self

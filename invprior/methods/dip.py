@@ -27,9 +27,9 @@ from invprior.core.interfaces import Generator, IterationState, Method, Regulari
 from invprior.core.problem import InverseProblem, ensure_noise_level
 from invprior.core.reconstruction import FittedNetwork, Reconstruction
 from invprior.core.scaling import data_scale
-from invprior.errors import ConfigError, FitDivergedError, ShapeError
+from invprior.errors import ConfigError, FitDivergedError, NotSupportedError, ShapeError
 from invprior.generators.output_map import OutputMap
-from invprior.io import atomic_write
+from invprior.io import load_torch_state, save_torch_state
 from invprior.methods.base import seeded_global_rng
 from invprior.methods.classical import TVLeastSquares
 from invprior.metrics import psnr, ssim
@@ -96,9 +96,18 @@ class DIP(Method):
     the smallest misfit is kept (``extras["restarts"]`` lists every attempt). Without a noise level
     every restart runs. The data alone decide; the default (0) fits once.
 
-    With ``checkpoint`` set, the state is written atomically every ``checkpoint_every`` iterations;
-    with ``resume=True`` a run whose checkpoint exists continues from it and reproduces the
-    uninterrupted run exactly on the CPU.
+    With ``checkpoint`` set, the state is written atomically every ``checkpoint_every`` iterations, in a
+    checksummed file (``invprior.io.save_torch_state``); with ``resume=True`` a run whose checkpoint exists
+    continues from it and reproduces the uninterrupted run exactly on the CPU. An empty, truncated, damaged or
+    foreign checkpoint is refused (``StateFileError``), never used. ``max_iterations`` may be raised to continue
+    a finished run. A checkpoint written by a run with a larger budget is refused (``ConfigError``, naming the
+    ``max_iterations`` it needs) when it is past ``max_iterations``, or unfinished at it; a fit that finished
+    within ``max_iterations`` (its rule stopped it, or it ran this very budget) returns its stored result.
+    ``wall_time`` of a resumed run is the total over all sessions: the seconds each fit had run when its
+    checkpoint was last written (stored in it) plus this session's.
+
+    The fit runs in the problem's dtype, float32 or float64; half precision (float16, bfloat16) is refused
+    up front (``NotSupportedError``).
     """
 
     name = "dip"
@@ -169,6 +178,14 @@ class DIP(Method):
         return twin
 
     # -- set-up -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _check_output_shape(self, generator: Generator, z: Tensor, op) -> None:
+        """Refuse a generator whose output ``G(z)`` is not one image of the operator's domain shape."""
+        shape = tuple(generator(z).shape)
+        if shape != (1, *op.domain_shape):
+            raise ShapeError(f"dip: the generator outputs images of shape {shape}, but {op.name} expects "
+                             f"(1, {', '.join(map(str, op.domain_shape))}); fix the generator's size/channels")
+
     def _build_generator(self, problem: InverseProblem) -> OutputMap:
         """A freshly initialised generator (weights drawn from ``seed``, global RNG untouched), its output
         projected onto the problem's constraints."""
@@ -212,8 +229,18 @@ class DIP(Method):
         return digest.hexdigest()
 
     # -- fitting ----------------------------------------------------------------------
+    def check_precision(self, problem: InverseProblem) -> None:
+        """Refuse a problem in half precision (float16, bfloat16), before any work is done."""
+        if problem.y.dtype in (torch.float16, torch.bfloat16):
+            raise NotSupportedError(
+                f"{self.name}: {str(problem.y.dtype).removeprefix('torch.')} is not supported: float16 is too narrow "
+                "for Adam's second moments and the squared data and TV losses (they underflow or overflow and the "
+                "fit diverges) and bfloat16 keeps 8 significant bits, too few for the small weight steps; use "
+                "float32 or float64 (problem.to(dtype=torch.float32), or --dtype float32)")
+
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
         start = time.perf_counter()
+        self.check_precision(problem)
         if self._auto_weight() and not problem.operator.is_linear:
             raise ConfigError(f"dip: weight='auto' cross-validates TV least squares, which needs a linear operator "
                               f"({problem.operator.name} is not); give a number as weight")
@@ -221,17 +248,23 @@ class DIP(Method):
             problem = ensure_noise_level(problem, self.name)
         scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
+        generator = self._build_generator(normalised[0])  # checked before the TV reference, which takes seconds
+        with seeded_global_rng(self.seed + 2, problem.y.device):
+            self._check_output_shape(generator, generator.make_input(normalised[0], self.seed), problem.operator)
         references = [self._reference(part) for part in normalised]
         weights = [weight for weight, _ in references]
-        fits = [self._in_user_units(
-                    self._restarted_fit(part, *references[b], self._checkpoint_path(b, problem.batch_size), progress,
-                                        float(scales[b])), float(scales[b]), problem.constraints)
-                for b, part in enumerate(normalised)]
+        fits, origin = [], start  # each fit's clock starts where the previous one stopped (the first's: here)
+        for b, part in enumerate(normalised):
+            fit = self._restarted_fit(part, *references[b], self._checkpoint_path(b, problem.batch_size), progress,
+                                      float(scales[b]), origin)
+            fits.append(self._in_user_units(fit, float(scales[b]), problem.constraints))
+            origin = time.perf_counter()
         first = fits[0]
+        earlier = sum(f.extras["earlier_seconds"] for f in fits)  # recorded by the checkpoints of earlier sessions
         return Reconstruction(
             image=torch.cat([f.image for f in fits]), method=self.name, params={**self.params, "weight": weights},
-            trace=first.trace,
-            iterations=first.iterations, stop_reason=first.stop_reason, wall_time=time.perf_counter() - start,
+            trace=first.trace, iterations=first.iterations, stop_reason=first.stop_reason,
+            wall_time=time.perf_counter() - start + earlier,
             networks=[network for f in fits for network in f.networks], fitted_by=self,
             extras={"best_iteration": [f.extras["best_iteration"] for f in fits],
                     "restarts": [f.extras["restarts"] for f in fits], "data_scale": scales.tolist(),
@@ -239,10 +272,11 @@ class DIP(Method):
                                   for f in fits] if len(fits) > 1 else None})
 
     def _restarted_fit(self, problem: InverseProblem, weight: float, start: Tensor | None, checkpoint: Path | None,
-                       progress: bool, scale: float) -> Reconstruction:
+                       progress: bool, scale: float, origin: float) -> Reconstruction:
         """Fit one image of the problem normalised by ``scale``, refitting from the next seeds while the kept
         iterate leaves the data unexplained (see ``restarts``); the attempt with the smallest misfit
-        ``||A x - y||``, reported in the data's units."""
+        ``||A x - y||``, reported in the data's units. ``origin`` (a ``time.perf_counter`` reading) starts the
+        first attempt's clock; ``extras["earlier_seconds"]`` sums the attempts' time in earlier sessions."""
         delta = problem.noise_norm  # None, or one value per image after InverseProblem's checks
         limit = self.restart_misfit * float(delta[0]) * scale if isinstance(delta, Tensor) else None
         attempts: list[Reconstruction] = []
@@ -250,7 +284,8 @@ class DIP(Method):
             method = self if attempt == 0 else self.reseeded(self.seed + attempt)
             path = checkpoint if checkpoint is None or attempt == 0 else checkpoint.with_name(
                 f"{checkpoint.stem}-restart{attempt}{checkpoint.suffix}")
-            fit = method._fit(problem, weight, start, path, progress)
+            fit = method._fit(problem, weight, start, path, progress, origin)
+            origin = time.perf_counter()
             with torch.no_grad():
                 fit.extras["misfit"] = scale * float((problem.operator(fit.image) - problem.y).norm())
             attempts.append(fit)
@@ -258,6 +293,7 @@ class DIP(Method):
                 break
         index = min(range(len(attempts)), key=lambda k: attempts[k].extras["misfit"])
         kept = attempts[index]
+        kept.extras["earlier_seconds"] = sum(fit.extras["earlier_seconds"] for fit in attempts)
         kept.extras["restarts"] = [{"seed": self.seed + k, "misfit": fit.extras["misfit"], "iterations": fit.iterations}
                                    for k, fit in enumerate(attempts)]
         if len(attempts) > 1:
@@ -320,7 +356,9 @@ class DIP(Method):
             optimizer.step()
 
     def _fit(self, problem: InverseProblem, weight: float, start: Tensor | None, checkpoint: Path | None,
-             progress: bool) -> Reconstruction:
+             progress: bool, origin: float) -> Reconstruction:
+        """One fit; ``origin`` (a ``time.perf_counter`` reading) starts its clock in this session, and
+        ``extras["earlier_seconds"]`` holds the time its checkpoint recorded in earlier sessions."""
         op, y = problem.operator, problem.y
         generator = self._build_generator(problem)
         z = generator.make_input(problem, self.seed)
@@ -328,17 +366,14 @@ class DIP(Method):
         rule.reset()
         # the global RNG (dropout, if any) is forked, seeded and restored: the caller's state is untouched
         with seeded_global_rng(self.seed + 2, y.device):
-            with torch.no_grad():
-                shape = tuple(generator(z).shape)
-            if shape != (1, *op.domain_shape):
-                raise ShapeError(f"dip: the generator outputs images of shape {shape}, but {op.name} expects "
-                                 f"(1, {', '.join(map(str, op.domain_shape))}); fix the generator's size/channels")
+            self._check_output_shape(generator, z, op)
             resuming = checkpoint is not None and self.resume and checkpoint.exists()
             if start is not None and not resuming:  # a resumed run restores the weights instead
                 self._fit_to(generator, z, start)
             optimizer = self.OPTIMIZERS[self.optimizer](generator.parameters(), lr=self.lr)
             noise_rng = torch.Generator(device="cpu").manual_seed(self.seed + 1)
             record = Reconstruction(y.new_zeros(0), self.name, params=self.params)
+            record.extras["earlier_seconds"] = 0.0
             best_state: dict[str, Tensor] | None = None
             average = _clone(generator.state_dict()) if self.average > 0 else None
             first = 1
@@ -346,20 +381,32 @@ class DIP(Method):
             if resuming:
                 assert checkpoint is not None  # resuming needs one
                 payload = self._load(checkpoint, fingerprint, y.device)
-                result = payload.get("result")
-                if result is not None and (result["stopped"] or payload["iteration"] >= self.max_iterations):
+                record.extras["earlier_seconds"] = payload["seconds"]
+                # a finished fit is returned at its own budget; an unfinished one needs one more iteration
+                needed = payload["iteration"] + (payload["result"] is None)
+                if self.max_iterations < needed:
+                    raise ConfigError(
+                        f"{self.name}: checkpoint {checkpoint} is at iteration {payload['iteration']} of a run with "
+                        f"a larger budget than max_iterations={self.max_iterations}; raise max_iterations to at "
+                        f"least {needed} to continue it, or delete it to fit afresh")
+                if payload["result"] is not None and (payload["result"]["stopped"]
+                                                      or payload["iteration"] == self.max_iterations):
                     return self._finished(record, payload, generator, z)
                 first, best_state, average = self._restore(payload, generator, optimizer, rule, noise_rng, record,
                                                            y.device)
             warmup = self.warmup if start is not None else 0
             return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
-                                 average, first, checkpoint, fingerprint, progress, warmup)
+                                 average, first, checkpoint, fingerprint, progress, warmup, origin)
 
     def _iterate(self, problem: InverseProblem, weight: float, generator: Generator, z: Tensor, rule: StoppingRule,
                  optimizer, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
                  average: dict | None, first: int, checkpoint: Path | None, fingerprint: str,
-                 progress: bool, warmup: int) -> Reconstruction:
+                 progress: bool, warmup: int, origin: float) -> Reconstruction:
         op, y = problem.operator, problem.y
+
+        def seconds() -> float:  # the fit's time over all sessions so far
+            return record.extras["earlier_seconds"] + time.perf_counter() - origin
+
         noise_norm = problem.noise_norm if isinstance(problem.noise_norm, Tensor) else None
         watch = getattr(rule, "monitor", None)
 
@@ -409,8 +456,10 @@ class DIP(Method):
                     for group in optimizer.param_groups:
                         group["lr"] = self.lr * min(1.0, iteration / warmup)
                 optimizer.step()
-                if checkpoint is not None and iteration % self.checkpoint_every == 0:
-                    self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng,
+                # none at max_iterations: the final checkpoint, with the result, follows at once
+                due = iteration % self.checkpoint_every == 0 and iteration < self.max_iterations
+                if checkpoint is not None and due:
+                    self._save(checkpoint, fingerprint, seconds(), iteration, generator, optimizer, rule, noise_rng,
                                record, best_state, average)
         if stop:
             record.stop_reason = rule.reason
@@ -434,7 +483,7 @@ class DIP(Method):
         if checkpoint is not None:
             result = {"stopped": stop, "image": record.image, "iterations": iteration,
                       "stop_reason": record.stop_reason, "best_iteration": rule.best_iteration}
-            self._save(checkpoint, fingerprint, iteration, generator, optimizer, rule, noise_rng, record,
+            self._save(checkpoint, fingerprint, seconds(), iteration, generator, optimizer, rule, noise_rng, record,
                        best_state, average, result)
         return record
 
@@ -466,22 +515,27 @@ class DIP(Method):
             f"the last good iterate ({where}) is kept in the error's .reconstruction", record)
 
     # -- checkpoints ------------------------------------------------------------------
-    def _save(self, path: Path, fingerprint: str, iteration: int, generator: Generator, optimizer, rule: StoppingRule,
-              noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None, average: dict | None,
-              result: dict | None = None) -> None:
-        """Everything needed to continue after ``iteration`` (and, at the end of a fit, its result)."""
+    def _save(self, path: Path, fingerprint: str, seconds: float, iteration: int, generator: Generator, optimizer,
+              rule: StoppingRule, noise_rng: torch.Generator, record: Reconstruction, best_state: dict | None,
+              average: dict | None, result: dict | None = None) -> None:
+        """Everything needed to continue after ``iteration`` (and, at the end of a fit, its result), with the
+        ``seconds`` the fit has run over all sessions, in a checksummed state file."""
         device = next(iter(generator.state_dict().values())).device
-        payload = {"fingerprint": fingerprint, "iteration": iteration, "generator": generator.state_dict(),
-                   "optimizer": optimizer.state_dict(), "rule": rule.state_dict(), "noise_rng": noise_rng.get_state(),
-                   "torch_rng": torch.get_rng_state(), "trace": record.trace, "best_state": best_state,
-                   "average": average, "result": result}
+        payload = {"fingerprint": fingerprint, "seconds": seconds, "iteration": iteration,
+                   "generator": generator.state_dict(), "optimizer": optimizer.state_dict(),
+                   "rule": rule.state_dict(), "noise_rng": noise_rng.get_state(), "torch_rng": torch.get_rng_state(),
+                   "trace": record.trace, "best_state": best_state, "average": average, "result": result}
         if device.type == "cuda":
             payload["cuda_rng"] = torch.cuda.get_rng_state(device)
-        atomic_write(path, lambda f: torch.save(payload, f))
+        save_torch_state(path, "dip_checkpoint", payload)
 
     def _load(self, path: Path, fingerprint: str, device: torch.device) -> dict:
-        """Read a checkpoint on the CPU and refuse one that belongs to another run."""
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        """Read a checkpoint on the CPU once its checksum is verified (``StateFileError`` for an empty, truncated,
+        damaged or foreign file) and refuse one that belongs to another run."""
+        # a stopping rule's state holds any Python object (ES-WMV's window is a deque), which weights_only refuses;
+        # the file is unpickled only after its length and SHA-256 have been checked
+        payload = load_torch_state(path, "dip_checkpoint", "Delete it to fit afresh, or choose another output "
+                                   "folder (invprior run --out) or 'checkpoint' path", weights_only=False)
         if payload.get("fingerprint") != fingerprint:
             raise ConfigError(f"dip: checkpoint {path} belongs to another problem or other settings; "
                               "delete it, or choose another output folder or 'checkpoint' path")

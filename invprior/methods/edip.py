@@ -38,8 +38,10 @@ class EDIP(DIP):
     ``batch_size``, ``lr``, ``schedule``, ``seed``, ``generator``, ``generator_params``, phantom keys and
     ``fine_factor``; defaults ``PRETRAIN_DEFAULTS``), the model is trained on the problem's operator and
     noise level and written to ``pretrained`` for the next run. A model trained for another operator,
-    geometry, image size or noise level (beyond ``noise_tolerance``) is refused. The other arguments
-    are those of ``DIP``; the generator is the pretrained one (so there is no ``init``).
+    geometry, image size or noise level (beyond ``noise_tolerance``) is refused, and so is an empty,
+    truncated, damaged or foreign model file (``StateFileError``: delete it, and a run with ``pretrain``
+    settings trains a new one). The other arguments are those of ``DIP``; the generator is the pretrained
+    one (so there is no ``init``). Half precision is refused before a model is loaded or trained.
     """
 
     name = "edip"
@@ -115,6 +117,7 @@ class EDIP(DIP):
                         out=self.pretrained, progress=progress)
 
     def reconstruct(self, problem: InverseProblem, progress: bool = True) -> Reconstruction:
+        self.check_precision(problem)  # before a model is loaded or pretrained
         self.model = self.prepare(problem, progress)
         self.generator = self.model.generator.train()  # fine-tuning trains it (dropout, if any, is active)
         self.params["generator"] = self.model.generator_name

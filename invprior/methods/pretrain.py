@@ -23,7 +23,7 @@ from invprior import registry
 from invprior.core.interfaces import Generator
 from invprior.data.synthetic import SyntheticPairs, operator_signature
 from invprior.errors import ConfigError
-from invprior.io import atomic_write, content_hash
+from invprior.io import content_hash, load_torch_state, save_torch_state
 from invprior.methods.base import seeded_global_rng
 from invprior.methods.pretrained import Pretrained
 from invprior.metrics import psnr
@@ -94,7 +94,8 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
              resume: bool = True, progress: bool = True) -> Pretrained:
     """Train ``generator`` (registry name and parameters; its input is set to the pairs' ``input``)
     to map ``A^+ y`` to ``x``. With ``out`` the model is written there (atomically) and a checkpoint
-    ``<out>.partial`` after every epoch; with ``resume`` a matching checkpoint is continued.
+    ``<out>.partial`` after every epoch, both checksummed state files; with ``resume`` a matching checkpoint is
+    continued, and an empty, truncated, damaged or foreign one is refused (``StateFileError``).
     ``amp``: mixed precision (``"auto"``: where the device computes in reduced precision natively, see
     ``autocast_dtype``). Returns the ``Pretrained`` model.
     """
@@ -144,7 +145,8 @@ def pretrain(training: SyntheticPairs, validation: SyntheticPairs, generator: st
     checkpoint = None if out is None else Path(f"{out}.partial")
     first = 0
     if checkpoint is not None and resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = load_torch_state(checkpoint, "pretrain_checkpoint",
+                                 "Delete it to pretrain from the first epoch, or pass resume=False")
         if state.get("fingerprint") != fingerprint:
             raise ConfigError(f"pretrain: checkpoint {checkpoint} belongs to other settings or data; delete it")
         network.load_state_dict(state["network"])
@@ -209,5 +211,5 @@ def _train(network, optimizer, scheduler, autocast, scaler, training: SyntheticP
                      "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
                      "torch_rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-            atomic_write(checkpoint, lambda f: torch.save(state, f))
+            save_torch_state(checkpoint, "pretrain_checkpoint", state)
     bar.close()

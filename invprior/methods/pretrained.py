@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from invprior import registry
 from invprior.core.interfaces import Generator
 from invprior.core.problem import InverseProblem
 from invprior.data.synthetic import operator_signature
-from invprior.errors import ConfigError
-from invprior.io import atomic_write
+from invprior.errors import ConfigError, StateFileError
+from invprior.io import load_torch_state, save_torch_state
 
 FORMAT = "invprior-pretrained/1"
+#: What to do with a model file that cannot be used.
+REMEDY = "Delete it and pretrain again (EDIP with 'pretrain' settings writes a new one)"
 
 
 @dataclass
@@ -36,26 +37,26 @@ class Pretrained:
     history: dict[str, list[float]] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        """Write the model atomically (a crash never leaves a truncated file)."""
+        """Write the model atomically (a crash never leaves a truncated file) in a checksummed state file."""
         state = {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}
         payload = {"format": FORMAT, "generator": {"name": self.generator_name, "params": self.generator_params,
                                                    "state": state},
                    "metadata": self.metadata, "history": self.history}
-        return atomic_write(path, lambda f: torch.save(payload, f))
+        return save_torch_state(path, "pretrained_model", payload)
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """Read a file written by ``Pretrained.save`` (the generator is rebuilt from the registry, in
-    eval mode; only tensors and plain containers are unpickled)."""
+    """Read a file written by ``Pretrained.save`` once its checksum is verified (the generator is rebuilt from
+    the registry, in eval mode; only tensors and plain containers are unpickled). An empty, truncated, damaged
+    or foreign file, or one in another model format, is refused with ``StateFileError``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pretrained model {path} does not exist (pretrain first: invprior.methods.pretrain)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a foreign or damaged file
-        raise ConfigError(f"pretrained model {path} cannot be read: {exc}") from None
+    payload = load_torch_state(path, "pretrained_model", REMEDY)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not an invprior pretrained model (expected format {FORMAT!r})")
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise StateFileError(f"{path}: pretrained model in format {found!r}, this version reads {FORMAT!r}; "
+                             f"it is not used. {REMEDY}")
     spec = payload["generator"]
     try:
         generator = registry.get("generators", spec["name"], **spec["params"])
