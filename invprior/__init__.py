@@ -2,7 +2,8 @@
 
 The public API is what this module exports; components are reached by name through
 ``invprior.registry`` or imported from their subpackages. The exports load on first use, so that
-``import invprior`` alone does not load torch (the command line sets OpenMP's wait policy first).
+``import invprior`` alone does not load torch: a script may still set torch's environment (OpenMP, threads)
+after it.
 """
 
 from __future__ import annotations

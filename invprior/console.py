@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from invprior.allocator import reuse_freed_memory
-from invprior.threads import prefer_passive_waiting
 
 
 def console() -> int:
-    """``main`` in a process whose OpenMP threads sleep when idle (``invprior.threads``: before torch loads) and
-    whose C heap keeps freed memory (``invprior.allocator``: lin-DIP's batched Jacobian products about 1.2x faster
-    on a CPU)."""
-    prefer_passive_waiting()
+    """``main`` in a process whose C heap keeps freed memory (``invprior.allocator``: lin-DIP's batched Jacobian
+    products about 1.2x faster on a CPU)."""
     reuse_freed_memory()
-    from invprior.cli import main  # loads torch: after the wait policy is set
+    from invprior.cli import main  # imported here: the heap is set before torch allocates
     return main()

@@ -1,31 +1,19 @@
-"""Sharing the CPU with other processes: OpenMP threads that sleep when idle, and a torch thread count
-that leaves busy cores alone.
+"""Sharing the CPU with other processes: a torch thread count that leaves busy cores alone.
 
-torch's CPU kernels run on OpenMP threads that, by default, spin for a while after every parallel
-region, waiting for the next. Alone, that saves a wake-up; beside another busy process the spinning
-threads take the cores it needs and both crawl (``benchmarks/contention.py`` measures it). Two process
-settings avoid that: ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning; read once, when
-torch loads OpenMP, so it must be set before ``import torch``) and no more torch threads than there are
-idle cores. Both change the whole process, so the library never applies them: the ``invprior`` command
-does, and so can any script that owns its process.
+torch runs its CPU kernels on as many threads as there are cores, and those threads spin for a while after
+every parallel region, waiting for the next. Beside another busy process one of them always waits for a core
+the other process holds, and a fit slows down several times (``benchmarks/contention.py`` measures it); on
+the cores that are idle it runs at full speed. ``thread_count("auto", ...)`` therefore counts the cores idle
+when a command starts. It changes the whole process, so the library never applies it: the ``invprior``
+command does (``--threads auto``), and so can any script that owns its process. A process that starts later
+still competes with the threads chosen; ``OMP_WAIT_POLICY=PASSIVE`` in the environment before torch is
+imported makes idle threads sleep instead, which costs speed when nothing else runs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-
-WAIT_POLICY = "OMP_WAIT_POLICY"
-
-
-def prefer_passive_waiting() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already; ``True`` if that takes effect, i.e. torch
-    has not been imported yet and the variable was not set by the user."""
-    if WAIT_POLICY in os.environ or "torch" in sys.modules:
-        return False
-    os.environ[WAIT_POLICY] = "PASSIVE"
-    return True
 
 
 def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:

@@ -47,11 +47,10 @@ def test_reuse_freed_memory_is_a_no_op_without_linux(monkeypatch):
     assert allocator.reuse_freed_memory() is False
 
 
-def test_the_invprior_command_reuses_freed_memory_and_sleeping_threads(monkeypatch):
+def test_the_invprior_command_reuses_freed_memory(monkeypatch):
     from invprior import cli, console
 
     calls = []
-    monkeypatch.setattr(console, "prefer_passive_waiting", lambda: calls.append("threads") or True)
     monkeypatch.setattr(console, "reuse_freed_memory", lambda: calls.append("allocator") or True)
     monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 0)
-    assert console.console() == 0 and calls == ["threads", "allocator", "main"]
+    assert console.console() == 0 and calls == ["allocator", "main"]

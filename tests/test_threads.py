@@ -1,4 +1,4 @@
-"""The command's CPU sharing: OpenMP threads that sleep when idle, torch threads on idle cores only."""
+"""The command's CPU sharing: torch threads on idle cores only."""
 
 import os
 import subprocess
@@ -14,35 +14,10 @@ from invprior.cli import main
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
 
 
-def _openmp_settings(env_update: dict[str, str]) -> str:
-    """What OpenMP reports about its settings when ``python -m invprior --version`` starts."""
-    env = {k: v for k, v in os.environ.items() if k != threads.WAIT_POLICY} | {"OMP_DISPLAY_ENV": "TRUE"} | env_update
-    done = subprocess.run([sys.executable, "-m", "invprior", "--version"], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout + done.stderr
-
-
-def test_the_command_makes_openmp_threads_sleep_unless_the_user_chose():
-    shown = _openmp_settings({})
-    if "OMP_WAIT_POLICY" not in shown:
-        pytest.skip("this torch build's OpenMP does not report its settings")
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in _openmp_settings({threads.WAIT_POLICY: "ACTIVE"})
-
-
-def test_importing_invprior_does_not_load_torch_or_change_the_environment():
-    code = ("import os, sys, invprior; print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY')); "
-            "invprior.InverseProblem; print('torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != threads.WAIT_POLICY}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["False", "None", "True"], done.stderr
-
-
-def test_prefer_passive_waiting_is_too_late_once_torch_is_loaded(monkeypatch):
-    monkeypatch.delenv(threads.WAIT_POLICY, raising=False)
-    assert threads.prefer_passive_waiting() is False       # torch is imported in this process
-    assert threads.WAIT_POLICY not in os.environ
+def test_importing_invprior_loads_torch_only_when_an_export_is_used():
+    code = "import sys, invprior; print('torch' in sys.modules); invprior.InverseProblem; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr
 
 
 def test_thread_count_takes_numbers_and_caps_auto_by_the_idle_cores(monkeypatch):
