@@ -215,7 +215,7 @@ def test_an_output_folder_in_use_by_another_process_is_refused_at_once(tmp_path,
         for argv in (["bench", str(suite), "--out", str(out)], ["run", str(config), "--out", str(out), "--quiet"]):
             start = time.monotonic()
             assert main(argv) == 2
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - start < 30            # refused at once, not queued behind the holder
             assert capsys.readouterr().err == expected
         with pytest.raises(FolderInUseError, match="in use by another invprior process"):
             run_suite(expand_suite(_suite(seeds=(0,))), out)
@@ -246,4 +246,4 @@ def test_an_unreachable_dask_scheduler_fails_within_seconds(tmp_path):
     start = time.monotonic()
     with pytest.raises(ConfigError, match=rf"^bench: cannot reach the dask scheduler at 'tcp://127\.0\.0\.1:{port}' "):
         run_suite(expand_suite(_suite(seeds=(0,))), tmp_path, executor="dask", scheduler=f"tcp://127.0.0.1:{port}")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 20                # dask on its own waits 30 s to connect
