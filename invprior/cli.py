@@ -8,14 +8,14 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
 from invprior import __version__, registry
 from invprior.config import load_config
 from invprior.errors import ConfigError, InvpriorError
-from invprior.threads import thread_count
+from invprior.threads import sharing_cores, thread_count
 from invprior.validation import DTYPES, output_folder, torch_device, torch_dtype
 
 THREADS_HELP = ("torch threads: auto (torch's default, less the cores other processes keep busy; the default) "
@@ -23,8 +23,10 @@ THREADS_HELP = ("torch threads: auto (torch's default, less the cores other proc
 DEVICE_HELP = "torch device: auto (a CUDA GPU when there is one, else the CPU; the default), cpu, cuda, cuda:N, mps"
 
 
-def _use_threads(args: argparse.Namespace) -> None:
-    """Set torch's thread count from ``--threads`` (``auto``: torch's default, less the cores busy right now)."""
+def _use_threads(args: argparse.Namespace) -> AbstractContextManager[object]:
+    """Set torch's thread count from ``--threads`` and return the context for the command's work: for ``auto``,
+    torch's default less the cores busy right now, then following other processes' load during the work
+    (``invprior.threads.sharing_cores``); a number stays as given."""
     default = torch.get_num_threads()
     try:
         count = thread_count(args.threads, default)
@@ -34,6 +36,7 @@ def _use_threads(args: argparse.Namespace) -> None:
     if args.threads == "auto" and count < default and not args.quiet:
         print(f"using {count} of {default} torch threads: other processes keep the rest of the cores busy "
               "(--threads N to choose)")
+    return sharing_cores(default) if args.threads == "auto" else nullcontext()
 
 
 @contextmanager
@@ -58,12 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     from invprior.io import folder_lock
     from invprior.report import problem_notes, summary_lines, write_report
 
-    _use_threads(args)
+    threads = _use_threads(args)
     device = torch_device(args.device)
     dtype = torch_dtype(args.dtype, device)
     config = load_config(args.config)
     out = output_folder(args.out)
-    with folder_lock(out), _sigterm_as_interrupt():
+    with folder_lock(out), _sigterm_as_interrupt(), threads:
         done = run(config, not args.quiet, device, dtype, workdir=out)
         metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction},
                                config.raw, title=config.problem.label, posterior=done.posterior,
@@ -86,10 +89,10 @@ def _demo(args: argparse.Namespace) -> int:
     from invprior.demo import run_demo
     from invprior.io import folder_lock
 
-    _use_threads(args)
+    threads = _use_threads(args)
     device = torch_device(args.device)
     out = output_folder(args.out)
-    with folder_lock(out), _sigterm_as_interrupt():
+    with folder_lock(out), _sigterm_as_interrupt(), threads:
         run_demo(out, progress=not args.quiet, device=device, quick=args.quick, keep_checkpoint=args.keep_checkpoint)
     return 0
 

@@ -49,3 +49,41 @@ def test_cli_threads_option_is_checked_and_the_callers_count_restored(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("invprior: error: --threads") and "\n" not in err
     assert torch.get_num_threads() == before
+
+
+@linux_only
+def test_core_share_counts_other_processes_but_not_its_own():
+    share = threads.CoreShare(ceiling=2, period=0.1)
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:  # this process's own work is not another process's load
+        pass
+    own = share.other_busy_cores()
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        share.other_busy_cores()  # from here on the busy process runs throughout
+        time.sleep(0.6)
+        others = share.other_busy_cores()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert own is not None and own < 0.5
+    assert others is not None and 0.6 < others < 1.4
+
+
+def test_follow_load_keeps_the_thread_count_at_the_idle_cores_within_the_block(monkeypatch):
+    before = torch.get_num_threads()
+    loads = iter([2.7, 1.2, 0.0, 9.0, 1.6])
+    threads.follow_load()  # outside the block: nothing happens
+    assert torch.get_num_threads() == before
+    with threads.sharing_cores(ceiling=3, period=1e-9) as share:
+        share.cpus = set(range(4))
+        monkeypatch.setattr(share, "other_busy_cores", lambda: next(loads))
+        seen = []
+        for _ in range(5):
+            threads.follow_load()
+            seen.append(torch.get_num_threads())
+    assert seen == [1, 3, 3, 1, 2]  # round(4 - load), between 1 and the ceiling
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="ceiling >= 1"):
+        threads.CoreShare(ceiling=0)

@@ -20,6 +20,7 @@ from invprior.methods.base import quality
 from invprior.methods.cross_validation import FOLDS
 from invprior.methods.weight_choice import check_rule_inputs, check_weight, choose_weight
 from invprior.regularizers.tv import divergence, gradient
+from invprior.threads import follow_load
 from invprior.validation import choice, positive_int, real
 
 
@@ -205,6 +206,7 @@ class TVLeastSquares(_Regularised):
         x_bar, q, p = x.clone(), torch.zeros_like(y), torch.zeros_like(gradient(x))
         bound = _per_image(weight.to(y) / c, p.ndim)
         for k in range(1, self.iterations + 1):
+            follow_load()
             q = (q + step * (op(x_bar) - y)) / (1 + step)
             p = self._project_dual(p + step * c * gradient(x_bar), bound)
             x_new = self._feasible(x - step * (op.adjoint(q) - c * divergence(p)), problem)

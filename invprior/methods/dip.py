@@ -36,6 +36,7 @@ from invprior.metrics import psnr, ssim
 from invprior.regularizers.tv import IsotropicTV
 from invprior.regularizers.zero import NoRegularizer
 from invprior.stopping.rules import FixedBudget
+from invprior.threads import follow_load
 from invprior.validation import choice, nonnegative_int, positive_int, real
 
 
@@ -418,6 +419,7 @@ class DIP(Method):
         iteration, stop = first - 1, False
         with tqdm(total=self.max_iterations, initial=first - 1, desc="DIP", disable=not progress, leave=False) as bar:
             for iteration in range(first, self.max_iterations + 1):
+                follow_load()
                 z_in = z
                 if self.input_noise > 0:
                     z_in = z + self.input_noise * torch.randn(z.shape, generator=noise_rng, dtype=torch.float64).to(z)

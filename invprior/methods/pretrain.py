@@ -27,6 +27,7 @@ from invprior.io import content_hash, load_torch_state, save_torch_state
 from invprior.methods.base import seeded_global_rng
 from invprior.methods.pretrained import Pretrained
 from invprior.metrics import psnr
+from invprior.threads import follow_load
 from invprior.validation import choice, positive_int, real
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -184,6 +185,7 @@ def _train(network, optimizer, scheduler, autocast, scaler, training: SyntheticP
         start, total, seen = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(training), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         for batch in order.split(batch_size):
+            follow_load()
             inputs, targets = training.batch(batch.tolist())
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast():

@@ -34,6 +34,7 @@ from invprior.posterior.scalable import LinearModel, chunked
 from invprior.posterior.subspace import OVERSAMPLE, PriorSubspace, SubspaceRegression, prior_subspace, remainder_draws
 from invprior.posterior.tv_pred_cp import TVPredCP
 from invprior.regularizers.tv import AnisotropicTV
+from invprior.threads import follow_load
 
 #: A subspace that keeps less than this fraction of the prior's pixel variance gets a ConvergenceWarning.
 CAPTURED_WARNING = 0.9
@@ -158,6 +159,7 @@ class LinDIPSolver(ABC):
         steps = tqdm(range(self.evidence.iterations), desc=f"lin-DIP hyperparameters ({self.name})",
                      disable=not self.progress, leave=False)
         for step in steps:
+            follow_load()
             optimizer.zero_grad()
             objective, value = evidence(step)
             if hyperprior is not None:
