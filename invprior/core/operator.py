@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import torch
@@ -148,6 +148,12 @@ class ForwardOperator(ABC):
             self._cast_cache[cache_key] = tensor.to(device=like.device, dtype=dtype)
         return self._cast_cache[cache_key]
 
+    def rows(self, indices: Sequence[int]) -> ForwardOperator:
+        """The operator that measures only the entries ``indices`` (strictly increasing) of the row axis
+        (``row_axis``: CT: those projection angles; compressed sensing: those rows), e.g. to try a subset of the
+        measurements (``invprior.design``). Operators with a cheaper restriction override this."""
+        return RowSelection(self, indices)
+
     # -- algebra ------------------------------------------------------------------------
     def __matmul__(self, other: ForwardOperator) -> ForwardOperator:
         return ComposedOperator(self, other)
@@ -174,6 +180,49 @@ class ForwardOperator(ABC):
 
     def __repr__(self) -> str:
         return f"{self.name}(domain_shape={self.domain_shape}, range_shape={self.range_shape})"
+
+
+def row_indices(indices: Sequence[int], available: int, owner: str) -> tuple[int, ...]:
+    """``indices`` checked: integers, strictly increasing, within ``0 .. available - 1``, at least one."""
+    chosen = tuple(int(k) for k in indices)
+    if not chosen or any(not 0 <= k < available for k in chosen) or any(b <= a for a, b in zip(chosen, chosen[1:])):
+        raise ShapeError(f"{owner}: rows must be strictly increasing indices in 0..{available - 1}, got "
+                         f"{list(indices)}")
+    return chosen
+
+
+def row_axis(range_shape: Shape) -> int:
+    """The measurement axis whose entries are rows: the first after the channel axis (CT: angles), or the only
+    axis of a one-axis measurement (compressed sensing)."""
+    return 1 if len(range_shape) >= 2 else 0
+
+
+class RowSelection(ForwardOperator):
+    """``(S A)(x)``: the entries ``indices`` of ``A(x)`` along its row axis (``row_axis``); the adjoint puts ``y``
+    back in those places of a zero measurement and applies ``A^T``."""
+
+    def __init__(self, operator: ForwardOperator, indices: Sequence[int]) -> None:
+        self.operator = operator
+        self.axis = row_axis(operator.range_shape)
+        self.indices = row_indices(indices, operator.range_shape[self.axis], operator.name)
+        self.is_linear = operator.is_linear
+        range_shape = list(operator.range_shape)
+        range_shape[self.axis] = len(self.indices)
+        super().__init__(operator.domain_shape, tuple(range_shape))
+
+    @property
+    def name(self) -> str:
+        return f"{self.operator.name}.rows({len(self.indices)})"
+
+    def _index(self, like: Tensor) -> Tensor:
+        return self._cast("indices", torch.tensor(self.indices), like)  # int64 stays int64
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.operator.forward(x).index_select(self.axis + 1, self._index(x))
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        full = y.new_zeros((y.shape[0], *self.operator.range_shape))
+        return self.operator._adjoint(full.index_copy(self.axis + 1, self._index(y), y))
 
 
 class ComposedOperator(ForwardOperator):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from invprior._optional import require
-from invprior.core.operator import ForwardOperator, linear_apply
+from invprior.core.operator import ForwardOperator, linear_apply, row_indices
 from invprior.errors import ConfigError
 from invprior.operators.adapters.odl import OdlOperator
 from invprior.validation import choice, number_pair, positive_int, real
@@ -309,6 +309,16 @@ class CTOperator(ForwardOperator):
         """
         return type(self).from_geometry(self.geometry, size, self.backend, self.filter_type,
                                         self.frequency_scaling)
+
+    def rows(self, indices: Sequence[int]) -> CTOperator:
+        """The same scan with only the projection angles ``indices`` (strictly increasing): its own system matrix
+        and filtered back-projection."""
+        chosen = row_indices(indices, self.geometry.num_angles, self.name)
+        if len(chosen) < 2:
+            raise ConfigError(f"{self.name}: a scan needs at least two projection angles, got rows {list(chosen)}")
+        angles = tuple(float(a) for a in self.geometry.angles()[list(chosen)])
+        geometry = replace(self.geometry, angle_list=angles, angle_range=None, num_angles=len(angles))
+        return type(self).from_geometry(geometry, self.size, self.backend, self.filter_type, self.frequency_scaling)
 
     def __repr__(self) -> str:
         return f"{self.name}(size={self.size}, backend={self.backend!r}, geometry={self.geometry})"
