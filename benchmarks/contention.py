@@ -2,7 +2,8 @@
 
 Each fit is the ``invprior run`` command in a fresh process on a fresh output folder (wall time of the whole
 command: start-up, the automatic TV weight and the DIP+TV fit). "invprior" runs the command as shipped:
-``--threads auto`` takes torch's thread count less the cores busy when it starts (``invprior.threads``).
+``--threads auto`` takes torch's thread count less the cores busy when it starts, then follows other processes'
+load during the fit (``invprior.threads``).
 "torch" keeps torch's default, a thread on every core (``--threads`` = that count). The competitor is a
 pure-Python busy loop on one core (``loop``) or a torch process multiplying matrices with torch's defaults
 (``torch``); "beside" starts it a second before the fit, "joined" ``--join-after`` seconds after the fit
