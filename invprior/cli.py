@@ -97,6 +97,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _design(args: argparse.Namespace) -> int:
+    from invprior.design.compare import compare_designs
+    from invprior.design.config import load_design_config
+    from invprior.io import folder_lock
+
+    threads = _use_threads(args)
+    device = torch_device(args.device)
+    dtype = torch_dtype(args.dtype, device)
+    config = load_design_config(args.config)
+    out = output_folder(args.out)
+    settings = config.settings
+    print(f"design: {', '.join(config.strategies)}; {settings.start} measurements, then {settings.batch} at a time "
+          f"up to {settings.budget} -> {out}", flush=True)
+    with folder_lock(out), _sigterm_as_interrupt(), threads:
+        done = compare_designs(config, out, device, dtype, progress=not args.quiet,
+                               report=lambda line: print(line, flush=True))
+    print(f"wrote {', '.join(str(path) for path in done.written)}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from invprior.bench import load_suite, run_suite, write_results
     from invprior.bench.execute import SuiteInterrupted
@@ -164,6 +184,15 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-checkpoint", action="store_true",
                       help="keep the DIP checkpoint in --out after a finished demo (a stopped one always keeps it)")
     demo.set_defaults(handler=_demo)
+    design = sub.add_parser("design", help="choose measurements adaptively (lin-DIP information gain) and compare "
+                                           "with equidistant and random designs")
+    design.add_argument("config", help="TOML design configuration (a run configuration plus [design])")
+    design.add_argument("--out", required=True, help="output folder (design.json, design.png, strategies/)")
+    design.add_argument("--device", default="auto", help=DEVICE_HELP)
+    design.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
+    design.add_argument("--quiet", action="store_true", help="no progress bars")
+    design.add_argument("--threads", default="auto", help=THREADS_HELP)
+    design.set_defaults(handler=_design)
     bench = sub.add_parser("bench", help="run a benchmark suite (problems x methods x seeds), resumable")
     bench.add_argument("suite", help="suite file (TOML), e.g. benchmarks/suites/smoke.toml")
     bench.add_argument("--out", required=True, help="output folder (runs/, results.csv, summary.md, figures)")

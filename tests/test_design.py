@@ -3,7 +3,9 @@ candidates, the informative candidate first, row restrictions of operators, and 
 
 from __future__ import annotations
 
+import json
 import math
+import tomllib
 
 import pytest
 import torch
@@ -147,7 +149,8 @@ class _ExactGaussian(PosteriorApproximation):
         a = a.reshape(n, -1).T
         s2 = float(problem.noise_std[0]) ** 2
         self._covariance = torch.linalg.inv(a.T @ a / s2 + torch.eye(n, dtype=torch.float64) / self.prior ** 2)
-        self._mean = (self._covariance @ a.T @ problem.y.double().flatten() / s2).view(1, *problem.operator.domain_shape)
+        mean = self._covariance @ a.T @ problem.y.double().flatten() / s2
+        self._mean = mean.view(1, *problem.operator.domain_shape)
         return self
 
     @property
@@ -208,3 +211,66 @@ def test_non_adaptive_strategies_and_bad_settings():
         DesignSettings(budget=8, start=9)
     with pytest.raises(ConfigError, match="design: strategy"):
         run_design(pool, Tikhonov(weight=0.01), "best", settings, progress=False)
+
+
+CS_DESIGN = """seed = 0
+[problem]
+operator = "cs_gaussian"
+operator_params = { m = 12 }
+image = "ellipses"
+size = 4
+noise = { std = 0.05 }
+[method]
+name = "tikhonov"
+params = { weight = 0.01 }
+[design]
+strategies = ["equidistant", "random"]
+budget = 7
+start = 3
+batch = 2
+"""
+
+
+def test_design_configuration_errors_name_the_key(tmp_path):
+    from invprior.design.config import parse_design_config
+
+    base = tomllib.loads(CS_DESIGN)
+    config = parse_design_config(base)
+    assert config.strategies == ("equidistant", "random") and config.settings.counts() == [3, 5, 7]
+    assert config.posterior.name == "linearized_laplace"
+    cases = [({"strategies": ["lin_dip", "best"]}, r"design.strategies: expected a non-empty a list of lin_dip"),
+             ({"strategies": ["random", "random"]}, "a strategy is listed twice"),
+             ({"budget": "20"}, r"design.budget: expected a positive int, got '20'"),
+             ({"rounds": 3}, "design.rounds: unknown key"),
+             ({"batch": 0}, r"design: batch must be a positive int")]
+    for change, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            parse_design_config({**base, "design": {**base["design"], **change}})
+    with pytest.raises(ConfigError, match="baseline: invprior design compares designs"):
+        parse_design_config({**base, "baseline": {"name": "fbp"}})
+
+
+def test_design_command_writes_the_comparison_and_resumes(tmp_path, capsys):
+    from invprior.cli import main
+
+    config = tmp_path / "design.toml"
+    config.write_text(CS_DESIGN)
+    out = tmp_path / "out"
+    assert main(["design", str(config), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("measurements  PSNR") == 6                     # 3 steps x 2 strategies
+    summary = json.loads((out / "design.json").read_text())
+    assert summary["strategies"]["equidistant"]["design"] == list(equidistant(12, 7))
+    assert summary["strategies"]["random"]["measurements"] == [3, 5, 7]
+    assert (out / "design.png").stat().st_size > 10_000
+    # a second run reuses both records; a damaged one is run again
+    record = out / "strategies" / "random.json"
+    record.write_text(record.read_text().replace('"random"', '"rand0m"', 1))
+    with pytest.warns(UserWarning, match="random.json"):
+        assert main(["design", str(config), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "equidistant  done before" in printed and printed.count("measurements  PSNR") == 3
+    again = json.loads((out / "design.json").read_text())
+    for strategy in ("equidistant", "random"):                          # the same seed draws the same design
+        for key in ("design", "measurements", "scores"):
+            assert again["strategies"][strategy][key] == summary["strategies"][strategy][key]

@@ -417,8 +417,9 @@ def test_every_example_configuration_parses():
     from pathlib import Path
 
     from invprior.config import load_config
+    from invprior.design.config import load_design_config
     examples = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
     assert any(p.name == "ct_edip.toml" for p in examples)
-    for path in examples:
-        config = load_config(path)
+    for path in examples:  # run configurations, and design configurations (a run configuration plus [design])
+        config = load_design_config(path).run if path.name.startswith("design_") else load_config(path)
         registry.load("methods", config.method.name)

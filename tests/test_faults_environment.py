@@ -17,6 +17,7 @@ import invprior.experiment
 import invprior.memory
 from invprior.cli import main
 from invprior.config import load_config, parse_config
+from invprior.design.config import load_design_config
 from invprior.errors import ConfigError
 from invprior.memory import problem_bytes, require_memory
 
@@ -230,7 +231,8 @@ def test_the_estimate_is_a_lower_bound_of_what_building_the_problem_allocates():
 
 def test_the_examples_and_the_demo_fit_in_a_gigabyte(monkeypatch):
     monkeypatch.setattr(invprior.memory, "available_bytes", lambda device="cpu": GB)
-    specs = [load_config(path).problem for path in sorted((ROOT / "examples").glob("*.toml"))]
+    specs = [(load_design_config(path).run if path.name.startswith("design_") else load_config(path)).problem
+             for path in sorted((ROOT / "examples").glob("*.toml"))]
     specs += [parse_config(invprior.demo.demo_config(quick)).problem for quick in (False, True)]
     assert len(specs) > 10
     for spec in specs:

@@ -65,11 +65,15 @@ class GaussianFactor:
     @classmethod
     def from_posterior(cls, posterior: PosteriorApproximation, samples: int = 64, seed: int = 0,
                        correlations: bool = True) -> GaussianFactor:
-        """The factor of a fitted posterior: exact from its dense covariance when it forms one of at most
-        ``MAX_EXACT_PIXELS`` pixels, else from ``samples`` of its draws; ``correlations=False`` keeps only its
+        """The factor of a fitted posterior: its low-rank factor ``F`` when it has one (lin-DIP's subspace path;
+        the pixel-wise remainder ``diag(d)`` is left out), exact from its dense covariance when it forms one of at
+        most ``MAX_EXACT_PIXELS`` pixels, else from ``samples`` of its draws; ``correlations=False`` keeps only its
         pixel-wise std (``independent``)."""
         if not correlations:
             return cls.independent(posterior.mean, posterior.std, samples, seed)
+        low_rank = getattr(posterior, "low_rank_factor", None)
+        if low_rank is not None:
+            return cls(posterior.mean.double(), low_rank.double())
         if posterior.mean.numel() <= MAX_EXACT_PIXELS and hasattr(type(posterior), "covariance"):
             try:
                 return cls.from_covariance(posterior.mean, posterior.covariance)

@@ -47,6 +47,12 @@ class GaussianPredictive(PosteriorApproximation):
         return self._covariance
 
     @property
+    def low_rank_factor(self) -> Tensor | None:
+        """``F`` ``(n, r)`` of ``C = F F^T + diag(d)`` on the subspace path; ``None`` on the others."""
+        self._fitted()
+        return self._factor
+
+    @property
     def samples(self) -> Tensor:
         """Posterior samples drawn during fit (scalable path), ``(S, 1, *image)``."""
         self._fitted()
