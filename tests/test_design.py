@@ -7,6 +7,7 @@ import json
 import math
 import tomllib
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,28 @@ def test_design_command_writes_the_comparison_and_resumes(tmp_path, capsys):
     for strategy in ("equidistant", "random"):                          # the same seed draws the same design
         for key in ("design", "measurements", "scores"):
             assert again["strategies"][strategy][key] == summary["strategies"][strategy][key]
+
+
+def test_a_stopped_comparison_continues_after_its_last_recorded_step(tmp_path):
+    from invprior.design.compare import compare_designs
+    from invprior.design.config import parse_design_config
+
+    config = parse_design_config(tomllib.loads(CS_DESIGN))
+    whole = compare_designs(config, tmp_path / "whole", progress=False, report=lambda line: None)
+    lines: list[str] = []
+
+    def stop_at_the_second_step(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 5:                             # equidistant's 3 steps, then random's second
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_designs(config, tmp_path / "stopped", progress=False, report=stop_at_the_second_step)
+    lines.clear()
+    again = compare_designs(config, tmp_path / "stopped", progress=False, report=lines.append)
+    assert lines[0].strip().startswith("equidistant  done before")
+    assert lines[1].strip() == "random       continues after 5 measurements"
+    assert len(lines) == 3                              # only the last step of random was run
+    assert [s.design for s in again.steps["random"]] == [s.design for s in whole.steps["random"]]
+    assert [s.scores for s in again.steps["random"]] == [s.scores for s in whole.steps["random"]]
+    assert np.array_equal(again.images["random"], whole.images["random"])

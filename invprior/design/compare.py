@@ -41,8 +41,9 @@ def step_line(strategy: str, step: DesignStep, pool: CandidatePool) -> str:
 def compare_designs(config: DesignConfig, out: Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32, progress: bool = True,
                     report: Callable[[str], None] = print) -> Comparison:
-    """Run every strategy of ``config`` (a stored, intact record of the same configuration is reused), ``report``
-    a line per reconstruction, and write ``design.json`` and ``design.png`` into ``out``."""
+    """Run every strategy of ``config``, ``report`` a line per reconstruction, and write ``design.json`` and
+    ``design.png`` into ``out``. Each step is recorded as it finishes: a strategy finished before (same
+    configuration) is reused, a stopped one continues after its last recorded step."""
     from invprior.experiment import build_method, build_posterior, build_problem
 
     run = config.run
@@ -58,15 +59,28 @@ def compare_designs(config: DesignConfig, out: Path, device: torch.device | str 
         fingerprint = content_hash({**{k: v for k, v in run.raw.items() if k != "design"},
                                     "settings": repr(config.settings), "strategy": strategy, "dtype": str(dtype)})
         stored = load_strategy(out, strategy, fingerprint)
-        if stored is not None:
-            steps[strategy], images[strategy] = stored
+        earlier: tuple[DesignStep, ...] = ()
+        if stored is not None and stored[1] is not None:
+            steps[strategy], images[strategy] = stored[0], stored[1]
             report(f"  {strategy:12s} done before (kept in {out / 'strategies'})")
             continue
-        result = run_design(pool, method, strategy, config.settings, posterior, progress,
-                            on_step=lambda step, s=strategy: report(step_line(s, step, pool)))
-        save_strategy(out, result, fingerprint)
-        steps[strategy] = result.steps
-        images[strategy] = result.reconstruction.image.detach().cpu().numpy()
+        if stored is not None:
+            earlier = stored[0]
+            report(f"  {strategy:12s} continues after {len(earlier[-1].design)} measurements")
+
+        recorded = list(earlier)
+
+        def keep(step: DesignStep, strategy: str = strategy, recorded: list[DesignStep] = recorded,
+                 fingerprint: str = fingerprint) -> None:
+            recorded.append(step)
+            save_strategy(out, strategy, recorded, fingerprint)
+            report(step_line(strategy, step, pool))
+
+        result = run_design(pool, method, strategy, config.settings, posterior, progress, on_step=keep,
+                            earlier=earlier)
+        image = result.reconstruction.image.detach().cpu().numpy()
+        save_strategy(out, strategy, result.steps, fingerprint, image)
+        steps[strategy], images[strategy] = result.steps, image
     summary = write_summary(out, pool, steps)
     score = main_score(next(iter(steps.values())))
     figure = design_figure(out / "design.png", pool, steps, images,

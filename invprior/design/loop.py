@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,22 +117,30 @@ def choose(strategy: str, pool: CandidatePool, posterior: PosteriorApproximation
 
 def run_design(pool: CandidatePool, method: Method, strategy: str, settings: DesignSettings,
                posterior: PosteriorApproximation | None = None, progress: bool = True,
-               on_step: Callable[[DesignStep], None] | None = None) -> DesignResult:
+               on_step: Callable[[DesignStep], None] | None = None,
+               earlier: Sequence[DesignStep] = ()) -> DesignResult:
     """Run ``strategy`` on ``pool``: reconstruct with ``method`` at every count of ``settings.counts()``, and for
     an adaptive strategy choose the next batch with ``posterior`` (default: lin-DIP); ``on_step`` sees each
-    step as it is done."""
+    step as it is done. ``earlier``: the first steps of a run that was stopped, which continues from them."""
     choice(strategy, STRATEGIES, "design: strategy")
     settings.check(pool)
+    counts = settings.counts()
+    if [len(step.design) for step in earlier] != counts[:len(earlier)] or len(earlier) >= len(counts):
+        raise ConfigError(f"design: the earlier steps ({[len(step.design) for step in earlier]} measurements) "
+                          f"are not a beginning of this run's {counts}")
     if strategy in ADAPTIVE and posterior is None:
         from invprior.posterior.linearized_laplace import LinearizedLaplace
 
         posterior = LinearizedLaplace(seed=settings.seed, progress=False)
     order = torch.randperm(pool.size, generator=torch.Generator().manual_seed(settings.seed)).tolist()
     design: tuple[int, ...] = equidistant(pool.size, settings.start) if strategy != "random" else ()
-    steps: list[DesignStep] = []
+    steps: list[DesignStep] = list(earlier)
+    if steps:
+        design = steps[-1].design + steps[-1].chosen
     reconstruction: Reconstruction | None = None
-    counts = settings.counts()
-    for index, count in enumerate(tqdm(counts, desc=f"design ({strategy})", disable=not progress)):
+    bar = tqdm(total=len(counts), desc=f"design ({strategy})", initial=len(steps), disable=not progress)
+    for index in range(len(steps), len(counts)):
+        count = counts[index]
         start = time.perf_counter()
         if strategy == "equidistant":
             design = equidistant(pool.size, count)
@@ -149,8 +157,10 @@ def run_design(pool: CandidatePool, method: Method, strategy: str, settings: Des
         step = DesignStep(design, step_scores(reconstruction, problem), chosen, gains,
                           time.perf_counter() - start)
         steps.append(step)
+        bar.update(1)
         if on_step is not None:
             on_step(step)
         design = design + chosen
-    assert reconstruction is not None  # counts() is never empty
+    bar.close()
+    assert reconstruction is not None  # at least one step is run
     return DesignResult(strategy, tuple(steps), reconstruction)

@@ -1,9 +1,11 @@
-"""What ``invprior design`` writes: one checksummed record per strategy (steps and final image, so that a stopped
-comparison resumes strategy by strategy), ``design.json`` and the figure ``design.png``."""
+"""What ``invprior design`` writes: one checksummed record per strategy (its steps, rewritten after each, and its
+final image, so that a stopped comparison resumes where it stopped), ``design.json`` and the figure
+``design.png``."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from invprior.design.loop import DesignResult, DesignStep
+from invprior.design.loop import DesignStep
 from invprior.design.pool import CandidatePool
 from invprior.errors import StateFileError
 from invprior.figures import new_figure, save_figure
@@ -34,26 +36,28 @@ def record_path(out: Path, strategy: str) -> Path:
     return out / "strategies" / f"{strategy}.json"
 
 
-def save_strategy(out: Path, result: DesignResult, fingerprint: str) -> None:
-    """The steps of ``result`` (checksummed, with the configuration's ``fingerprint``) and its final image."""
-    write_npz(record_path(out, result.strategy).with_suffix(".npz"),
-              image=result.reconstruction.image.detach().cpu().numpy())
-    write_checked_json(record_path(out, result.strategy), {"strategy": result.strategy, "fingerprint": fingerprint,
-                                                            "steps": [asdict(step) for step in result.steps]})
+def save_strategy(out: Path, strategy: str, steps: Sequence[DesignStep], fingerprint: str,
+                  image: np.ndarray | None = None) -> None:
+    """The ``steps`` of ``strategy`` so far (checksummed, with the configuration's ``fingerprint``) and, once it
+    is finished, its final ``image`` (written first: a record without its image is unfinished)."""
+    path = record_path(out, strategy)
+    if image is not None:
+        write_npz(path.with_suffix(".npz"), image=image)
+    write_checked_json(path, {"strategy": strategy, "fingerprint": fingerprint, "finished": image is not None,
+                              "steps": [asdict(step) for step in steps]})
 
 
-def load_strategy(out: Path, strategy: str, fingerprint: str) -> tuple[tuple[DesignStep, ...], np.ndarray] | None:
-    """The stored steps and final image of ``strategy`` when they exist, are intact and belong to this
-    configuration; else ``None`` (a damaged record is reported and the strategy run again)."""
+def load_strategy(out: Path, strategy: str,
+                  fingerprint: str) -> tuple[tuple[DesignStep, ...], np.ndarray | None] | None:
+    """The stored steps of ``strategy`` and, when it finished, its final image, if the record exists, is intact
+    and belongs to this configuration; else ``None`` (a damaged record is reported and not used)."""
     path = record_path(out, strategy)
     if not path.exists():
         return None
     try:
         record = read_checked_json(path, "design record", "the strategy is run again")
-        image = np.load(path.with_suffix(".npz"))["image"]
+        image = np.load(path.with_suffix(".npz"))["image"] if record["finished"] else None
     except (StateFileError, OSError, KeyError, ValueError) as exc:
-        import warnings
-
         warnings.warn(str(exc), stacklevel=2)
         return None
     if record.get("fingerprint") != fingerprint:

@@ -348,8 +348,9 @@ class CTOperator(ForwardOperator):
     def _pseudo_inverse(self, y: Tensor) -> Tensor:
         if self._fbp_operator is None:
             tomo = require("odl.applications.tomo", "ct", _FEATURE)
-            fbp = tomo.fbp_op(self.ray_transform, padding=True, filter_type=self.filter_type,
-                              frequency_scaling=self.frequency_scaling)
+            with np.errstate(invalid="ignore"):  # ODL casts the NaN cell size of unevenly spaced angles; unused
+                fbp = tomo.fbp_op(self.ray_transform, padding=True, filter_type=self.filter_type,
+                                  frequency_scaling=self.frequency_scaling)
             self._fbp_operator = OdlOperator(fbp)
         return self._fbp_operator.forward(y)
 
