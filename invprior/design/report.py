@@ -90,9 +90,9 @@ def design_figure(path: Path, pool: CandidatePool, results: dict[str, tuple[Desi
     ring per strategy); each strategy's final image."""
     fig = new_figure()
     count = 2 + len(images)
-    columns = min(count, 4)
+    columns = min(count, 3)
     rows = math.ceil(count / columns)
-    fig.set_size_inches(3.6 * columns, 3.4 * rows + 0.4)
+    fig.set_size_inches(3.8 * columns, 3.6 * rows + 0.4)
     score = main_score(next(iter(results.values())))
     curve = fig.add_subplot(rows, columns, 1)
     for strategy, steps in results.items():
@@ -105,7 +105,7 @@ def design_figure(path: Path, pool: CandidatePool, results: dict[str, tuple[Desi
     assert pool.labels is not None
     angles = "angles" in pool.problem.operator.layout()
     designs = fig.add_subplot(rows, columns, 2, projection="polar" if angles else None)
-    for ring, (strategy, steps) in enumerate(results.items(), start=1):
+    for ring, (strategy, steps) in enumerate(results.items(), start=1):  # colours as in the curves
         chosen = pool.labels[sorted(steps[-1].design)].numpy()
         if angles:
             designs.plot(np.stack([chosen, chosen]), np.stack([np.full_like(chosen, ring - 0.8),
@@ -113,12 +113,16 @@ def design_figure(path: Path, pool: CandidatePool, results: dict[str, tuple[Desi
                          color=f"C{ring - 1}", lw=1.2)
         else:
             designs.plot(chosen, np.full_like(chosen, float(ring)), "|", color=f"C{ring - 1}", ms=10)
-    if angles:
-        designs.set_yticks(range(1, len(results) + 1), list(results), fontsize=7)
+    if angles:  # the scanned arc only, one ring per strategy from the centre out
+        low, high = np.degrees(float(pool.labels.min())), np.degrees(float(pool.labels.max()))
+        designs.set_thetamin(math.floor(low / 5) * 5)
+        designs.set_thetamax(math.ceil(high / 5) * 5)
+        designs.set_yticks(range(1, len(results) + 1), [""] * len(results))
+        designs.set_title("final designs (rings: strategies in the legend's order)", fontsize=9)
     else:
         designs.set_yticks(range(1, len(results) + 1), list(results))
         designs.set_xlabel("candidate")
-    designs.set_title("final designs", fontsize=9)
+        designs.set_title("final designs", fontsize=9)
     for k, (strategy, image) in enumerate(images.items(), start=3):
         ax = fig.add_subplot(rows, columns, k)
         ax.imshow(torch.as_tensor(image).squeeze().numpy(), cmap="gray")
