@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -75,8 +76,8 @@ class GaussianFactor:
         if low_rank is not None:
             return cls(posterior.mean.double(), low_rank.double())
         if posterior.mean.numel() <= MAX_EXACT_PIXELS and hasattr(type(posterior), "covariance"):
-            try:
-                return cls.from_covariance(posterior.mean, posterior.covariance)
+            try:  # the class has a ``covariance`` (not part of the interface)
+                return cls.from_covariance(posterior.mean, cast(Any, posterior).covariance)
             except ConfigError:  # a path that keeps samples only
                 pass
         return cls.from_samples(posterior.sample(positive_int(samples, "samples"), seed=seed))

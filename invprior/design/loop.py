@@ -99,15 +99,11 @@ def choose(strategy: str, pool: CandidatePool, posterior: PosteriorApproximation
            problem: InverseProblem, design: tuple[int, ...], batch: int,
            settings: DesignSettings) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The next ``batch`` candidates of an adaptive strategy, by greedy expected information gain under
-    ``posterior`` fitted to ``reconstruction`` of ``problem``, the ``design`` measured."""
+    ``posterior`` fitted to ``reconstruction`` of ``problem``, the ``design`` measured. The noise std is the
+    posterior's fitted one (lin-DIP's ``noise_variance``), else the pool's."""
     posterior.fit(reconstruction, problem)
-    try:
-        noise = pool.noise_std()
-    except ConfigError:
-        noise = math.sqrt(getattr(posterior, "noise_variance", math.nan))
-        if not noise > 0:
-            raise ConfigError("design: the data have no noise level and the posterior fitted none; give the "
-                              "problem a noise level") from None
+    fitted = float(getattr(posterior, "noise_variance", math.nan))  # lin-DIP's, consistent with its covariance
+    noise = math.sqrt(fitted) if fitted > 0 else pool.noise_std()
     gaussian = GaussianFactor.from_posterior(posterior, settings.samples, settings.seed,
                                              correlations=strategy == "lin_dip")
     projections = whitened_projections(gaussian, lambda images: pool.project(images, gaussian.mean), noise)

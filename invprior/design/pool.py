@@ -50,7 +50,7 @@ class CandidatePool:
 
     def noise_std(self) -> float:
         """The noise std per entry: the problem's, else its noise norm over ``sqrt(m)``; ``ConfigError`` without
-        either (then the posterior's fitted noise level is used, see ``run_design``)."""
+        either."""
         problem = self.problem
         if isinstance(problem.noise_std, Tensor):
             return float(problem.noise_std[0])
