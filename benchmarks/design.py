@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
@@ -101,8 +100,9 @@ def table(rows: list[dict], score: str) -> list[str]:
         over = " / ".join(f"{values[k] - reference['scores'][score][k]:+.3f}" for k in range(1, len(counts))) \
             if reference else "-"
         reach = fewest_to_reach(counts, values, reference["scores"][score][-1]) if reference else math.nan
+        reached = "not reached" if math.isnan(reach) else f"{reach:.1f}"
         lines.append(f"| {row['strategy']} | " + " / ".join(f"{v:.3f}" for v in values)
-                     + f" | {over} | {reach:.1f} | {row['seconds'] / 60:.1f} |")
+                     + f" | {over} | {reached} | {row['seconds'] / 60:.1f} |")
     return lines
 
 
@@ -127,22 +127,22 @@ def main() -> None:
     raw, note = (simulated if args.data == "simulated" else htc2022)(args)
     config = parse_design_config(raw, ROOT)
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     done = compare_designs(config, args.out / "design", progress=False,
                            report=lambda line: print(line, flush=True))
-    seconds = time.perf_counter() - start
     score = main_score(next(iter(done.steps.values())))
     rows = [{"settings": {**vars(args), "out": str(args.out), "docs": str(args.docs)}, "strategy": strategy,
              "counts": [len(step.design) for step in steps],
              "scores": {name: [step.scores[name] for step in steps] for name in steps[-1].scores},
              "seconds": sum(step.seconds for step in steps)} for strategy, steps in done.steps.items()]
     save_rows(args.out, rows)
-    page = f"{note}; this run {seconds / 60:.1f} min.\n\n" + "\n".join(table(rows, score)) + "\n"
+    minutes = sum(row["seconds"] for row in rows) / 60
+    page = f"{note}; all strategies {minutes:.1f} min.\n\n" + "\n".join(table(rows, score)) + "\n"
     if args.docs:
         figure = args.docs.with_suffix(".png")
         shutil.copyfile(args.out / "design" / "design.png", figure)
         page += f"\n![{score.upper()} by number of angles; the final designs; the images]({figure.name})\n"
-    write_results(args.out, page, args.docs, "# Results: choosing CT angles with lin-DIP\n\n"
+    title = "choosing CT angles" if args.data == "simulated" else "choosing HTC2022 angles"
+    write_results(args.out, page, args.docs, f"# Results: {title} with lin-DIP\n\n"
                   f"{provenance()} What it measures: the docstring of `benchmarks/design.py`; the method: "
                   "[Choosing measurements](../design.md).\n\n")
 
