@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -56,9 +57,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _working_in(out: Path, threads: AbstractContextManager[object]) -> Iterator[None]:
+    """A command's work: ``out`` held (``folder_lock``), SIGTERM stopping it as Ctrl-C does, within ``threads``
+    (the context ``_use_threads`` returned)."""
+    from invprior.io import folder_lock
+
+    with folder_lock(out), _sigterm_as_interrupt(), threads:
+        yield
+
+
 def _run(args: argparse.Namespace) -> int:
     from invprior.experiment import run
-    from invprior.io import folder_lock
     from invprior.report import problem_notes, summary_lines, write_report
 
     threads = _use_threads(args)
@@ -66,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     dtype = torch_dtype(args.dtype, device)
     config = load_config(args.config)
     out = output_folder(args.out)
-    with folder_lock(out), _sigterm_as_interrupt(), threads:
+    with _working_in(out, threads):
         done = run(config, not args.quiet, device, dtype, workdir=out)
         metrics = write_report(out, done.problem, {"baseline": done.baseline, "method": done.reconstruction},
                                config.raw, title=config.problem.label, posterior=done.posterior,
@@ -87,12 +97,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from invprior.demo import run_demo
-    from invprior.io import folder_lock
 
     threads = _use_threads(args)
     device = torch_device(args.device)
     out = output_folder(args.out)
-    with folder_lock(out), _sigterm_as_interrupt(), threads:
+    with _working_in(out, threads):
         run_demo(out, progress=not args.quiet, device=device, quick=args.quick, keep_checkpoint=args.keep_checkpoint)
     return 0
 
@@ -100,7 +109,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _design(args: argparse.Namespace) -> int:
     from invprior.design.compare import compare_designs
     from invprior.design.config import load_design_config
-    from invprior.io import folder_lock
 
     threads = _use_threads(args)
     device = torch_device(args.device)
@@ -110,7 +118,7 @@ def _design(args: argparse.Namespace) -> int:
     settings = config.settings
     print(f"design: {', '.join(config.strategies)}; {settings.start} measurements, then {settings.batch} at a time "
           f"up to {settings.budget} -> {out}", flush=True)
-    with folder_lock(out), _sigterm_as_interrupt(), threads:
+    with _working_in(out, threads):
         done = compare_designs(config, out, device, dtype, progress=not args.quiet,
                                report=lambda line: print(line, flush=True))
     print(f"wrote {', '.join(str(path) for path in done.written)}")
@@ -120,7 +128,6 @@ def _design(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from invprior.bench import load_suite, run_suite, write_results
     from invprior.bench.execute import SuiteInterrupted
-    from invprior.io import folder_lock
 
     device = torch_device(args.device)
     name, runs = load_suite(args.suite)
@@ -131,7 +138,7 @@ def _bench(args: argparse.Namespace) -> int:
         outcome = f"PSNR {record['psnr']:.2f} dB" if record["status"] == "ok" else f"FAILED: {record['error']}"
         print(f"  {record['label']:16s} {record['key']}  {outcome}  ({record['wall_time_s']:.1f} s)", flush=True)
 
-    with folder_lock(out), _sigterm_as_interrupt():
+    with _working_in(out, nullcontext()):  # every run sets its own thread count
         try:
             records = run_suite(runs, out, args.executor, args.workers, args.scheduler, args.threads, str(device),
                                 progress=report)
@@ -160,6 +167,15 @@ def _list(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _work_options(command: argparse.ArgumentParser, dtype: bool) -> None:
+    """The options of the commands that reconstruct in this process: --device, --dtype, --quiet, --threads."""
+    command.add_argument("--device", default="auto", help=DEVICE_HELP)
+    if dtype:
+        command.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+    command.add_argument("--threads", default="auto", help=THREADS_HELP)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invprior", description=__doc__)
     parser.add_argument("--version", action="version", version=f"invprior {__version__}")
@@ -167,20 +183,15 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one problem x one method from a TOML configuration")
     run.add_argument("config", help="TOML configuration file")
     run.add_argument("--out", required=True, help="output folder (metrics.json, reconstruction.npz, figure.png)")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--threads", default="auto", help=THREADS_HELP)
+    _work_options(run, dtype=True)
     run.add_argument("--keep-checkpoint", action="store_true",
                      help="keep the method's checkpoint in --out after a finished run (a stopped run always keeps it, "
                           "and the next run resumes from it)")
     run.set_defaults(handler=_run)
     demo = sub.add_parser("demo", help="the built-in demo: real CT slice, FBP vs TV vs DIP+TV")
     demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    demo.add_argument("--device", default="auto", help=DEVICE_HELP)
     demo.add_argument("--quick", action="store_true", help="a 64x64 version that runs in under a minute")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.add_argument("--threads", default="auto", help=THREADS_HELP)
+    _work_options(demo, dtype=False)
     demo.add_argument("--keep-checkpoint", action="store_true",
                       help="keep the DIP checkpoint in --out after a finished demo (a stopped one always keeps it)")
     demo.set_defaults(handler=_demo)
@@ -188,10 +199,7 @@ def make_parser() -> argparse.ArgumentParser:
                                            "with equidistant and random designs")
     design.add_argument("config", help="TOML design configuration (a run configuration plus [design])")
     design.add_argument("--out", required=True, help="output folder (design.json, design.png, strategies/)")
-    design.add_argument("--device", default="auto", help=DEVICE_HELP)
-    design.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="floating-point precision")
-    design.add_argument("--quiet", action="store_true", help="no progress bars")
-    design.add_argument("--threads", default="auto", help=THREADS_HELP)
+    _work_options(design, dtype=True)
     design.set_defaults(handler=_design)
     bench = sub.add_parser("bench", help="run a benchmark suite (problems x methods x seeds), resumable")
     bench.add_argument("suite", help="suite file (TOML), e.g. benchmarks/suites/smoke.toml")

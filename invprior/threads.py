@@ -42,6 +42,14 @@ def _usable_cpus() -> set[int]:
     return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
+def _idle_between(before: tuple[float, float], after: tuple[float, float], cpus: int) -> float | None:
+    """Cores idle between two ``(idle, total)`` readings of ``_cpu_times`` over ``cpus`` cores; ``None`` when no
+    tick has passed."""
+    if after[1] <= before[1]:
+        return None
+    return cpus * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def idle_cores(interval: float = 0.2) -> float | None:
     """How many of the cores this process may use were idle over the next ``interval`` seconds (``/proc/stat``,
     Linux); ``None`` where that cannot be measured."""
@@ -51,9 +59,7 @@ def idle_cores(interval: float = 0.2) -> float | None:
         return None
     time.sleep(interval)
     after = _cpu_times(cpus)
-    if after is None or after[1] <= before[1]:
-        return None
-    return len(cpus) * (after[0] - before[0]) / (after[1] - before[1])
+    return None if after is None else _idle_between(before, after, len(cpus))
 
 
 def thread_count(requested: str | int, default: int) -> int:
@@ -79,23 +85,24 @@ class CoreShare:
             raise ValueError(f"CoreShare needs ceiling >= 1 and period > 0, got {ceiling} and {period}")
         self.ceiling, self.period = ceiling, period
         self.cpus = _usable_cpus()
-        self.counts: list[int] = []  # every count set, in order
         self._last = self._measure()
 
-    def _measure(self) -> tuple[float, float, float, float] | None:
-        """``(wall clock, process CPU seconds, idle ticks, total ticks)`` now; ``None`` off Linux."""
+    def _measure(self) -> tuple[float, float, tuple[float, float]] | None:
+        """``(wall clock, process CPU seconds, (idle, total) ticks)`` now; ``None`` off Linux."""
         ticks = _cpu_times(self.cpus)
-        return None if ticks is None else (time.monotonic(), time.process_time(), *ticks)
+        return None if ticks is None else (time.monotonic(), time.process_time(), ticks)
 
     def other_busy_cores(self) -> float | None:
         """Cores other processes kept busy since the last measurement, which this starts anew; ``None`` when
         nothing can be measured (off Linux, or no tick has passed)."""
         now = self._measure()
         last, self._last = self._last, now
-        if now is None or last is None or now[3] <= last[3] or now[0] <= last[0]:
+        if now is None or last is None or now[0] <= last[0]:
             return None
-        busy = len(self.cpus) * (1.0 - (now[2] - last[2]) / (now[3] - last[3]))
-        return max(0.0, busy - (now[1] - last[1]) / (now[0] - last[0]))
+        idle = _idle_between(last[2], now[2], len(self.cpus))
+        if idle is None:
+            return None
+        return max(0.0, len(self.cpus) - idle - (now[1] - last[1]) / (now[0] - last[0]))
 
     def step(self) -> None:
         """Set the thread count when ``period`` seconds have passed since the last measurement."""
@@ -107,7 +114,6 @@ class CoreShare:
         count = max(1, min(self.ceiling, round(len(self.cpus) - others)))
         if count != torch.get_num_threads():
             torch.set_num_threads(count)
-            self.counts.append(count)
 
 
 _SHARE: ContextVar[CoreShare | None] = ContextVar("invprior_core_share", default=None)
