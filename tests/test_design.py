@@ -95,6 +95,43 @@ def test_a_fully_informative_candidate_is_chosen_first():
     assert picked.gains[1] < 0.01 * picked.gains[0]         # after it, little is left to learn
 
 
+def test_conditioning_a_prior_on_measured_candidates_equals_greedy_under_its_posterior():
+    """``condition_on=A`` with the prior's projections picks and scores as the exact posterior after ``A``."""
+    covariance, blocks = _toy(n=6, candidates=7)
+    noise, measured = 0.4, [1, 4]
+    b = blocks[measured].reshape(-1, 6)
+    kalman = covariance @ b.T @ torch.linalg.inv(b @ covariance @ b.T + noise ** 2 * torch.eye(4, dtype=b.dtype))
+    posterior = covariance - kalman @ b @ covariance
+    expected = greedy_batch(_projections(posterior, blocks, noise), 3, exclude=measured)
+    picked = greedy_batch(_projections(covariance, blocks, noise), 3, exclude=measured, condition_on=measured)
+    assert picked.chosen == expected.chosen
+    assert picked.gains == pytest.approx(expected.gains, rel=1e-8)
+    with pytest.raises(ConfigError, match="conditioning candidates must be indices below 7"):
+        greedy_batch(_projections(covariance, blocks, noise), 1, condition_on=[7])
+
+
+def test_the_smoothness_prior_lives_in_laplacian_eigenvectors_with_the_image_energy():
+    g = torch.Generator().manual_seed(2)
+    image = torch.randn(1, 1, 6, 5, generator=g, dtype=torch.float64)
+    prior = GaussianFactor.smoothness_prior(image, length=1.5, modes=30)          # every mode
+    columns = prior.factor.T.reshape(30, 6, 5).numpy()
+    padded = np.pad(columns, ((0, 0), (1, 1), (1, 1)), mode="edge")               # Neumann boundary
+    laplacian = (4 * columns - padded[:, :-2, 1:-1] - padded[:, 2:, 1:-1]
+                 - padded[:, 1:-1, :-2] - padded[:, 1:-1, 2:])
+    norms2 = (columns ** 2).sum(axis=(1, 2))
+    eigen = (laplacian * columns).sum(axis=(1, 2)) / norms2                      # Rayleigh quotients
+    np.testing.assert_allclose(laplacian, eigen[:, None, None] * columns, atol=1e-10)
+    np.testing.assert_allclose(norms2 / norms2.max(), (1 + 1.5 ** 2 * eigen) ** -2.0, rtol=1e-10)
+    gram = prior.factor.T @ prior.factor                                         # orthogonal columns
+    assert torch.allclose(gram, torch.diag(gram.diagonal()), atol=1e-12)
+    assert torch.all(gram.diagonal()[1:] <= gram.diagonal()[:-1] + 1e-15)       # smoothest first
+    # with every mode, the amplitude matches the image's energy about its mean: trace(L L^T) = ||x - mean||^2
+    assert float(gram.trace()) == pytest.approx(float((image - image.mean()).pow(2).sum()), rel=1e-10)
+    fewer = GaussianFactor.smoothness_prior(image, length=1.5, modes=4)              # the four smoothest
+    first = prior.factor[:, :4]
+    assert torch.allclose(fewer.factor / fewer.factor.norm(dim=0), first / first.norm(dim=0))
+
+
 def test_factor_from_samples_is_the_sample_covariance():
     samples = torch.randn(40, 1, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     gaussian = GaussianFactor.from_samples(samples)
@@ -206,6 +243,9 @@ def test_non_adaptive_strategies_and_bad_settings():
     drawn = run_design(pool, Tikhonov(weight=0.01), "random", settings, progress=False)
     designs = [step.design for step in drawn.steps]
     assert designs[1][:3] == designs[0] and designs[2][:5] == designs[1] and len(set(designs[2])) == 7
+    smooth = run_design(pool, Tikhonov(weight=0.01), "tikhonov", settings, progress=False)
+    assert [len(step.design) for step in smooth.steps] == [3, 5, 7] and len(set(smooth.design)) == 7
+    assert all(len(step.gains) == 2 and min(step.gains) > 0 for step in smooth.steps[:-1])
     with pytest.raises(ConfigError, match="budget \\(13\\) exceeds the 12 candidates"):
         run_design(pool, Tikhonov(weight=0.01), "random", DesignSettings(budget=13), progress=False)
     with pytest.raises(ConfigError, match="start \\(9\\) exceeds the budget \\(8\\)"):
@@ -277,11 +317,23 @@ def test_design_command_writes_the_comparison_and_resumes(tmp_path, capsys):
             assert again["strategies"][strategy][key] == summary["strategies"][strategy][key]
 
 
-def test_a_stopped_comparison_continues_after_its_last_recorded_step(tmp_path):
+DIP_METHOD = """[method]
+name = "dip"
+params = { generator = "two_layer", generator_params = { width = 16 }, max_iterations = 20, weight = 1e-4, \
+init = "none" }
+"""
+
+
+@pytest.mark.parametrize("method", ["tikhonov", "dip"])
+def test_a_stopped_comparison_continues_after_its_last_recorded_step(tmp_path, method):
+    """A DIP refit starts from the previous fit's network (warm start), which the record keeps: the continued
+    run is the uninterrupted one, bit for bit."""
     from invprior.design.compare import compare_designs
     from invprior.design.config import parse_design_config
 
-    config = parse_design_config(tomllib.loads(CS_DESIGN))
+    text = CS_DESIGN if method == "tikhonov" else CS_DESIGN.replace(
+        '[method]\nname = "tikhonov"\nparams = { weight = 0.01 }\n', DIP_METHOD)
+    config = parse_design_config(tomllib.loads(text))
     whole = compare_designs(config, tmp_path / "whole", progress=False, report=lambda line: None)
     lines: list[str] = []
 
@@ -300,3 +352,28 @@ def test_a_stopped_comparison_continues_after_its_last_recorded_step(tmp_path):
     assert [s.design for s in again.steps["random"]] == [s.design for s in whole.steps["random"]]
     assert [s.scores for s in again.steps["random"]] == [s.scores for s in whole.steps["random"]]
     assert np.array_equal(again.images["random"], whole.images["random"])
+    warm_files = sorted(path.name for path in (tmp_path / "stopped" / "strategies").glob("*.warm"))
+    assert warm_files == ([] if method == "tikhonov" else ["equidistant-7.warm", "random-7.warm"])
+
+
+def test_a_lost_warm_start_is_reported_and_the_refit_starts_afresh(tmp_path):
+    from invprior.design.compare import compare_designs
+    from invprior.design.config import parse_design_config
+
+    text = CS_DESIGN.replace('[method]\nname = "tikhonov"\nparams = { weight = 0.01 }\n', DIP_METHOD)
+    config = parse_design_config(tomllib.loads(text.replace('["equidistant", "random"]', '["random"]')))
+    lines: list[str] = []
+
+    def stop_at_the_second_step(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_designs(config, tmp_path, progress=False, report=stop_at_the_second_step)
+    warm = tmp_path / "strategies" / "random-5.warm"
+    assert sorted(p.name for p in warm.parent.glob("*.warm")) == ["random-5.warm"]  # the first step's is gone
+    warm.write_bytes(warm.read_bytes()[:-3])
+    with pytest.warns(UserWarning, match="random-5.warm: truncated.*starts afresh"):
+        again = compare_designs(config, tmp_path, progress=False, report=lambda line: None)
+    assert [len(s.design) for s in again.steps["random"]] == [3, 5, 7]

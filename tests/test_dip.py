@@ -9,6 +9,7 @@ import torch
 
 from invprior import GaussianNoise, InverseProblem, Regularizer, registry
 from invprior.core.problem import NoiseEstimateWarning
+from invprior.core.reconstruction import WarmStart
 from invprior.errors import ConfigError, FitDivergedError, ShapeError
 from invprior.generators.linear import LinearGenerator
 from invprior.generators.output_map import OutputMap
@@ -195,3 +196,31 @@ def test_restarts_refit_an_unexplained_fit_from_the_next_seeds_and_keep_the_smal
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="restarts"):
             DIP(restarts=bad)
+
+
+
+def test_a_warm_started_fit_starts_at_the_earlier_image_and_refines_it(problem):
+    """With averaging, the kept weights after one iteration are the start's (theta_bar_1 = theta_0): the refit's
+    first image is the earlier fit's, in the earlier fit's units; more iterations on new data move it."""
+    settings = {"generator_params": {"preset": "small", "channels": 8}, "weight": 1e-4, "lr": 1e-2,
+                "init": "none", "seed": 3}
+    dip = DIP(**settings, max_iterations=30)
+    earlier = dip.reconstruct(problem, progress=False)
+    start = WarmStart.of(earlier)
+    assert start is not None and start.scale == earlier.extras["data_scale"][0]
+    warm = dip.warm_started(start)
+    assert warm is not dip and dip.warm_start is None and warm.params["warm_start"]
+    first = DIP(**settings, max_iterations=1).warm_started(start).reconstruct(problem, progress=False)
+    torch.testing.assert_close(first.image, earlier.image, rtol=0, atol=1e-6)
+    brighter = problem.scaled(1.5)  # new data of the same object: the refit moves towards it
+    refit = warm.reconstruct(brighter, progress=False)
+    before = (problem.operator(earlier.image) - brighter.y).norm()
+    assert (problem.operator(refit.image) - brighter.y).norm() < 0.8 * before
+    # the payload round-trips; a batch of two images and a malformed payload are refused
+    again = WarmStart.from_payload(start.payload())
+    assert all(torch.equal(again.state[k], v) for k, v in start.state.items()) and again.scale == start.scale
+    two = InverseProblem(problem.operator, torch.cat([problem.y, problem.y]), noise_std=0.05)
+    with pytest.raises(ConfigError, match="one image"):
+        warm.reconstruct(two, progress=False)
+    with pytest.raises(ConfigError, match="'state'"):
+        WarmStart.from_payload({"state": {}, "input": torch.zeros(1)})

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from invprior.core.problem import InverseProblem
-    from invprior.core.reconstruction import Reconstruction
+    from invprior.core.reconstruction import Reconstruction, WarmStart
 
 
 class Generator(nn.Module, ABC):
@@ -100,6 +100,11 @@ class Method(ABC):
     def checkpoint_files(self, batch: int) -> list[Path]:
         """The state files a run on ``batch`` images writes to resume from (none for a method without them)."""
         return []
+
+    def warm_started(self, start: WarmStart) -> Method:
+        """This method, refitting from ``start`` (an earlier fit of the same object, e.g. before more
+        measurements came in); a method without weights to carry over starts afresh: itself."""
+        return self
 
 
 class PosteriorApproximation(ABC):

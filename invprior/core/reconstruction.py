@@ -1,4 +1,5 @@
-"""The ``Reconstruction`` result every method returns, and the fitted network behind a network method's."""
+"""The ``Reconstruction`` result every method returns, the fitted network behind a network method's, and the
+``WarmStart`` a refit of the same object takes from it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
+
+from invprior.errors import ConfigError
 
 if TYPE_CHECKING:
     from invprior.core.interfaces import Generator, Method
@@ -53,3 +57,43 @@ class Reconstruction:
         """Append one value per named quantity to the trace."""
         for key, value in values.items():
             self.trace.setdefault(key, []).append(float(value))
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a refit of one image starts: an earlier fit's kept weights ``state``, its input ``z`` and the data
+    ``scale`` that fit was normalised by (with the same scale the weights mean the same image in the refit)."""
+
+    state: dict[str, Tensor]
+    input: Tensor
+    scale: float
+
+    @classmethod
+    def of(cls, reconstruction: Reconstruction) -> WarmStart | None:
+        """The start a refit takes from ``reconstruction`` (one image); ``None`` for a method without a network."""
+        networks = reconstruction.networks
+        if not networks:
+            return None
+        if len(networks) != 1:
+            raise ConfigError(f"a warm start is taken from the fit of one image, not of {len(networks)}")
+        scale = float(reconstruction.extras.get("data_scale", [1.0])[0])
+        return cls({k: v.detach().clone() for k, v in networks[0].state.items()},
+                   networks[0].input.detach().clone(), scale)
+
+    def payload(self) -> dict[str, Any]:
+        """Tensors and a float only: ``torch.save`` it and load it with ``weights_only=True``."""
+        return {"state": self.state, "input": self.input, "scale": self.scale}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> WarmStart:
+        """The start ``payload()`` describes; ``ConfigError`` for anything else."""
+        if (not isinstance(payload, dict) or not isinstance(payload.get("state"), dict)
+                or not isinstance(payload.get("input"), Tensor) or not isinstance(payload.get("scale"), float)
+                or not all(isinstance(v, Tensor) for v in payload["state"].values())):
+            raise ConfigError("a warm start holds 'state' (tensors), 'input' (a tensor) and 'scale' (a float)")
+        return cls(dict(payload["state"]), payload["input"], payload["scale"])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> WarmStart:
+        """The same start on ``device`` in floating ``dtype``."""
+        return WarmStart({k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                          for k, v in self.state.items()}, self.input.to(device=device, dtype=dtype), self.scale)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invprior.core.reconstruction import WarmStart
 from invprior.design.config import DesignConfig
-from invprior.design.loop import ADAPTIVE, DesignStep, run_design
+from invprior.design.loop import FROM_POSTERIOR, DesignStep, run_design
 from invprior.design.pool import CandidatePool
 from invprior.design.report import design_figure, load_strategy, main_score, save_strategy, write_summary
 from invprior.io import content_hash
@@ -48,7 +49,7 @@ def compare_designs(config: DesignConfig, out: Path, device: torch.device | str 
 
     run = config.run
     method = build_method(run.method, "method")
-    adaptive = any(s in ADAPTIVE for s in config.strategies)
+    adaptive = any(s in FROM_POSTERIOR for s in config.strategies)
     posterior = build_posterior(config.posterior, progress=False, seed=run.seed) if adaptive else None
     problem = build_problem(run.problem, run.seed, dtype).to(device)
     pool = CandidatePool.from_problem(problem)
@@ -59,25 +60,24 @@ def compare_designs(config: DesignConfig, out: Path, device: torch.device | str 
         fingerprint = content_hash({**{k: v for k, v in run.raw.items() if k != "design"},
                                     "settings": repr(config.settings), "strategy": strategy, "dtype": str(dtype)})
         stored = load_strategy(out, strategy, fingerprint)
-        earlier: tuple[DesignStep, ...] = ()
-        if stored is not None and stored[1] is not None:
-            steps[strategy], images[strategy] = stored[0], stored[1]
+        if stored is not None and stored.image is not None:
+            steps[strategy], images[strategy] = stored.steps, stored.image
             report(f"  {strategy:12s} done before (kept in {out / 'strategies'})")
             continue
-        if stored is not None:
-            earlier = stored[0]
+        earlier = stored.steps if stored is not None else ()
+        if earlier:
             report(f"  {strategy:12s} continues after {len(earlier[-1].design)} measurements")
 
         recorded = list(earlier)
 
-        def keep(step: DesignStep, strategy: str = strategy, recorded: list[DesignStep] = recorded,
-                 fingerprint: str = fingerprint) -> None:
+        def keep(step: DesignStep, warm: WarmStart | None, strategy: str = strategy,
+                 recorded: list[DesignStep] = recorded, fingerprint: str = fingerprint) -> None:
             recorded.append(step)
-            save_strategy(out, strategy, recorded, fingerprint)
+            save_strategy(out, strategy, recorded, fingerprint, warm=warm)
             report(step_line(strategy, step, pool))
 
         result = run_design(pool, method, strategy, config.settings, posterior, progress, on_step=keep,
-                            earlier=earlier)
+                            earlier=earlier, warm=stored.warm if stored is not None else None)
         image = result.reconstruction.image.detach().cpu().numpy()
         save_strategy(out, strategy, result.steps, fingerprint, image)
         steps[strategy], images[strategy] = result.steps, image

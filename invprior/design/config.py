@@ -12,11 +12,12 @@
     [posterior]                    # optional; default lin-DIP (linearized_laplace)
     name = "linearized_laplace"
     [design]
-    strategies = ["lin_dip", "variance", "equidistant", "random"]
+    strategies = ["lin_dip", "variance", "tikhonov", "equidistant", "random"]
     budget = 20                    # measurements in the end
     start = 5                      # equidistant ones before the first choice
     batch = 5                      # chosen per acquisition
     samples = 64                   # posterior draws when it forms no dense covariance
+    warm_start = true              # each refit starts from the previous network
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from invprior.design.loop import STRATEGIES, DesignSettings
 from invprior.errors import ConfigError
 
 _DESIGN = {"strategies": f"a list of {', '.join(STRATEGIES)}", "budget": "a positive int",
-           "start": "a positive int", "batch": "a positive int", "samples": "an int >= 2"}
+           "start": "a positive int", "batch": "a positive int", "samples": "an int >= 2",
+           "warm_start": "true or false"}
 DEFAULT_POSTERIOR = ComponentSpec("linearized_laplace")
 
 
@@ -66,12 +68,15 @@ def parse_design_config(data: dict[str, Any], base: str | Path | None = None) ->
     for key in ("budget", "start", "batch", "samples"):
         if key in table and (not isinstance(table[key], int) or isinstance(table[key], bool)):
             raise ConfigError(f"design.{key}: expected {_DESIGN[key]}, got {table[key]!r}")
+    if "warm_start" in table and not isinstance(table["warm_start"], bool):
+        raise ConfigError(f"design.warm_start: expected {_DESIGN['warm_start']}, got {table['warm_start']!r}")
     run = parse_config({k: v for k, v in data.items() if k != "design"}, base)
     if run.baseline is not None:
         raise ConfigError("baseline: invprior design compares designs, not methods; remove [baseline]")
     if getattr(run.problem, "num_images", 1) != 1:
         raise ConfigError("problem.num_images: a design is made for one image; set num_images = 1")
-    settings = DesignSettings(**{k: table[k] for k in ("budget", "start", "batch", "samples") if k in table},
+    settings = DesignSettings(**{k: table[k] for k in ("budget", "start", "batch", "samples", "warm_start")
+                                 if k in table},
                               seed=run.seed)
     return DesignConfig(run, tuple(strategies), settings)
 

@@ -1,13 +1,15 @@
 """Expected information gain of candidate measurements under a Gaussian predictive over images.
 
 The predictive is ``x = m + L w`` with ``w ~ N(0, I_r)`` (``GaussianFactor``: ``L`` from a dense covariance,
-or from posterior samples, ``L = (x_s - mean) / sqrt(S - 1)``). Candidate ``j`` measures ``y_j = B_j x + e_j``,
-``e_j ~ N(0, s_j^2 I)``; with ``P_j = B_j L / s_j`` its gain given the chosen set ``A`` is
+from posterior samples, ``L = (x_s - mean) / sqrt(S - 1)``, or from a smoothness prior in cosine modes).
+Candidate ``j`` measures ``y_j = B_j x + e_j``, ``e_j ~ N(0, s_j^2 I)``; with ``P_j = B_j L / s_j`` its gain
+given the chosen set ``A`` is
 
     IG_j | A = 1/2 log det(I + P_j Lambda_A^{-1} P_j^T),  Lambda_A = I_r + sum_{k in A} P_k^T P_k,
 
 the mutual information between ``y_j`` and ``x`` after measuring ``A`` (closed form for a linear-Gaussian
-model). Greedy selection adds the best candidate and updates ``Lambda_A``; everything lives in ``r x r``.
+model). Greedy selection adds the best candidate and updates ``Lambda_A``; everything lives in ``r x r``. For a
+prior (a predictive that has not seen the measured candidates) ``A`` starts with them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
+import scipy.fft
 import torch
 from torch import Tensor
 
@@ -62,6 +66,29 @@ class GaussianFactor:
         noise = torch.randn(positive_int(samples, "samples"), *std.shape,
                             generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         return cls.from_samples(mean.double().cpu() + noise * std.double().cpu())
+
+    @classmethod
+    def smoothness_prior(cls, image: Tensor, length: float, modes: int) -> GaussianFactor:
+        """The Gaussian prior behind Tikhonov regularisation with a smoothness penalty, in its ``modes`` smoothest
+        cosine modes: ``x = image + sum_k c_k u_k``, ``c_k ~ N(0, a^2 (1 + length^2 mu_k)^-2)``, with ``u_k`` the
+        orthonormal DCT-II images (eigenvectors of the Neumann Laplacian, eigenvalues
+        ``mu_k = 4 sin^2(pi i / 2h) + 4 sin^2(pi j / 2w)``) and ``a^2`` matching the energy of ``image``
+        ``(1, 1, h, w)`` (a reconstruction) about its mean in those modes. ``length`` in pixels."""
+        h, w = image.shape[-2:]
+        if image.numel() != h * w:
+            raise ShapeError(f"GaussianFactor: a smoothness prior is made for one 2-D image, got {tuple(image.shape)}")
+        modes = min(positive_int(modes, "modes"), h * w)
+        mu = (4 * np.sin(np.pi * np.arange(h) / (2 * h)) ** 2)[:, None] + \
+            (4 * np.sin(np.pi * np.arange(w) / (2 * w)) ** 2)[None, :]
+        weight = (1.0 + length ** 2 * mu) ** -2.0
+        kept = np.argsort(-weight, axis=None, kind="stable")[:modes]
+        pixels = image.detach().double().cpu().numpy().reshape(h, w)
+        energy = scipy.fft.dctn(pixels - pixels.mean(), norm="ortho").ravel()[kept]
+        amplitude2 = float((energy ** 2).sum() / weight.ravel()[kept].sum())
+        unit = np.zeros((len(kept), h * w))
+        unit[np.arange(len(kept)), kept] = np.sqrt(amplitude2 * weight.ravel()[kept])
+        basis = scipy.fft.idctn(unit.reshape(-1, h, w), axes=(1, 2), norm="ortho").reshape(len(kept), h * w)
+        return cls(image.detach().double().cpu(), torch.from_numpy(basis.T.copy()))
 
     @classmethod
     def from_posterior(cls, posterior: PosteriorApproximation, samples: int = 64, seed: int = 0,
@@ -117,18 +144,23 @@ class GreedyChoice:
     gains: tuple[float, ...]
 
 
-def greedy_batch(projections: Tensor, batch: int, exclude: Sequence[int] = ()) -> GreedyChoice:
+def greedy_batch(projections: Tensor, batch: int, exclude: Sequence[int] = (),
+                 condition_on: Sequence[int] = ()) -> GreedyChoice:
     """Choose ``batch`` candidates one by one, each the one of largest ``IG_j | A``, ``A`` those chosen so far
-    (the predictive already accounts for the measured ones); no candidate is chosen twice, nor one of
-    ``exclude`` (those measured)."""
+    and ``condition_on`` (candidates measured that the predictive has not seen: empty for a posterior, the
+    measured ones for a prior); no candidate is chosen twice, nor one of ``exclude`` (those measured)."""
     m, _, r = projections.shape
     batch = positive_int(batch, "design: batch")
     excluded = sorted({int(k) for k in exclude})
-    if any(not 0 <= k < m for k in excluded):
-        raise ConfigError(f"design: excluded candidates must be indices below {m}, got {list(exclude)}")
+    conditioned = sorted({int(k) for k in condition_on})
+    for name, indices in (("excluded", excluded), ("conditioning", conditioned)):
+        if any(not 0 <= k < m for k in indices):
+            raise ConfigError(f"design: {name} candidates must be indices below {m}, got {indices}")
     if batch > m - len(excluded):
         raise ConfigError(f"design: cannot choose {batch} more of {m} candidates when {len(excluded)} are taken")
     precision = torch.eye(r, dtype=projections.dtype, device=projections.device)
+    for k in conditioned:
+        precision = precision + projections[k].T @ projections[k]
     taken = torch.zeros(m, dtype=torch.bool, device=projections.device)
     taken[excluded] = True
     chosen: list[int] = []

@@ -2,10 +2,13 @@
 
 Strategies: ``"lin_dip"`` chooses by expected information gain under the fitted posterior's covariance (lin-DIP
 by default), ``"variance"`` by the same gain under its pixel-wise variance alone (the posterior without
-correlations: what the covariance adds over an uncertainty map), ``"equidistant"`` spreads the measurements
-evenly, ``"random"`` draws them (nested, from ``seed``). Every strategy is scored after each acquisition, at
+correlations: what the covariance adds over an uncertainty map), ``"tikhonov"`` under the Gaussian posterior of
+Tikhonov regularisation with a smoothness prior (``GaussianFactor.smoothness_prior``: no network, seconds; it
+sees the data only through the prior's amplitude), ``"equidistant"`` spreads the measurements evenly,
+``"random"`` draws them (nested, from ``seed``). Every strategy is scored after each acquisition, at
 ``start``, ``start + batch``, ... ``budget`` measurements; the adaptive ones start from the equidistant design
-of ``start``.
+of ``start``. With ``warm_start`` every reconstruction after the first refits from the previous one's network
+(``Method.warm_started``): the same object, a few more measurements.
 """
 
 from __future__ import annotations
@@ -20,26 +23,33 @@ from tqdm.auto import tqdm
 
 from invprior.core.interfaces import Method, PosteriorApproximation
 from invprior.core.problem import InverseProblem
-from invprior.core.reconstruction import Reconstruction
+from invprior.core.reconstruction import Reconstruction, WarmStart
 from invprior.design.gain import GaussianFactor, greedy_batch, whitened_projections
 from invprior.design.pool import CandidatePool, equidistant
 from invprior.errors import ConfigError
 from invprior.validation import choice, positive_int
 
-STRATEGIES = ("lin_dip", "variance", "equidistant", "random")
-ADAPTIVE = ("lin_dip", "variance")
+STRATEGIES = ("lin_dip", "variance", "tikhonov", "equidistant", "random")
+ADAPTIVE = ("lin_dip", "variance", "tikhonov")
+#: The adaptive strategies that score candidates under the fitted posterior (lin-DIP by default).
+FROM_POSTERIOR = ("lin_dip", "variance")
+#: The smoothness prior of ``"tikhonov"``: its correlation length (a fraction of the image width) and modes.
+PRIOR_LENGTH = 1 / 32
+PRIOR_MODES = 512
 
 
 @dataclass(frozen=True)
 class DesignSettings:
     """``budget`` measurements in the end, ``start`` before the first choice, ``batch`` chosen per acquisition;
-    ``samples`` predictive draws when the posterior has no dense covariance; ``seed`` for draws and ``random``."""
+    ``samples`` predictive draws when the posterior has no dense covariance; ``seed`` for draws and ``random``;
+    ``warm_start``: each refit starts from the previous reconstruction's network (a network method's)."""
 
     budget: int = 20
     start: int = 5
     batch: int = 5
     samples: int = 64
     seed: int = 0
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         for name in ("budget", "start", "batch", "samples"):
@@ -95,12 +105,20 @@ def step_scores(reconstruction: Reconstruction, problem: InverseProblem) -> dict
             if key.endswith("_mean") and key != "relative_error_mean"}
 
 
-def choose(strategy: str, pool: CandidatePool, posterior: PosteriorApproximation, reconstruction: Reconstruction,
-           problem: InverseProblem, design: tuple[int, ...], batch: int,
+def choose(strategy: str, pool: CandidatePool, posterior: PosteriorApproximation | None,
+           reconstruction: Reconstruction, problem: InverseProblem, design: tuple[int, ...], batch: int,
            settings: DesignSettings) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The next ``batch`` candidates of an adaptive strategy, by greedy expected information gain under
-    ``posterior`` fitted to ``reconstruction`` of ``problem``, the ``design`` measured. The noise std is the
-    posterior's fitted one (lin-DIP's ``noise_variance``), else the pool's."""
+    ``posterior`` fitted to ``reconstruction`` of ``problem``, the ``design`` measured (``"tikhonov"``: under
+    the smoothness prior conditioned on the ``design``). The noise std is the posterior's fitted one (lin-DIP's
+    ``noise_variance``), else the pool's."""
+    if strategy == "tikhonov":
+        width = reconstruction.image.shape[-1]
+        prior = GaussianFactor.smoothness_prior(reconstruction.image, PRIOR_LENGTH * width, PRIOR_MODES)
+        projections = whitened_projections(prior, lambda images: pool.project(images, prior.mean), pool.noise_std())
+        picked = greedy_batch(projections, batch, exclude=design, condition_on=design)
+        return picked.chosen, picked.gains
+    assert posterior is not None  # the posterior strategies have one
     posterior.fit(reconstruction, problem)
     fitted = float(getattr(posterior, "noise_variance", math.nan))  # lin-DIP's, consistent with its covariance
     noise = math.sqrt(fitted) if fitted > 0 else pool.noise_std()
@@ -113,18 +131,20 @@ def choose(strategy: str, pool: CandidatePool, posterior: PosteriorApproximation
 
 def run_design(pool: CandidatePool, method: Method, strategy: str, settings: DesignSettings,
                posterior: PosteriorApproximation | None = None, progress: bool = True,
-               on_step: Callable[[DesignStep], None] | None = None,
-               earlier: Sequence[DesignStep] = ()) -> DesignResult:
+               on_step: Callable[[DesignStep, WarmStart | None], None] | None = None,
+               earlier: Sequence[DesignStep] = (), warm: WarmStart | None = None) -> DesignResult:
     """Run ``strategy`` on ``pool``: reconstruct with ``method`` at every count of ``settings.counts()``, and for
     an adaptive strategy choose the next batch with ``posterior`` (default: lin-DIP); ``on_step`` sees each
-    step as it is done. ``earlier``: the first steps of a run that was stopped, which continues from them."""
+    step as it is done with the warm start the next refit takes (``None`` without ``settings.warm_start`` or a
+    network). ``earlier``: the first steps of a run that was stopped, which continues from them, and ``warm``
+    the warm start its last step left (without it the next refit starts afresh)."""
     choice(strategy, STRATEGIES, "design: strategy")
     settings.check(pool)
     counts = settings.counts()
     if [len(step.design) for step in earlier] != counts[:len(earlier)] or len(earlier) >= len(counts):
         raise ConfigError(f"design: the earlier steps ({[len(step.design) for step in earlier]} measurements) "
                           f"are not a beginning of this run's {counts}")
-    if strategy in ADAPTIVE and posterior is None:
+    if strategy in FROM_POSTERIOR and posterior is None:
         from invprior.posterior.linearized_laplace import LinearizedLaplace
 
         posterior = LinearizedLaplace(seed=settings.seed, progress=False)
@@ -143,11 +163,12 @@ def run_design(pool: CandidatePool, method: Method, strategy: str, settings: Des
         elif strategy == "random":
             design = tuple(order[:count])
         problem = pool.subproblem(design)
-        reconstruction = method.reconstruct(problem, progress=False)
+        fitter = method.warm_started(warm) if warm is not None else method
+        reconstruction = fitter.reconstruct(problem, progress=False)
+        warm = WarmStart.of(reconstruction) if settings.warm_start else None
         chosen: tuple[int, ...] = ()
         gains: tuple[float, ...] = ()
         if strategy in ADAPTIVE and index + 1 < len(counts):
-            assert posterior is not None
             chosen, gains = choose(strategy, pool, posterior, reconstruction, problem, design,
                                    counts[index + 1] - count, settings)
         step = DesignStep(design, step_scores(reconstruction, problem), chosen, gains,
@@ -155,7 +176,7 @@ def run_design(pool: CandidatePool, method: Method, strategy: str, settings: Des
         steps.append(step)
         bar.update(1)
         if on_step is not None:
-            on_step(step)
+            on_step(step, warm)
         design = design + chosen
     bar.close()
     assert reconstruction is not None  # at least one step is run

@@ -1,24 +1,25 @@
-"""What ``invprior design`` writes: one checksummed record per strategy (its steps, rewritten after each, and its
-final image, so that a stopped comparison resumes where it stopped), ``design.json`` and the figure
-``design.png``."""
+"""What ``invprior design`` writes: one checksummed record per strategy (its steps, rewritten after each, the
+warm start of its next refit, and its final image, so that a stopped comparison resumes where it stopped and as
+it would have gone on), ``design.json`` and the figure ``design.png``."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from invprior.core.reconstruction import WarmStart
 from invprior.design.loop import DesignStep
 from invprior.design.pool import CandidatePool
-from invprior.errors import StateFileError
+from invprior.errors import ConfigError, StateFileError
 from invprior.figures import new_figure, save_figure
-from invprior.io import read_checked_json, write_checked_json, write_json, write_npz
+from invprior.io import load_torch_state, read_checked_json, save_torch_state, write_checked_json, write_json, write_npz
 
 #: The score a figure shows first, when the steps have it.
 SCORE_ORDER = ("mcc", "psnr", "ssim")
@@ -36,21 +37,56 @@ def record_path(out: Path, strategy: str) -> Path:
     return out / "strategies" / f"{strategy}.json"
 
 
+def warm_start_path(out: Path, strategy: str, measurements: int) -> Path:
+    return out / "strategies" / f"{strategy}-{measurements}.warm"
+
+
 def save_strategy(out: Path, strategy: str, steps: Sequence[DesignStep], fingerprint: str,
-                  image: np.ndarray | None = None) -> None:
-    """The ``steps`` of ``strategy`` so far (checksummed, with the configuration's ``fingerprint``) and, once it
-    is finished, its final ``image`` (written first: a record without its image is unfinished)."""
+                  image: np.ndarray | None = None, warm: WarmStart | None = None) -> None:
+    """The ``steps`` of ``strategy`` so far (checksummed, with the configuration's ``fingerprint``), the ``warm``
+    start the last step left, if any, and, once it is finished, its final ``image``. The record is written last
+    (a record without its image is unfinished; one names its warm start by its number of measurements), then the
+    earlier steps' warm starts are removed."""
     path = record_path(out, strategy)
+    measurements = len(steps[-1].design)
+    if warm is not None:
+        save_torch_state(warm_start_path(out, strategy, measurements), "design_warm_start", warm.payload())
     if image is not None:
         write_npz(path.with_suffix(".npz"), image=image)
     write_checked_json(path, {"strategy": strategy, "fingerprint": fingerprint, "finished": image is not None,
-                              "steps": [asdict(step) for step in steps]})
+                              "warm_start": warm is not None, "steps": [asdict(step) for step in steps]})
+    for older in steps[:-1]:
+        warm_start_path(out, strategy, len(older.design)).unlink(missing_ok=True)
 
 
-def load_strategy(out: Path, strategy: str,
-                  fingerprint: str) -> tuple[tuple[DesignStep, ...], np.ndarray | None] | None:
-    """The stored steps of ``strategy`` and, when it finished, its final image, if the record exists, is intact
-    and belongs to this configuration; else ``None`` (a damaged record is reported and not used)."""
+def load_warm_start(out: Path, strategy: str, steps: Sequence[DesignStep]) -> WarmStart | None:
+    """The warm start the last of the recorded ``steps`` left; ``None`` with a warning when it is missing or
+    damaged (the next refit then starts afresh)."""
+    path = warm_start_path(out, strategy, len(steps[-1].design))
+    remedy = "the next refit starts afresh, so the run can differ from an uninterrupted one"
+    if not path.exists():
+        warnings.warn(f"{path}: missing; {remedy}", stacklevel=2)
+        return None
+    try:
+        return WarmStart.from_payload(load_torch_state(path, "design_warm_start", remedy))
+    except (StateFileError, ConfigError) as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return None
+
+
+@dataclass(frozen=True)
+class StoredStrategy:
+    """A strategy's record: its ``steps``, its final ``image`` (``None``: unfinished) and the ``warm`` start its
+    last step left (``None``: none was written, or it was lost)."""
+
+    steps: tuple[DesignStep, ...]
+    image: np.ndarray | None
+    warm: WarmStart | None
+
+
+def load_strategy(out: Path, strategy: str, fingerprint: str) -> StoredStrategy | None:
+    """The record of ``strategy`` if it exists, is intact and belongs to this configuration; else ``None`` (a
+    damaged record is reported and not used)."""
     path = record_path(out, strategy)
     if not path.exists():
         return None
@@ -64,7 +100,8 @@ def load_strategy(out: Path, strategy: str,
         return None
     steps = tuple(DesignStep(tuple(s["design"]), dict(s["scores"]), tuple(s["chosen"]), tuple(s["gains"]),
                              float(s["seconds"])) for s in record["steps"])
-    return steps, image
+    warm = load_warm_start(out, strategy, steps) if record.get("warm_start") and image is None else None
+    return StoredStrategy(steps, image, warm)
 
 
 def write_summary(out: Path, pool: CandidatePool, results: dict[str, tuple[DesignStep, ...]]) -> Path:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from invprior import registry
 from invprior.core.interfaces import Generator, IterationState, Method, Regularizer, StoppingRule
 from invprior.core.problem import InverseProblem, ensure_noise_level
-from invprior.core.reconstruction import FittedNetwork, Reconstruction
+from invprior.core.reconstruction import FittedNetwork, Reconstruction, WarmStart
 from invprior.core.scaling import data_scale
 from invprior.errors import ConfigError, FitDivergedError, NotSupportedError, ShapeError
 from invprior.generators.output_map import OutputMap
@@ -169,6 +169,7 @@ class DIP(Method):
                        "auto_weight_fraction": self.auto_weight_fraction, "normalise": self.normalise,
                        "restarts": self.restarts, "restart_misfit": self.restart_misfit, "average": self.average,
                        "init": self.init, "init_iterations": self.init_iterations, "warmup": self.warmup}
+        self.warm_start: WarmStart | None = None
 
     def reseeded(self, seed: int) -> DIP:
         """A copy that fits from ``seed`` with its own stopping rule; this DIP is left as it is."""
@@ -177,6 +178,16 @@ class DIP(Method):
         twin.params = {**self.params, "seed": twin.seed}
         twin.stopping = copy.deepcopy(self.stopping)
         return twin
+
+    def warm_started(self, start: WarmStart) -> DIP:
+        """A copy whose fit starts from ``start`` (an earlier fit's weights, input and data scale) instead of
+        fresh weights and the TV start, with the step ramp-up ``warmup``: a refit after more measurements of the
+        same object refines the earlier image. It fits one image per problem; this DIP is left as it is."""
+        warm = copy.copy(self)
+        warm.warm_start = start
+        warm.init = "none"
+        warm.params = {**self.params, "init": "none", "warm_start": True}
+        return warm
 
     # -- set-up -----------------------------------------------------------------------
     @torch.no_grad()
@@ -226,6 +237,9 @@ class DIP(Method):
         if isinstance(self.generator, Generator):
             for tensor in self.generator.state_dict().values():
                 digest.update(tensor.detach().cpu().double().numpy().tobytes())
+        if self.warm_start is not None:
+            for tensor in (*self.warm_start.state.values(), self.warm_start.input):
+                digest.update(tensor.detach().cpu().double().numpy().tobytes())
         digest.update(problem.y.detach().cpu().double().numpy().tobytes())
         return digest.hexdigest()
 
@@ -247,7 +261,13 @@ class DIP(Method):
                               f"({problem.operator.name} is not); give a number as weight")
         if self.stopping.requires_noise_level or self._needs_tv(problem):  # TV: it centres the weight grid
             problem = ensure_noise_level(problem, self.name)
-        scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
+        if self.warm_start is not None and problem.batch_size != 1:
+            raise ConfigError(f"{self.name}: a warm-started fit refits one image, the problem holds "
+                              f"{problem.batch_size}")
+        if self.warm_start is not None:  # the earlier fit's units: its weights mean the same image
+            scales = torch.full((1,), self.warm_start.scale, dtype=torch.float64)
+        else:
+            scales = data_scale(problem) if self.normalise else torch.ones(problem.batch_size, dtype=torch.float64)
         normalised = [problem.select(b).scaled(1.0 / float(scales[b])) for b in range(problem.batch_size)]
         generator = self._build_generator(normalised[0])  # checked before the TV reference, which takes seconds
         with seeded_global_rng(self.seed + 2, problem.y.device):
@@ -363,6 +383,10 @@ class DIP(Method):
         op, y = problem.operator, problem.y
         generator = self._build_generator(problem)
         z = generator.make_input(problem, self.seed)
+        if self.warm_start is not None:
+            warm = self.warm_start.to(z.device, problem.y.dtype)
+            generator.load_state_dict(warm.state)
+            z = warm.input
         rule = self.stopping
         rule.reset()
         # the global RNG (dropout, if any) is forked, seeded and restored: the caller's state is untouched
@@ -395,7 +419,7 @@ class DIP(Method):
                     return self._finished(record, payload, generator, z)
                 first, best_state, average = self._restore(payload, generator, optimizer, rule, noise_rng, record,
                                                            y.device)
-            warmup = self.warmup if start is not None else 0
+            warmup = self.warmup if start is not None or self.warm_start is not None else 0
             return self._iterate(problem, weight, generator, z, rule, optimizer, noise_rng, record, best_state,
                                  average, first, checkpoint, fingerprint, progress, warmup, origin)
 
