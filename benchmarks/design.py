@@ -7,9 +7,11 @@ angles, then batches of 5 up to the budget, scored by PSNR (and SSIM) against th
 data, physics and DIP+TV settings of ``examples/htc2022_tb_dip.toml`` on a coarser grid: 10 equidistant angles,
 then batches of 10 up to the budget, scored by the MCC of the Otsu segmentation against the organisers'
 reference. ``lin_dip`` chooses by expected information gain under lin-DIP's posterior (subspace solver),
-``variance`` by the gain under its pixel-wise variance alone, ``equidistant`` and ``random`` do not look at
-the data. Per strategy and number of angles: the score, the difference to the equidistant design, and the
-fewest angles at which the strategy reaches the equidistant design's score at the budget (linear
+``variance`` by the gain under its pixel-wise variance alone, ``tikhonov`` by the gain under a smoothness-prior
+Gaussian posterior (no network), ``equidistant`` and ``random`` do not look at the data. Every refit after the
+first starts from the previous network (warm start). Per strategy and number of angles: the score, the
+difference to the equidistant design, and the fewest angles at which the strategy reaches the equidistant
+design's score at the budget (linear
 interpolation between the scored counts). The comparison resumes step by step from ``--out``/design
 (``invprior design``'s records).
 
@@ -49,7 +51,7 @@ max_iterations = {iterations}
 POSTERIOR = {"name": "linearized_laplace",
              "params": {"solver": {"kind": "subspace", "subspace_rank": 200},
                         "evidence": {"iterations": 20, "lr": 0.05}}}
-STRATEGIES = ["lin_dip", "variance", "equidistant", "random"]
+STRATEGIES = ["lin_dip", "variance", "tikhonov", "equidistant", "random"]
 
 
 def simulated(args: argparse.Namespace) -> tuple[dict, str]:
